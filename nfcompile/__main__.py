@@ -1,0 +1,3 @@
+from nfcompile.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""The `nfcompile` command: click only. Every command is one call into `nfcompile.api`.
+
+Exit codes: 0 success, 2 bad recipe or input, 3 a failed gate (validation, constraints,
+latency), 1 anything else. User errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from nfcompile import __version__
+from nfcompile.errors import NfcompileError
+
+RECIPE = click.argument("recipe", type=click.Path(path_type=Path))
+ARTIFACT = click.argument("artifact", type=click.Path(path_type=Path))
+SET = click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+                   help="Override a recipe field, e.g. --set train.epochs=2 (repeatable; typed by the schema).")
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON document on stdout.")
+OUT = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("artifacts"),
+                   show_default=True, help="Folder that receives <recipe-name>/<run-id>/.")
+RESUME = click.option("--resume", is_flag=True,
+                      help="Continue the latest unfinished run of this recipe: finished stages and blocks "
+                      "are reused when the recipe fields they depend on are unchanged.")
+RUN = click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+                   help="Use this run folder instead of the latest run of the recipe.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nfcompile")
+@click.option("-v", "--verbose", count=True, help="More log output (debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only; no progress bars.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Train a CNN under a memory budget with NeuroFlux and ship a validated edge model.
+
+    \b
+    Start here:   nfcompile build recipes/quickstart.yaml
+    Then:         nfcompile verify artifacts/quickstart/<run-id>
+    """
+    from nfcompile.core.log import setup_logging
+
+    setup_logging(verbose, quiet)
+
+
+@cli.command()
+@RECIPE
+@SET
+@OUT
+@RESUME
+@RUN
+@JSON
+def build(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool, run_dir: Path | None,
+          as_json: bool) -> None:
+    """Recipe to deployable bundle: plan, train, score exits, select, prune, export, validate, INT8,
+    TensorRT, bundle."""
+    from nfcompile import api
+
+    api.build(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir, as_json=as_json)
+
+
+@cli.command()
+@RECIPE
+@SET
+@JSON
+@click.option("--list-archs", is_flag=True, help="Also list the architectures and datasets available.")
+def check(recipe: Path, overrides: tuple[str, ...], as_json: bool, list_archs: bool) -> None:
+    """Validate a recipe (schema, architecture, input size, dataset presence) and print it resolved."""
+    from nfcompile import api
+
+    api.check(recipe, overrides, as_json=as_json, list_archs=list_archs)
+
+
+@cli.command()
+@RECIPE
+@SET
+@JSON
+def plan(recipe: Path, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Profile every unit and print the memory plan: blocks, batch sizes, predicted peak vs budget."""
+    from nfcompile import api
+
+    api.plan(recipe, overrides, as_json=as_json)
+
+
+@cli.command()
+@RECIPE
+@SET
+@OUT
+@RESUME
+@RUN
+@JSON
+def train(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool, run_dir: Path | None,
+          as_json: bool) -> None:
+    """Plan and train (NeuroFlux, backprop or gradient filtering), checkpointing every block."""
+    from nfcompile import api
+
+    api.train(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir, as_json=as_json)
+
+
+@cli.command()
+@RECIPE
+@SET
+@OUT
+@RUN
+@JSON
+def select(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Path | None, as_json: bool) -> None:
+    """Score every exit of a finished training and pick one again, without retraining."""
+    from nfcompile import api
+
+    api.select(recipe, overrides, out_dir=out_dir, run_dir=run_dir, as_json=as_json)
+
+
+@cli.command()
+@RECIPE
+@SET
+@OUT
+@RUN
+@JSON
+def export(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Path | None, as_json: bool) -> None:
+    """Finish a trained run: export, simplify, validate, INT8, TensorRT and the bundle."""
+    from nfcompile import api
+
+    api.export(recipe, overrides, out_dir=out_dir, run_dir=run_dir, as_json=as_json)
+
+
+@cli.command()
+@ARTIFACT
+@click.option("--backend", type=click.Choice(["ort-cpu", "ort-cuda", "tensorrt"]), default=None,
+              help="Runtime to time; default: the recipe's bench.backend.")
+@click.option("--model", "which", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Which ONNX of the bundle to time (ONNX Runtime backends).")
+@click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True,
+              help="Batch sizes to time (repeatable); default: the recipe's bench.batch_sizes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed runs first.")
+@click.option("--repeats", type=click.IntRange(min=3), default=None, help="Timed runs per batch size.")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Exit 3 when the p50 latency at batch 1 (or the smallest batch) is above this.")
+@click.option("--emit-table", type=click.Path(path_type=Path), default=None,
+              help="Also time every exit in the run's exits/ folder and write a latency table for "
+              "bench.table, so exits are scored with this device's numbers.")
+@JSON
+def bench(artifact: Path, backend: str | None, which: str, batch_sizes: tuple[int, ...], warmup: int | None,
+          repeats: int | None, max_latency_ms: float | None, emit_table: Path | None, as_json: bool) -> None:
+    """Time a bundle's model on this device; for CI on the target, with --max-latency-ms."""
+    from nfcompile import api
+
+    api.bench(artifact, backend=backend, which=which, batch_sizes=batch_sizes, warmup=warmup,
+              repeats=repeats, max_latency_ms=max_latency_ms, emit_table=emit_table, as_json=as_json)
+
+
+@cli.command()
+@ARTIFACT
+@click.option("--no-parity", is_flag=True, help="Check hashes only; skip re-running the models.")
+@JSON
+def verify(artifact: Path, no_parity: bool, as_json: bool) -> None:
+    """Check a bundle: every file's sha256 against the manifest, no file missing or extra, and the
+    ONNX models still agree with the saved reference outputs."""
+    from nfcompile import api
+
+    api.verify(artifact, parity=not no_parity, as_json=as_json)
+
+
+@cli.command()
+@ARTIFACT
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
+@click.option("--model", "which", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Which ONNX of the bundle to run.")
+@JSON
+def predict(artifact: Path, images: tuple[Path, ...], top_k: int, which: str, as_json: bool) -> None:
+    """Classify image files with ONNX Runtime and the bundle's own preprocessing."""
+    from nfcompile import api
+
+    api.predict(artifact, images, top_k=top_k, which=which, as_json=as_json)
+
+
+@cli.command()
+@ARTIFACT
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default: the recipe's tensorrt.precision.")
+@JSON
+def engine(artifact: Path, precision: str | None, as_json: bool) -> None:
+    """Rebuild the TensorRT engine on this device from the bundle's ONNX (engines are tied to the
+    TensorRT version and GPU that built them)."""
+    from nfcompile import api
+
+    api.engine(artifact, precision=precision, as_json=as_json)
+
+
+def main() -> None:
+    try:
+        code = cli.main(standalone_mode=False)
+    except NfcompileError as exc:
+        from rich.markup import escape
+
+        from nfcompile.core.log import stderr_console
+
+        stderr_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished stages and blocks are kept; continue with --resume", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Every file nfcompile writes goes through here: atomic, inside an explicit folder.
+
+A write lands in a temporary file next to its target and is renamed over it, so a reader
+(or a crash) never sees half a file. Checkpoints load with ``weights_only=True`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from nfcompile.errors import InputError, NfcompileError
+
+_CHUNK = 1 << 20
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must reach the disk, not only the file's bytes.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+
+    For writers that insist on a file name (onnx.save, torch.onnx.export, TensorRT).
+    On any exception the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NfcompileError(f"cannot create folder {parent}: {exc.strerror}") from exc
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    target = Path(target)
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise NfcompileError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    return target
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    return write_bytes(target, text.encode("utf-8"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types from results: paths become strings, tuples lists, numpy scalars numbers."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_dict"):
+        return to_jsonable(obj.to_dict())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> Path:
+    return write_text(target, dumps_json(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable JSON file ({exc})") from exc
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(target: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically save a checkpoint that `load_checkpoint` can read with weights_only=True.
+
+    Only tensors and plain containers of str/int/float/bool/None belong in ``state``.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes(target, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: a crafted pickle is refused, never run."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{path}: refused to load checkpoint: it holds objects other than tensors "
+            f"and plain containers ({first_line})",
+            hint="only load checkpoints written by nfcompile or torch.save of a state_dict",
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: checkpoint holds {type(state).__name__}, expected a dict")
+    return state
+
+
+def inside(base: str | os.PathLike, candidate: str | os.PathLike) -> Path:
+    """Resolve ``candidate`` under ``base`` and refuse anything that escapes it."""
+    base_resolved = Path(base).resolve()
+    resolved = (base_resolved / candidate).resolve()
+    if resolved != base_resolved and base_resolved not in resolved.parents:
+        raise InputError(f"path {candidate!s} points outside the output folder {base_resolved}")
+    return resolved

@@ -1,0 +1,341 @@
+"""What stages hand each other: frozen dataclasses that round-trip through JSON.
+
+Stages never import each other; they pass these. `to_dict()` gives plain JSON types and
+`from_dict()` rebuilds the object, which is how a resumed build reuses a finished stage.
+Sizes are bytes, times seconds (or milliseconds where the name says `_ms`), accuracies
+fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, TypeVar, Union
+
+T = TypeVar("T", bound="Result")
+
+
+class Result:
+    """Mixin: JSON round-trip for nested frozen dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                kwargs[f.name] = _build(hints[f.name], data[f.name])
+        return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Result):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _build(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        candidates = [a for a in args if a is not type(None)]
+        return _build(candidates[0], value) if len(candidates) == 1 else value
+    if isinstance(hint, type) and issubclass(hint, Result):
+        return hint.from_dict(value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v) for v in value)
+        return tuple(_build(a, v) for a, v in zip(args, value))
+    if origin is list:
+        return [_build(args[0], v) for v in value]
+    if origin is dict:
+        return {k: _build(args[1], v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class UnitProfile(Result):
+    """One unit (with its auxiliary head) measured at several batch sizes: mem(b) = P + b*A."""
+
+    index: int
+    name: str
+    in_shape: tuple[int, ...]  # per sample, C,H,W
+    out_shape: tuple[int, ...]
+    params: int
+    head_filters: int
+    head_params: int
+    fixed_bytes: int  # P: weights, grads, optimizer state, workspace
+    bytes_per_sample: int  # A: activations per sample
+    measurements: tuple[tuple[int, int], ...]  # (batch size, measured peak bytes)
+    fit_error: float  # largest relative residual of the linear fit over the measurements
+    cache_bytes_per_sample: int  # this unit's output per sample, at the cache dtype
+    seconds_per_sample: float  # one training step's time divided by its batch size
+    max_batch_size: int  # largest batch that fits the budget for this unit alone
+
+    def predicted_bytes(self, batch_size: int) -> int:
+        return int(self.fixed_bytes + batch_size * self.bytes_per_sample)
+
+
+@dataclass(frozen=True)
+class BlockPlan(Result):
+    index: int
+    units: tuple[int, ...]
+    batch_size: int
+    predicted_peak_bytes: int  # training step peak + input cache when it lives on the device
+    cache_placement: str  # where this block's output is cached: device | host | disk | none
+    cache_bytes: int  # size of that cache (train + validation splits)
+
+
+@dataclass(frozen=True)
+class Plan(Result):
+    device: str
+    budget_bytes: int
+    budget_source: str  # "recipe" or how `auto` was read (nvml, cudaMemGetInfo, host RAM)
+    min_budget_bytes: int  # what batch size 1 needs for the hungriest unit
+    head_policy: str
+    units: tuple[UnitProfile, ...]
+    blocks: tuple[BlockPlan, ...]
+    backprop_batch_size: int  # plain backprop, largest batch under the same budget
+    backprop_predicted_peak_bytes: int
+    backprop_measurements: tuple[tuple[int, int], ...]
+    checkpointing_batch_size: int  # backprop with gradient checkpointing, same budget
+    checkpointing_predicted_peak_bytes: int
+    checkpointing_measurements: tuple[tuple[int, int], ...]
+    train_samples: int
+    val_samples: int
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class EpochRecord(Result):
+    epoch: int
+    lr: float
+    train_loss: tuple[float, ...]  # per unit of the block, mean local loss
+    val_accuracy: tuple[float, ...]  # per unit of the block, accuracy of its exit
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BlockResult(Result):
+    index: int
+    units: tuple[int, ...]
+    batch_size: int
+    trained: bool
+    stop_reason: str  # "epochs", "patience", "exits stopped improving", "resumed", ...
+    epochs_run: int
+    best_val_accuracy: tuple[float, ...]  # per unit of the block
+    measured_peak_bytes: int | None
+    predicted_peak_bytes: int
+    budget_bytes: int
+    seconds: float
+    cache_placement: str
+    cache_bytes: int
+    cache_seconds: float
+    history: tuple[EpochRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainResult(Result):
+    method: str  # neuroflux | backprop | gradient_filter
+    device: str
+    budget_bytes: int | None
+    checkpoint: str  # path relative to the run folder
+    blocks: tuple[BlockResult, ...]
+    exit_units: tuple[int, ...]  # units that carry a trained exit
+    exit_val_accuracy: tuple[float, ...]  # same order as exit_units
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)  # method-specific figures
+
+
+# --------------------------------------------------------------------------- score / select
+
+
+@dataclass(frozen=True)
+class Latency(Result):
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+
+
+@dataclass(frozen=True)
+class ExitScore(Result):
+    name: str  # "exit_03"; "full" for all units + last head
+    unit: int  # index of the last unit of the prefix
+    accuracy: float | None  # None where the exit was not trained (full model after early stop)
+    params: int
+    macs: int
+    onnx_bytes: int
+    onnx_sha256: str
+    latency: tuple[Latency, ...]  # one per batch size
+    latency_source: str  # "measured: onnxruntime CPUExecutionProvider" or "table: <file>"
+
+    def latency_at(self, batch_size: int) -> Latency | None:
+        return next((lat for lat in self.latency if lat.batch_size == batch_size), None)
+
+
+@dataclass(frozen=True)
+class ExitScores(Result):
+    exits: tuple[ExitScore, ...]
+    full_model: ExitScore
+    backend: str
+    test_samples: int
+    batch_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ExitVerdict(Result):
+    name: str
+    on_front: bool
+    feasible: bool
+    violations: tuple[str, ...]
+    chosen: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Selection(Result):
+    chosen: str
+    unit: int
+    policy: str
+    reason: str
+    verdicts: tuple[ExitVerdict, ...]
+    vs_full: dict[str, float | None]  # param_reduction, size_reduction, throughput_gain_b1, ...
+
+
+# --------------------------------------------------------------------------- prune
+
+
+@dataclass(frozen=True)
+class PruneOutcome(Result):
+    method: str
+    sparsity_target: float
+    sparsity_reached: float
+    accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PruneResult(Result):
+    method: str
+    target: str  # which model was pruned: the chosen exit or the whole model
+    accuracy_before: float
+    outcome: PruneOutcome
+    baselines: tuple[PruneOutcome, ...]
+    checkpoint: str  # relative to the run folder
+    compressed_bytes: int | None  # the pruned ONNX, zipped: zeros compress
+
+
+# --------------------------------------------------------------------------- export / validate
+
+
+@dataclass(frozen=True)
+class OnnxExport(Result):
+    path: str  # relative to the run folder
+    exporter: str  # "dynamo" | "torchscript"
+    opset: int
+    input_name: str
+    output_name: str
+    input_shape: tuple[Any, ...]  # "batch" for the dynamic dimension
+    output_shape: tuple[Any, ...]
+    bytes: int
+    sha256: str
+    simplified: bool
+    simplify_note: str  # why it was or was not kept
+
+
+@dataclass(frozen=True)
+class Comparison(Result):
+    """Measured agreement of a candidate runner with the reference, on the same inputs."""
+
+    reference: str
+    candidate: str
+    samples: int
+    max_abs_error: float
+    max_rel_error: float
+    mean_abs_error: float
+    cosine: float
+    atol: float
+    rtol: float
+    within_tolerance: float  # fraction of output elements with |a-b| <= atol + rtol*|b|
+    top1_agreement: float
+    reference_accuracy: float | None
+    candidate_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class GateCheck(Result):
+    name: str  # e.g. "fp32.max_abs_error"
+    value: float | None
+    limit: float | None
+    passed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QuantResult(Result):
+    path: str
+    calibration_samples: int
+    calibration_method: str
+    per_channel: bool
+    symmetric: bool
+    bytes: int
+    sha256: str
+    comparison: Comparison
+
+
+@dataclass(frozen=True)
+class EngineResult(Result):
+    path: str
+    precision: str
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, opt, max shapes
+    build_seconds: float
+    bytes: int
+    sha256: str
+    comparison: Comparison | None
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class StageRecord(Result):
+    STATUSES: ClassVar[tuple[str, ...]] = ("ok", "failed", "skipped", "reused")
+
+    name: str
+    status: str
+    reason: str
+    seconds: float
+    files: tuple[str, ...]
+    fingerprint: str
+    result: Optional[dict[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class Artifact(Result):
+    path: str
+    recipe_name: str
+    run_id: str
+    chosen_exit: str | None
+    stages: tuple[StageRecord, ...]

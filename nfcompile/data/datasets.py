@@ -1,0 +1,381 @@
+"""Datasets: the bundled digits, CIFAR-10/100 and image folders, split deterministically.
+
+Every dataset becomes three `ImageSet`s (train, val, test) of uint8 RGB images already resized to
+the recipe's input size, plus `DatasetInfo` (class names, normalization) for the manifest.
+A dataset that is not where the recipe says raises `InputError` naming where it looked and what
+belongs there.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.data.preprocess import Preprocessing, decode_image, resize_uint8, to_rgb3
+from nfcompile.errors import InputError, RecipeError
+from nfcompile.recipe.schema import DataSection
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor  # uint8, (N, 3, S, S)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    source: str  # where it was read from
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "class_names": list(self.class_names), "source": self.source,
+                "num_classes": self.num_classes, "preprocessing": self.preprocessing.to_dict()}
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    info: DatasetInfo
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.info.preprocessing
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What a dataset reader returns before splitting and normalization."""
+
+    train_images: torch.Tensor  # uint8 (N,3,S,S)
+    train_labels: torch.Tensor
+    test_images: torch.Tensor | None  # None: carve the test split out of train
+    test_labels: torch.Tensor | None
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float] | None  # None: measure on the training split
+    std: tuple[float, float, float] | None
+    source: str
+
+
+_Reader = Callable[[DataSection], _Raw]
+_Checker = Callable[[DataSection], None]
+_REGISTRY: dict[str, tuple[_Reader, _Checker]] = {}
+
+
+def register_dataset(name: str, checker: _Checker) -> Callable[[_Reader], _Reader]:
+    def wrap(reader: _Reader) -> _Reader:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} registered twice")
+        _REGISTRY[name] = (reader, checker)
+        return reader
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(section: DataSection) -> tuple[_Reader, _Checker]:
+    if section.dataset not in _REGISTRY:
+        raise RecipeError(f"unknown dataset {section.dataset!r}; choose one of {', '.join(list_datasets())}",
+                          field="data.dataset")
+    return _REGISTRY[section.dataset]
+
+
+def check_data(section: DataSection) -> None:
+    """Fail fast, before any training, when the dataset is not where the recipe says."""
+    _entry(section)[1](section)
+
+
+def load_data(section: DataSection, seed: int) -> DataBundle:
+    reader, checker = _entry(section)
+    checker(section)
+    raw = reader(section)
+    generator = torch.Generator().manual_seed(seed)
+    n = len(raw.train_labels)
+    order = torch.randperm(n, generator=generator)
+    n_val = max(1, round(n * section.val_fraction))
+    if raw.test_images is None:
+        n_test = max(1, round(n * section.test_fraction))
+        test_idx, val_idx, train_idx = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+        test = ImageSet(raw.train_images[test_idx], raw.train_labels[test_idx])
+    else:
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        test = ImageSet(raw.test_images, raw.test_labels)
+    train = ImageSet(raw.train_images[train_idx], raw.train_labels[train_idx])
+    val = ImageSet(raw.train_images[val_idx], raw.train_labels[val_idx])
+    train = _limit(train, section.max_train_samples, generator)
+    val = _limit(val, section.max_eval_samples, generator)
+    test = _limit(test, section.max_eval_samples, generator)
+    if len(train) < 2:
+        raise InputError(f"data.dataset {section.dataset!r}: only {len(train)} training sample(s) after "
+                         "splitting; add data or lower data.val_fraction/test_fraction")
+    mean, std = raw.mean, raw.std
+    if mean is None or std is None:
+        mean, std = _channel_stats(train.images)
+    mean = tuple(section.mean) if section.mean is not None else mean
+    std = tuple(section.std) if section.std is not None else std
+    preprocessing = Preprocessing(image_size=section.image_size, mean=mean, std=std)
+    info = DatasetInfo(section.dataset, raw.class_names, preprocessing, raw.source)
+    log.info("data %s: %d train / %d val / %d test images, %d classes, %dx%d",
+             section.dataset, len(train), len(val), len(test), info.num_classes,
+             section.image_size, section.image_size)
+    return DataBundle(train, val, test, info)
+
+
+def _limit(images: ImageSet, limit: int | None, generator: torch.Generator) -> ImageSet:
+    if limit is None or len(images) <= limit:
+        return images
+    keep = torch.randperm(len(images), generator=generator)[:limit].sort().values
+    return images.subset(keep)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pixels = images.float().div_(255.0)
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _check_digits(section: DataSection) -> None:
+    if section.root is not None:
+        raise RecipeError("the digits dataset is bundled with scikit-learn; remove data.root",
+                          field="data.root")
+
+
+@register_dataset("digits", _check_digits)
+def _read_digits(section: DataSection) -> _Raw:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 8x8 images with 17 grey levels (0..16), scaled to the full uint8 range before resizing.
+    images = torch.from_numpy((digits.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    images = to_rgb3(resize_uint8(images, section.image_size))
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    return _Raw(images, labels, None, None, tuple(str(i) for i in range(10)), None, None,
+                "sklearn.datasets.load_digits (bundled)")
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    torchvision_class: str
+    label_key: str
+    names_key: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+_CIFAR = {
+    "cifar10": _CifarLayout("CIFAR10", "labels", "label_names",
+                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _CifarLayout("CIFAR100", "fine_labels", "fine_label_names",
+                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar_class(name: str):
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, _CIFAR[name].torchvision_class)
+
+
+def _cifar_files(section: DataSection) -> tuple[Path, list[Path], list[Path], Path]:
+    cls = _cifar_class(section.dataset)
+    folder = Path(section.root or "") / cls.base_folder
+    train = [folder / name for name, _ in cls.train_list]
+    test = [folder / name for name, _ in cls.test_list]
+    return folder, train, test, folder / cls.meta["filename"]
+
+
+def _check_cifar(section: DataSection) -> None:
+    label = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[section.dataset]
+    if section.root is None:
+        raise RecipeError(f"{section.dataset} needs data.root: the folder that holds (or will hold) "
+                          f"the extracted {label} python batches", field="data.root")
+    folder, train, test, meta = _cifar_files(section)
+    missing = [p for p in [*train, *test, meta] if not p.is_file()]
+    if not missing:
+        return
+    if section.download:
+        cls = _cifar_class(section.dataset)
+        log.info("downloading %s into %s", label, section.root)
+        try:
+            cls(root=str(section.root), train=True, download=True)
+        except Exception as exc:  # network errors come in many types; the message is what helps
+            raise InputError(f"data.download: could not download {label} into {section.root}: {exc}",
+                             hint="on a machine without internet, put the extracted files there by hand") from None
+        return
+    archive = _cifar_class(section.dataset).filename
+    raise InputError(
+        f"{label} not found: looked for {', '.join(p.name for p in missing[:4])}"
+        f"{' …' if len(missing) > 4 else ''} in {folder}",
+        hint=f"download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into "
+        f"{Path(section.root)} (it creates {folder.name}/), or set data.download: true where there is internet")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR's python batches are pickles; read them allowing only what real batches contain.
+
+    torchvision unpickles these files with plain `pickle.load`, which runs any code a crafted
+    file holds. The batches need only builtins, bytes and NumPy arrays, so nothing else loads.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"), ("builtins", "bytearray"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR batch")
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            entry = _CifarUnpickler(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError) as exc:
+        raise InputError(f"{path}: not a readable CIFAR python batch ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(entry, dict):
+        raise InputError(f"{path}: not a CIFAR batch (holds {type(entry).__name__}, expected a dict)")
+    return entry
+
+
+def _cifar_split(paths: list[Path], layout: _CifarLayout, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for path in paths:
+        entry = _read_batch(path)
+        if "data" not in entry or layout.label_key not in entry:
+            raise InputError(f"{path}: CIFAR batch lacks 'data' or '{layout.label_key}'")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(entry[layout.label_key]) != data.shape[0]:
+            raise InputError(f"{path}: CIFAR batch has data of shape {data.shape} and "
+                             f"{len(entry[layout.label_key])} labels; expected (N, 3072) and N labels")
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.as_tensor(list(entry[layout.label_key]), dtype=torch.int64))
+    return resize_uint8(torch.cat(images), size), torch.cat(labels)
+
+
+def _read_cifar(section: DataSection) -> _Raw:
+    layout = _CIFAR[section.dataset]
+    folder, train_files, test_files, meta_file = _cifar_files(section)
+    meta = _read_batch(meta_file)
+    if layout.names_key not in meta:
+        raise InputError(f"{meta_file}: lacks '{layout.names_key}'")
+    names = tuple(str(n) for n in meta[layout.names_key])
+    train_images, train_labels = _cifar_split(train_files, layout, section.image_size)
+    test_images, test_labels = _cifar_split(test_files, layout, section.image_size)
+    for labels, files in ((train_labels, train_files), (test_labels, test_files)):
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+            raise InputError(f"{files[0].parent}: labels outside 0..{len(names) - 1}")
+    return _Raw(train_images, train_labels, test_images, test_labels, names, layout.mean, layout.std,
+                str(folder))
+
+
+register_dataset("cifar10", _check_cifar)(_read_cifar)
+register_dataset("cifar100", _check_cifar)(_read_cifar)
+
+
+# --------------------------------------------------------------------------- image folder
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _imagefolder_roots(section: DataSection) -> tuple[Path, Path | None]:
+    root = Path(section.root)
+    if (root / "train").is_dir():
+        for name in ("test", "val"):
+            if (root / name).is_dir():
+                return root / "train", root / name
+        return root / "train", None
+    return root, None
+
+
+def _check_imagefolder(section: DataSection) -> None:
+    layout = ("ROOT/<class>/<image> or ROOT/train/<class>/<image> (with an optional "
+              "ROOT/test/ or ROOT/val/ of the same classes)")
+    if section.root is None:
+        raise RecipeError(f"imagefolder needs data.root laid out as {layout}", field="data.root")
+    root = Path(section.root)
+    if not root.is_dir():
+        raise InputError(f"image folder not found: {root}", hint=f"put the images there as {layout}")
+    train_root, _ = _imagefolder_roots(section)
+    classes = [p for p in sorted(train_root.iterdir()) if p.is_dir()]
+    if len(classes) < 2:
+        raise InputError(f"{train_root}: found {len(classes)} class folder(s), need at least 2",
+                         hint=f"lay the images out as {layout}")
+
+
+def _scan(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    from torchvision.datasets.folder import make_dataset
+
+    try:
+        found = make_dataset(str(folder), {name: i for i, name in enumerate(classes)},
+                             extensions=IMAGE_SUFFIXES)
+    except FileNotFoundError as exc:
+        raise InputError(f"{folder}: {exc}") from None
+    return [(Path(path), label) for path, label in found]
+
+
+def _decode_all(items: list[tuple[Path, int]], size: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
+    with progress_bar(f"decode {what}", len(items)) as advance:
+        for i, (path, _) in enumerate(items):
+            images[i] = decode_image(path, size)
+            advance()
+    return images, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+def _read_imagefolder(section: DataSection) -> _Raw:
+    from torchvision.datasets.folder import find_classes
+
+    train_root, test_root = _imagefolder_roots(section)
+    classes, _ = find_classes(str(train_root))
+    train_items = _scan(train_root, classes)
+    train_images, train_labels = _decode_all(train_items, section.image_size, "train images")
+    test_images = test_labels = None
+    if test_root is not None:
+        test_classes, _ = find_classes(str(test_root))
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise InputError(f"{test_root}: class folders {unknown} are not in {train_root}")
+        test_images, test_labels = _decode_all(_scan(test_root, classes), section.image_size, "test images")
+    return _Raw(train_images, train_labels, test_images, test_labels, tuple(classes), None, None,
+                str(section.root))
+
+
+register_dataset("imagefolder", _check_imagefolder)(_read_imagefolder)

@@ -1,0 +1,74 @@
+"""Errors a user can act on. Imports nothing.
+
+Every class carries the exit code the CLI uses for it (documented in the README):
+2 a bad recipe or input, 3 a failed gate, 1 anything else. Exceptions that are not
+`NfcompileError` are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+
+class NfcompileError(Exception):
+    """Base for every error the CLI prints on one line without a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class RecipeError(NfcompileError):
+    """The recipe (or a --set override) is malformed; names the file and field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
+                 hint: str | None = None):
+        where = ": ".join(part for part in (source, field) if part)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.problem = message
+        self.source = source
+        self.field = field
+
+    def in_file(self, source: str) -> "RecipeError":
+        """The same error, naming the recipe file (for errors raised where the file is unknown)."""
+        if self.source is not None:
+            return self
+        return RecipeError(self.problem, source=source, field=self.field, hint=self.hint)
+
+
+class InputError(NfcompileError):
+    """A file or dataset the user pointed at is missing, unreadable or malformed."""
+
+    exit_code = 2
+
+
+class BudgetError(NfcompileError):
+    """The memory budget is too small to train at all (states the minimum it needs)."""
+
+    exit_code = 2
+
+
+class GateFailed(NfcompileError):
+    """A measured number failed the recipe's limit (validation, accuracy, latency, constraints)."""
+
+    exit_code = 3
+
+
+class BudgetExceeded(GateFailed):
+    """A block's measured peak went over the budget: the plan did not hold."""
+
+
+class StageSkipped(NfcompileError):
+    """A stage could not run here (missing backend); carries the reason, never a fake result."""
+
+    exit_code = 0
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,185 @@
+"""Read a recipe file, apply `--set` overrides, validate, and hash it.
+
+Every failure is a `RecipeError` naming the file, the field path and the problem on one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from nfcompile.errors import RecipeError
+from nfcompile.recipe.schema import Recipe
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything bigger is a mistake
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    path = Path(path)
+    raw = read_recipe_yaml(path)
+    for override in overrides:
+        apply_override(raw, override, source=str(path))
+    return validate_recipe(raw, source=str(path))
+
+
+def read_recipe_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    if path.is_dir():
+        raise RecipeError("is a folder, expected a recipe YAML file", source=source)
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"file is {size} bytes; a recipe should be far below {MAX_RECIPE_BYTES}",
+                              source=source)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", source=source,
+                          hint="see recipes/ for examples, e.g. recipes/quickstart.yaml") from None
+    except PermissionError:
+        raise RecipeError("recipe file is not readable (permission denied)", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", source=source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"invalid YAML: {where}{problem}", source=source) from None
+    if data is None:
+        raise RecipeError("recipe is empty", source=source, hint="a recipe needs at least `name:`")
+    if not isinstance(data, dict):
+        raise RecipeError(f"the top level must be a mapping of sections, got {_yaml_type(data)}",
+                          source=source)
+    return data
+
+
+def apply_override(raw: dict[str, Any], override: str, *, source: str) -> None:
+    """Apply one `a.b.c=value`; the value is read as YAML so `2`, `true`, `[1, 2]`, `null` are typed."""
+    field, sep, text = override.partition("=")
+    field = field.strip()
+    origin = f"{source} (--set {override})"
+    if not sep or not field:
+        raise RecipeError("an override must look like section.field=value", source=origin)
+    keys = field.split(".")
+    if any(not key for key in keys):
+        raise RecipeError(f"empty name in field path {field!r}", source=origin)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # an unquoted string that YAML cannot read, e.g. "a: b"; the schema judges it
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{'.'.join(keys[:depth + 1])} is a value, not a section", source=origin,
+                              field=field)
+        node = child
+    node[keys[-1]] = value
+
+
+def validate_recipe(raw: dict[str, Any], *, source: str) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise _recipe_error(exc, source) from None
+
+
+def _recipe_error(exc: ValidationError, source: str) -> RecipeError:
+    problems = []
+    hint = None
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        # pydantic names union members in the path ("int", "str"): they are not fields.
+        loc = [part for part in loc if not part.startswith(("function-", "literal[", "union["))
+               and part not in ("int", "str", "float", "bool", "constrained-int", "constrained-float",
+                                "tuple[float, float, float]")]
+        field = ".".join(loc) or "(recipe)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+            suggestion = _did_you_mean(error["loc"])
+            if suggestion:
+                message += f" (did you mean {suggestion!r}?)"
+            hint = hint or f"allowed here: {', '.join(_field_names_at(error['loc'][:-1]))}"
+        elif ("input" in error and error["type"] != "missing" and not isinstance(error["input"], dict)
+              and repr(error["input"]) not in message):
+            message += f" (got {error['input']!r})"
+        problems.append(f"{field}: {message}" if field != "(recipe)" else message)
+    count = len(problems)
+    text = problems[0] if count == 1 else f"{problems[0]}; and {count - 1} more: " + "; ".join(problems[1:])
+    return RecipeError(text, source=source, hint=hint)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        info = next((f for name, f in model.model_fields.items()
+                     if str(part) in (name, f.alias)), None)
+        if info is None:
+            return None
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def _field_names_at(loc: tuple) -> list[str]:
+    model = _model_at(tuple(loc))
+    return sorted(f.alias or name for name, f in model.model_fields.items()) if model else []
+
+
+def _did_you_mean(loc: tuple) -> str | None:
+    names = _field_names_at(loc[:-1])
+    matches = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _yaml_type(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return json.loads(recipe.model_dump_json())
+
+
+def fingerprint(value: Any) -> str:
+    """sha256 of canonical JSON: equal settings give equal fingerprints across runs and machines."""
+    if isinstance(value, BaseModel):
+        value = json.loads(value.model_dump_json())
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return fingerprint(recipe)
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as YAML, in the schema's field order."""
+    return yaml.safe_dump(recipe_dict(recipe), sort_keys=False, default_flow_style=None, width=100)
+
+
+def with_overrides(recipe: Recipe, overrides: Iterable[str], source: str = "recipe") -> Recipe:
+    """A copy of a validated recipe with more overrides applied (used by benchmarks and tests)."""
+    raw = copy.deepcopy(recipe_dict(recipe))
+    for override in overrides:
+        apply_override(raw, override, source=source)
+    return validate_recipe(raw, source=source)

@@ -1,0 +1,318 @@
+"""The recipe: one typed section per pipeline stage. Unknown keys are rejected.
+
+Every field has a default that works, a range that makes sense, and a description that the
+README's recipe reference is checked against. Relative paths are read from the current folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from nfcompile.core.bytesize import parse_bytes
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _existing_file(value: Path | None, what: str) -> Path | None:
+    if value is not None and not Path(value).is_file():
+        raise ValueError(f"{what} {str(value)!r} does not exist or is not a file")
+    return value
+
+
+class ModelSection(Section):
+    arch: str = Field("resnet18", description="Architecture: one of `nfcompile check --list-archs`.")
+    num_classes: PositiveInt | None = Field(None, description="Classes; null takes them from the dataset.")
+    small_input: bool = Field(True, description="Small-image stem for inputs of about 32x32: 3x3 stride-1 "
+                              "first conv and no max-pool (ResNet), stride-1 stem (MobileNetV2), "
+                              "global-pool + linear classifier (VGG).")
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
+        1.0, description="Channel multiplier applied to every layer (1.0 is the published width).")
+    pretrained: str | None = Field(
+        None, description="Initial weights: `torchvision:DEFAULT` (or another weight enum name) or the "
+        "path of a state_dict file (loaded with weights_only=True).")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_exists(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("torchvision:"):
+            _existing_file(Path(value), "weights file")
+        return value
+
+
+class AugmentSection(Section):
+    flip: bool = Field(False, description="Random horizontal flips (off for digits: a flipped 2 is not a 2).")
+    crop_padding: Annotated[int, Field(ge=0, le=64)] = Field(
+        0, description="Random crops after zero padding by this many pixels (0 disables).")
+
+
+class DataSection(Section):
+    dataset: str = Field("digits", description="digits | cifar10 | cifar100 | imagefolder.")
+    root: Path | None = Field(None, description="Where the dataset lives (cifar10/100, imagefolder).")
+    download: bool = Field(False, description="Let torchvision download CIFAR into `root` (needs internet).")
+    image_size: Annotated[int, Field(ge=8, le=1024)] = Field(32, description="Side of the square model input.")
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
+        0.15, description="Share of the training data held out for early stopping.")
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
+        0.15, description="Share held out for scoring exits and validation (digits, imagefolder; "
+        "CIFAR uses its own test set).")
+    max_train_samples: PositiveInt | None = Field(None, description="Use at most this many training samples.")
+    max_eval_samples: PositiveInt | None = Field(None, description="Use at most this many val/test samples.")
+    augment: AugmentSection = AugmentSection()
+    mean: tuple[float, float, float] | None = Field(None, description="Normalization mean; null: dataset's own.")
+    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = \
+        Field(None, description="Normalization std; null: dataset's own.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSection":
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError(f"data.val_fraction + data.test_fraction = "
+                             f"{self.val_fraction + self.test_fraction:g} leaves too little to train on")
+        if self.download and self.dataset not in ("cifar10", "cifar100"):
+            raise ValueError(f"data.download works only for cifar10/cifar100, not {self.dataset!r}")
+        return self
+
+
+class BudgetSection(Section):
+    memory: Union[Literal["auto"], int, str] = Field(
+        "auto", description="Peak training memory on the device: a size (`96MiB`, `2GB`, bytes) or "
+        "`auto` (a fraction of free device memory: NVML, else cudaMemGetInfo, host RAM on CPU).")
+    auto_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.8, description="Share of free memory that `auto` takes.")
+    enforce: bool = Field(True, description="Fail a block whose measured peak exceeds the budget; on CUDA "
+                          "also cap the process with set_per_process_memory_fraction.")
+
+    @field_validator("memory")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        if value == "auto":
+            return value
+        return parse_bytes(value)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory == "auto" else int(self.memory)
+
+
+class HeadSection(Section):
+    policy: Literal["adaptive", "fixed"] = Field(
+        "adaptive", description="adaptive: filters per unit chosen for memory; fixed: `filters` everywhere.")
+    filters: Annotated[int, Field(ge=1, le=4096)] = Field(
+        64, description="Width of every head (fixed) or the widest head (adaptive).")
+    min_filters: Annotated[int, Field(ge=1, le=4096)] = Field(8, description="Narrowest adaptive head.")
+    memory_ratio: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
+        0.25, description="Adaptive rule: a head's activations per sample stay within this share of its "
+        "unit's, so the head barely shrinks the batch size.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "HeadSection":
+        if self.min_filters > self.filters:
+            raise ValueError(f"head.min_filters ({self.min_filters}) exceeds head.filters ({self.filters})")
+        return self
+
+
+class CacheSection(Section):
+    dtype: Literal["float16", "float32"] = Field("float16", description="Precision of cached activations.")
+    placement: Literal["auto", "device", "host", "disk"] = Field(
+        "auto", description="auto: device if it fits the budget, else host RAM, else a memory-mapped file.")
+    max_host_bytes: Union[int, str, None] = Field(
+        None, description="Host RAM the cache may use; null: half of the RAM available at start.")
+    feature_augment: bool = Field(
+        True, description="Augment cached activations (random shifts, and flips when data.augment.flip), "
+        "since caching freezes the input augmentation after the first block.")
+
+    @field_validator("max_host_bytes")
+    @classmethod
+    def _size(cls, value: int | str | None) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+
+class NeuroFluxSection(Section):
+    head: HeadSection = HeadSection()
+    cache: CacheSection = CacheSection()
+    block_split_ratio: Annotated[float, Field(ge=1.0)] = Field(
+        2.0, description="Start a new block where a unit's largest batch differs from the block's by more "
+        "than this factor.")
+    profile_batch_sizes: tuple[PositiveInt, ...] = Field(
+        (4, 16), description="Batch sizes at which each unit's training step is measured (two or more).")
+    max_batch_size: PositiveInt = Field(512, description="Upper bound on any block's batch size.")
+    stop_stalled_blocks: bool = Field(
+        False, description="Skip the remaining blocks once a block's best exit fails to beat the earlier "
+        "exits by `stall_delta`.")
+    stall_delta: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.002, description="Accuracy gain that counts.")
+    track_steps: PositiveInt = Field(
+        3, description="CPU only: training steps per block observed by the allocation tracker to measure "
+        "the block's peak (CUDA measures every step).")
+
+    @field_validator("profile_batch_sizes")
+    @classmethod
+    def _two_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) < 2:
+            raise ValueError("needs at least two different batch sizes to fit memory = P + b*A")
+        return tuple(sorted(set(value)))
+
+
+class BackpropSection(Section):
+    checkpointing: bool = Field(False, description="Gradient checkpointing at unit boundaries.")
+
+
+class GradientFilterSection(Section):
+    layers: PositiveInt = Field(2, description="Last N conv layers to fine-tune with filtered gradients.")
+    patch: Annotated[int, Field(ge=1, le=16)] = Field(2, description="R: gradients averaged over RxR patches.")
+
+
+class TrainSection(Section):
+    method: Literal["neuroflux", "backprop", "gradient_filter"] = Field("neuroflux", description="Training method.")
+    epochs: PositiveInt = Field(10, description="Epochs per block (NeuroFlux) or in total (backprop).")
+    patience: Annotated[int, Field(ge=0)] = Field(
+        3, description="Stop a block after this many epochs without a better exit (0: never early).")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer per unit.")
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(0.05, description="Learning rate at reference_batch_size.")
+    reference_batch_size: PositiveInt = Field(
+        64, description="The learning rate scales linearly: lr * batch / reference_batch_size.")
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.9, description="SGD momentum.")
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = Field(5e-4, description="Weight decay.")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule per block.")
+    batch_size: PositiveInt | None = Field(
+        None, description="Backprop/gradient filter batch; null: the largest that fits the budget.")
+    neuroflux: NeuroFluxSection = NeuroFluxSection()
+    backprop: BackpropSection = BackpropSection()
+    gradient_filter: GradientFilterSection = GradientFilterSection()
+
+
+class BenchSection(Section):
+    backend: Literal["ort-cpu", "ort-cuda", "tensorrt"] = Field(
+        "ort-cpu", description="Where latency is measured when scoring exits and in `nfcompile bench`.")
+    warmup: Annotated[int, Field(ge=0)] = Field(10, description="Untimed runs before timing.")
+    repeats: Annotated[int, Field(ge=3)] = Field(50, description="Timed runs; p50/p90 are over these.")
+    batch_sizes: tuple[PositiveInt, ...] = Field((1, 32), description="Batch sizes to time.")
+    threads: PositiveInt | None = Field(None, description="ONNX Runtime intra-op threads; null: its default.")
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="`bench` exits 3 when the p50 at batch 1 is slower than this.")
+    table: Path | None = Field(
+        None, description="Latency table from `nfcompile bench --emit-table` on the target; used instead "
+        "of measuring here.")
+
+    @field_validator("table")
+    @classmethod
+    def _table_exists(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "latency table")
+
+
+class SelectSection(Section):
+    policy: Literal["smallest_within", "max_accuracy", "knee"] = Field(
+        "smallest_within", description="smallest_within: smallest exit within `within_points` of the best "
+        "accuracy; max_accuracy; knee: the front's point farthest from the line joining its ends.")
+    within_points: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        1.0, description="Accuracy points (percent) below the best that smallest_within accepts.")
+    latency_batch_size: PositiveInt = Field(1, description="Which batch size's p50 is the latency objective.")
+    min_accuracy: Fraction | None = Field(None, description="Constraint: accuracy at least (0.95 = 95%).")
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = Field(None, description="Constraint: p50 latency at most.")
+    max_size_mb: Annotated[float, Field(gt=0)] | None = Field(None, description="Constraint: ONNX size at most (MB).")
+    max_params: PositiveInt | None = Field(None, description="Constraint: parameters at most.")
+
+
+class PruneSection(Section):
+    enabled: bool = Field(False, description="Prune before export.")
+    method: Literal["drive", "magnitude", "snip", "synflow"] = Field("drive", description="Pruning method.")
+    target: Literal["chosen_exit", "full_model"] = Field("chosen_exit", description="What to prune.")
+    sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.9, description="Share of weights removed.")
+    dense_epochs: Annotated[int, Field(ge=0)] = Field(2, description="DRIVE: dense epochs before pruning.")
+    rounds: PositiveInt = Field(5, description="Iterative rounds (exponential sparsity schedule).")
+    finetune_epochs: Annotated[int, Field(ge=0)] = Field(1, description="Masked fine-tuning epochs per round.")
+    baselines: tuple[Literal["magnitude", "snip", "synflow"], ...] = Field(
+        (), description="Also prune with these at the same sparsity and report them side by side.")
+
+
+class ExportSection(Section):
+    exporter: Literal["dynamo", "torchscript"] = Field("dynamo", description="torch.onnx exporter.")
+    opset: Annotated[int, Field(ge=13, le=23)] = Field(18, description="ONNX opset.")
+    dynamic_batch: bool = Field(True, description="Dynamic batch dimension.")
+    simplify: bool = Field(True, description="Run onnxsim; kept only if it re-validates.")
+
+
+class QuantizeSection(Section):
+    enabled: bool = Field(True, description="Produce model.int8.onnx (static QDQ, ONNX Runtime).")
+    calibration_samples: PositiveInt = Field(256, description="Training samples used for calibration.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration.")
+    per_channel: bool = Field(True, description="Per-channel weight scales.")
+    max_accuracy_drop: Fraction = Field(0.01, description="Gate: INT8 accuracy may drop this much (0.01 = 1 point).")
+
+
+class TensorRTSection(Section):
+    enabled: bool = Field(True, description="Build a TensorRT engine where tensorrt and CUDA are present.")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="Engine precision (int8 uses the QDQ model).")
+    min_batch: PositiveInt = Field(1, description="Optimization profile: smallest batch.")
+    opt_batch: PositiveInt = Field(8, description="Optimization profile: batch to tune for.")
+    max_batch: PositiveInt = Field(32, description="Optimization profile: largest batch.")
+    workspace: Union[int, str] = Field("1GiB", description="Builder workspace memory pool limit.")
+    timing_cache: Path | None = Field(None, description="Existing timing cache to start from (read only).")
+
+    @field_validator("workspace")
+    @classmethod
+    def _size(cls, value: int | str) -> int:
+        return parse_bytes(value)
+
+    @field_validator("timing_cache")
+    @classmethod
+    def _cache_exists(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "timing cache")
+
+    @model_validator(mode="after")
+    def _profile(self) -> "TensorRTSection":
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"needs min_batch <= opt_batch <= max_batch, got "
+                             f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
+        return self
+
+
+class ValidateSection(Section):
+    atol: Annotated[float, Field(ge=0.0)] = Field(1e-4, description="Absolute tolerance (Polygraphy-style).")
+    rtol: Annotated[float, Field(ge=0.0)] = Field(1e-3, description="Relative tolerance.")
+    max_abs_error: Annotated[float, Field(ge=0.0)] = Field(1e-4, description="Gate: FP32 ONNX max |error| on logits.")
+    min_top1_agreement: Fraction = Field(1.0, description="Gate: FP32 ONNX top-1 agreement with PyTorch.")
+    engine_atol: Annotated[float, Field(ge=0.0)] = Field(5e-2, description="Tolerance for FP16/INT8 engines.")
+    engine_min_top1_agreement: Fraction = Field(0.98, description="Gate: engine top-1 agreement.")
+    samples: PositiveInt | None = Field(None, description="Held-out samples to compare on; null: the whole test split.")
+
+
+class Recipe(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
+        ..., description="Names the artifact folder: letters, digits, `_`, `.`, `-`.")
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = Field(0, description="Seed for splits, init and data order.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    budget: BudgetSection = BudgetSection()
+    train: TrainSection = TrainSection()
+    select: SelectSection = SelectSection()
+    prune: PruneSection = PruneSection()
+    export: ExportSection = ExportSection()
+    quantize: QuantizeSection = QuantizeSection()
+    tensorrt: TensorRTSection = TensorRTSection()
+    # `validate` is the YAML key; the attribute is `validation` (pydantic owns `validate`).
+    validation: ValidateSection = Field(ValidateSection(), alias="validate")
+    bench: BenchSection = BenchSection()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.tensorrt.enabled and self.tensorrt.precision == "int8" and not self.quantize.enabled:
+            raise ValueError("tensorrt.precision int8 builds from the QDQ model: set quantize.enabled: true")
+        if self.train.method == "gradient_filter" and self.model.pretrained is None:
+            raise ValueError("train.method gradient_filter fine-tunes a trained model: set model.pretrained")
+        if self.bench.backend == "tensorrt" and not self.tensorrt.enabled:
+            raise ValueError("bench.backend tensorrt needs tensorrt.enabled: true")
+        if self.select.latency_batch_size not in self.bench.batch_sizes:
+            raise ValueError(f"select.latency_batch_size {self.select.latency_batch_size} is not one of "
+                             f"bench.batch_sizes {list(self.bench.batch_sizes)}")
+        return self

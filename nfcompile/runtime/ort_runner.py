@@ -1,0 +1,63 @@
+"""ONNX Runtime: the portable deployment runtime (CPU, or CUDA where its provider is present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nfcompile.errors import StageSkipped
+from nfcompile.runtime.base import Runner
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def ort_providers(device: str) -> list[str]:
+    """Providers for 'cpu' or 'cuda'; CUDA where the installed onnxruntime lacks it is a skip."""
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[device]
+    if wanted not in ort.get_available_providers():
+        raise StageSkipped(f"onnxruntime {ort.__version__} here has no {wanted} "
+                           f"(available: {', '.join(ort.get_available_providers())})")
+    return [wanted] if device == "cpu" else [wanted, PROVIDERS["cpu"]]
+
+
+class OrtRunner(Runner):
+    def __init__(self, model: str | Path | bytes, *, device: str = "cpu", threads: int | None = None):
+        super().__init__()
+        self.model = str(model) if isinstance(model, Path) else model
+        self.device = device
+        self.threads = threads
+        self.session = None
+        self.name = f"onnxruntime ({PROVIDERS[device]})"
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        self.session = ort.InferenceSession(self.model, sess_options=options,
+                                            providers=ort_providers(self.device))
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self._session().get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self._session().get_outputs()]
+
+    def _session(self):
+        if self.session is None:
+            raise RuntimeError(f"{self.name}: not active")
+        return self.session
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session().run(None, feed)
+        return dict(zip(self.output_names, outputs))

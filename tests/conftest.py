@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny seeded model (3 units, 16x16 input, 4 classes) and small learnable data.
+
+Everything here builds in milliseconds, so the suite stays fast on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nfcompile.data.datasets import DataBundle, DatasetInfo, ImageSet
+from nfcompile.data.preprocess import Preprocessing
+from nfcompile.models.adapters import UnitNet
+from nfcompile.models.early_exit import MultiExitNet
+from nfcompile.models.heads import AuxHead
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLASSES = 4
+TINY_SIZE = 16
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _conv_unit(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+def make_tiny_unit_net(seed: int = 0) -> UnitNet:
+    torch.manual_seed(seed)
+    units = [("stem", _conv_unit(3, 8, 1)), ("conv2", _conv_unit(8, 16, 2)), ("conv3", _conv_unit(16, 32, 2))]
+    classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(32, TINY_CLASSES))
+    return UnitNet(units, classifier, arch="tiny")
+
+
+def make_tiny_multi_exit(seed: int = 0, filters: int = 8) -> MultiExitNet:
+    net = make_tiny_unit_net(seed)
+    shapes = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))
+    torch.manual_seed(seed + 1)
+    heads = {i: AuxHead(out[0], filters, TINY_CLASSES) for i, (_, out) in enumerate(shapes)}
+    return MultiExitNet(net, heads)
+
+
+def make_tiny_images(count: int, seed: int) -> ImageSet:
+    """Four classes a small CNN separates: a bright quadrant per class, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % TINY_CLASSES
+    images = torch.randint(0, 60, (count, 3, TINY_SIZE, TINY_SIZE), generator=generator, dtype=torch.uint8)
+    half = TINY_SIZE // 2
+    for i, label in enumerate(labels.tolist()):
+        row, col = divmod(label, 2)
+        images[i, :, row * half:(row + 1) * half, col * half:(col + 1) * half] += 150
+    return ImageSet(images, labels.to(torch.int64))
+
+
+def make_tiny_data(train: int = 64, val: int = 32, test: int = 32) -> DataBundle:
+    preprocessing = Preprocessing(image_size=TINY_SIZE, mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3))
+    info = DatasetInfo("tiny", tuple(f"class{i}" for i in range(TINY_CLASSES)), preprocessing, "tests")
+    return DataBundle(make_tiny_images(train, 1), make_tiny_images(val, 2), make_tiny_images(test, 3), info)
+
+
+@pytest.fixture
+def tiny_unit_net() -> UnitNet:
+    return make_tiny_unit_net()
+
+
+@pytest.fixture
+def tiny_multi_exit() -> MultiExitNet:
+    return make_tiny_multi_exit()
+
+
+@pytest.fixture
+def tiny_data() -> DataBundle:
+    return make_tiny_data()
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# A digits recipe small enough for end-to-end runs in tests (seconds, not minutes).
+TINY_DIGITS_RECIPE = """\
+name: tiny-digits
+seed: 0
+device: cpu
+model: {arch: resnet18, width: 0.125}
+data: {dataset: digits, image_size: 16, max_train_samples: 400, max_eval_samples: 120}
+budget: {memory: 24MiB}
+train:
+  epochs: 2
+  patience: 0
+  neuroflux: {profile_batch_sizes: [4, 16], max_batch_size: 128}
+bench: {warmup: 2, repeats: 5, batch_sizes: [1, 8]}
+select: {policy: smallest_within, within_points: 2.0}
+tensorrt: {opt_batch: 8, max_batch: 8}
+"""
+
+
+@pytest.fixture
+def tiny_digits_recipe(tmp_path: Path) -> Path:
+    return write_recipe(tmp_path, TINY_DIGITS_RECIPE)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None):
+    """Run the real CLI in a subprocess (exit codes, stdout/stderr as a user sees them)."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "nfcompile", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
