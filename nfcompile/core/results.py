@@ -187,6 +187,9 @@ class ExitScore(Result):
     onnx_sha256: str
     latency: tuple[Latency, ...]  # one per batch size
     latency_source: str  # "measured: onnxruntime CPUExecutionProvider" or "table: <file>"
+    # The ONNX that was sized and timed, relative to the run folder. The full model points at the
+    # last exit's file when that exit was trained: they are the same network.
+    onnx_file: str = ""
 
     def latency_at(self, batch_size: int) -> Latency | None:
         return next((lat for lat in self.latency if lat.batch_size == batch_size), None)
@@ -200,15 +203,27 @@ class ExitScores(Result):
     test_samples: int
     batch_sizes: tuple[int, ...]
 
+    def get(self, name: str) -> ExitScore:
+        """An exit by name ("exit_03"), or the full model ("full")."""
+        if name == self.full_model.name:
+            return self.full_model
+        for score in self.exits:
+            if score.name == name:
+                return score
+        raise KeyError(f"no exit named {name!r}; exits: {', '.join(s.name for s in self.exits)}")
+
 
 @dataclass(frozen=True)
 class ExitVerdict(Result):
     name: str
-    on_front: bool
-    feasible: bool
+    on_front: bool  # Pareto-optimal among all exits (accuracy up, size down, latency down)
+    feasible: bool  # meets every select constraint
     violations: tuple[str, ...]
     chosen: bool
     why: str
+    # Pareto-optimal among the feasible exits: what the policy chooses from. Differs from
+    # on_front only where an infeasible exit (e.g. over max_params) dominates a feasible one.
+    on_feasible_front: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,6 +234,14 @@ class Selection(Result):
     reason: str
     verdicts: tuple[ExitVerdict, ...]
     vs_full: dict[str, float | None]  # param_reduction, size_reduction, throughput_gain_b1, ...
+    latency_batch_size: int | None = None  # whose p50 was the latency objective
+    constraints: dict[str, float | None] = field(default_factory=dict)  # select.* limits applied
+
+    def verdict(self, name: str) -> ExitVerdict:
+        for verdict in self.verdicts:
+            if verdict.name == name:
+                return verdict
+        raise KeyError(f"no verdict for {name!r}; exits: {', '.join(v.name for v in self.verdicts)}")
 
 
 # --------------------------------------------------------------------------- prune
@@ -226,22 +249,37 @@ class Selection(Result):
 
 @dataclass(frozen=True)
 class PruneOutcome(Result):
-    method: str
+    """One pruning method run from the shared starting weights to its final sparse model."""
+
+    method: str  # drive | magnitude | snip | synflow
     sparsity_target: float
-    sparsity_reached: float
-    accuracy: float
-    seconds: float
+    sparsity_reached: float  # zeros among the prunable weights (conv + linear), counted
+    accuracy: float  # test split
+    seconds: float  # wall time of the whole method: dense training, scoring, pruning, retraining
+    epochs: int = 0  # training epochs it spent (magnitude pruning retrains every round)
+    prunable_weights: int = 0
+    zero_weights: int = 0
+    val_accuracy: float | None = None
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # per weight: global ranking is uneven
 
 
 @dataclass(frozen=True)
 class PruneResult(Result):
     method: str
     target: str  # which model was pruned: the chosen exit or the whole model
-    accuracy_before: float
+    accuracy_before: float  # test split, the model as handed to the prune stage
     outcome: PruneOutcome
-    baselines: tuple[PruneOutcome, ...]
-    checkpoint: str  # relative to the run folder
-    compressed_bytes: int | None  # the pruned ONNX, zipped: zeros compress
+    baselines: tuple[PruneOutcome, ...]  # other methods, same sparsity, same starting weights
+    checkpoint: str | None = None  # relative to the run folder; set by whoever writes the file
+    compressed_bytes: int | None = None  # the pruned ONNX, deflated (zip): zeros compress
+    dense_compressed_bytes: int | None = None  # the same export before pruning, deflated
+
+    def baseline(self, method: str) -> PruneOutcome:
+        return next(o for o in (self.outcome, *self.baselines) if o.method == method)
+
+    def seconds_ratio(self, method: str) -> float:
+        """How many times longer ``method`` took than the chosen method, in this run."""
+        return self.baseline(method).seconds / self.outcome.seconds
 
 
 # --------------------------------------------------------------------------- export / validate
@@ -283,29 +321,40 @@ class Comparison(Result):
 
 @dataclass(frozen=True)
 class GateCheck(Result):
-    name: str  # e.g. "fp32.max_abs_error"
-    value: float | None
+    """One measured number judged against one recipe limit."""
+
+    name: str  # the number, e.g. "fp32.max_abs_error"
+    value: float | None  # None where it could not be measured (a failed check)
     limit: float | None
     passed: bool
-    detail: str = ""
+    detail: str = ""  # related figures reported beside it (tolerances, accuracies)
+    op: str = ""  # how value must relate to limit: "<=" or ">="
+    field: str = ""  # the recipe field that holds the limit, e.g. "validate.max_abs_error"
 
 
 @dataclass(frozen=True)
 class QuantResult(Result):
-    path: str
-    calibration_samples: int
+    """The INT8 QDQ model. Its accuracy against PyTorch is a `Comparison` from the validate stage."""
+
+    path: str  # relative to the run folder
+    source: str  # the FP32 ONNX it was quantized from, relative to the run folder
+    calibration_samples: int  # training-split samples actually used
     calibration_method: str
     per_channel: bool
-    symmetric: bool
+    symmetric: bool  # activations and weights, zero point 0 (checked on the written graph)
+    quantized_tensors: int  # tensors carried in INT8 (one DequantizeLinear each)
     bytes: int
     sha256: str
-    comparison: Comparison
 
 
 @dataclass(frozen=True)
 class EngineResult(Result):
-    path: str
+    """A serialized TensorRT plan. Its parity with PyTorch is a `Comparison` from the validate stage."""
+
+    path: str  # relative to the run folder
+    source: str  # the ONNX it was built from, relative to the run folder
     precision: str
+    strongly_typed: bool  # precision from the graph (TensorRT 11; int8 QDQ on 10); else TensorRT 10 flags
     tensorrt_version: str
     gpu: str
     compute_capability: str
@@ -313,7 +362,7 @@ class EngineResult(Result):
     build_seconds: float
     bytes: int
     sha256: str
-    comparison: Comparison | None
+    timing_cache: str | None  # relative to the run folder
 
 
 # --------------------------------------------------------------------------- pipeline

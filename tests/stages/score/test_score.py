@@ -1,0 +1,159 @@
+"""score_exits on the tiny fixture model: every exit scored, numbers checked independently."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SIZE, make_tiny_data, make_tiny_multi_exit
+from torch import nn
+
+from nfcompile.recipe.schema import BenchSection, ExportSection
+from nfcompile.runtime import OrtRunner
+from nfcompile.stages.score import score_exits
+from nfcompile.stages.score.cost import count_macs
+
+BENCH = BenchSection(warmup=1, repeats=3, batch_sizes=(1, 4))
+FAST_EXPORT = ExportSection(exporter="torchscript")
+CPU = torch.device("cpu")
+
+
+def trained_tiny_net(steps: int = 40):
+    """The fixture net after a few steps on its learnable data, so exits differ in accuracy."""
+    torch.manual_seed(0)
+    net, data = make_tiny_multi_exit(), make_tiny_data()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    x = data.preprocessing.normalize(data.train.images)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = sum(nn.functional.cross_entropy(logits, data.train.labels) for logits in net.forward_exits(x).values())
+        loss.backward()
+        optimizer.step()
+    return net, data
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Exits 0 and 1 trained, the last unit not: the full model is exported on its own."""
+    net, data = trained_tiny_net()
+    net.train()
+    out_dir = tmp_path_factory.mktemp("run")
+    scores = score_exits(net, [1, 0], data.test, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
+                         out_dir=out_dir, device=CPU)
+    return net, data, out_dir, scores
+
+
+def test_every_trained_exit_and_the_full_model_are_scored(scored):
+    net, data, _, scores = scored
+    assert [s.name for s in scores.exits] == ["exit_00", "exit_01"]
+    assert [s.unit for s in scores.exits] == [0, 1]
+    assert scores.full_model.name == "full" and scores.full_model.unit == 2
+    assert scores.full_model.accuracy is None  # its unit was not trained
+    assert scores.full_model.onnx_file == "exits/full.onnx"
+    assert scores.test_samples == len(data.test) and scores.batch_sizes == (1, 4)
+    for score in [*scores.exits, scores.full_model]:
+        assert [lat.batch_size for lat in score.latency] == [1, 4]
+        assert all(0 < lat.p50_ms <= lat.p90_ms for lat in score.latency)
+        assert score.latency_source.startswith("measured: onnxruntime (CPUExecutionProvider)")
+    assert all(m.training for m in net.modules()), "the caller's net keeps its mode, exports notwithstanding"
+
+
+def test_accuracy_matches_a_direct_torch_computation(scored):
+    net, data, _, scores = scored
+    net.eval()
+    with torch.no_grad():
+        x = data.preprocessing.normalize(data.test.images)
+        direct = {u: (net.exit_net(u)(x).argmax(1) == data.test.labels).float().mean().item() for u in (0, 1)}
+    net.train()
+    assert {s.unit: s.accuracy for s in scores.exits} == pytest.approx(direct, abs=1e-12)
+    assert len({round(a, 6) for a in direct.values()} | {0.25}) > 1, "training moved accuracy off chance"
+
+
+def _layer_params(*layers: tuple[str, int, int]) -> int:
+    sizes = {"conv3x3": lambda i, o: i * o * 9, "bn": lambda i, o: 2 * o, "linear": lambda i, o: i * o + o}
+    return sum(sizes[kind](i, o) for kind, i, o in layers)
+
+
+def test_params_count_prefix_and_head_and_grow_with_depth(scored):
+    _, _, _, scores = scored
+    head = lambda c: [("conv3x3", c, 8), ("bn", 8, 8), ("linear", 8, 4)]  # noqa: E731
+    trunk = [("conv3x3", 3, 8), ("bn", 8, 8), ("conv3x3", 8, 16), ("bn", 16, 16), ("conv3x3", 16, 32), ("bn", 32, 32)]
+    expected = [_layer_params(*trunk[:2], *head(8)), _layer_params(*trunk[:4], *head(16)),
+                _layer_params(*trunk, *head(32))]
+    got = [s.params for s in [*scores.exits, scores.full_model]]
+    assert got == expected
+    assert got == sorted(got) and len(set(got)) == 3
+
+
+def _hooked_macs(module: nn.Module, input_shape) -> int:
+    """MACs from the layers' real output shapes: conv out * (in/groups * kh * kw), linear out * in."""
+    total = 0
+
+    def hook(layer, inputs, output):
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            total += output.numel() * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+        else:
+            total += output.numel() * layer.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        module.eval()(torch.zeros(1, *input_shape))
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def test_macs_agree_with_a_count_from_layer_output_shapes(scored):
+    net, _, _, scores = scored
+    shape = (3, TINY_SIZE, TINY_SIZE)
+    for score in [*scores.exits, scores.full_model]:
+        assert score.macs == _hooked_macs(net.exit_net(score.unit), shape) > 0
+    net.train()
+    # The trunk grows with depth; a head on a large early map can cost as much as a deeper prefix.
+    trunk = [count_macs(nn.Sequential(*net.units[: u + 1]), shape) for u in range(3)]
+    assert trunk == sorted(trunk) and len(set(trunk)) == 3
+
+
+def test_onnx_files_exist_match_their_size_and_hash_and_compute_the_exit(scored):
+    net, data, out_dir, scores = scored
+    x = data.preprocessing.normalize(data.test.images).numpy()
+    for score in [*scores.exits, scores.full_model]:
+        path = out_dir / score.onnx_file
+        assert path.is_file()
+        assert score.onnx_bytes == path.stat().st_size
+        assert score.onnx_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        with OrtRunner(path) as runner:
+            logits = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
+        if score.accuracy is not None:
+            assert np.mean(logits.argmax(1) == data.test.labels.numpy()) == pytest.approx(score.accuracy)
+    assert len({s.onnx_sha256 for s in [*scores.exits, scores.full_model]}) == 3
+
+
+def test_scoring_again_gives_the_same_deterministic_figures(scored, tmp_path):
+    net, data, _, first = scored
+    again = score_exits(net, [0, 1], data.test, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
+                        out_dir=tmp_path, device=CPU)
+    fixed = lambda s: (s.name, s.accuracy, s.params, s.macs, s.onnx_bytes, s.onnx_sha256)  # noqa: E731
+    assert [fixed(s) for s in again.exits] == [fixed(s) for s in first.exits]
+    assert fixed(again.full_model) == fixed(first.full_model)
+
+
+def test_a_trained_last_unit_makes_the_last_exit_the_full_model(tmp_path):
+    net, data = trained_tiny_net(steps=5)
+    scores = score_exits(net, [2], data.test, data.preprocessing, bench=BENCH,
+                         export=ExportSection(exporter="dynamo"), out_dir=tmp_path, device=CPU)
+    (last,) = scores.exits
+    assert dataclasses.replace(scores.full_model, name=last.name) == last
+    assert scores.full_model.accuracy is not None
+    assert sorted(p.name for p in (tmp_path / "exits").iterdir()) == ["exit_02.onnx"]
+
+
+def test_an_exit_unit_without_a_head_is_refused(tmp_path):
+    net, data = make_tiny_multi_exit(), make_tiny_data()
+    with pytest.raises(ValueError, match="must carry heads"):
+        score_exits(net, [0, 7], data.test, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
+                    out_dir=tmp_path, device=CPU)
