@@ -42,7 +42,8 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, 
 
     path = Path(path)
     module = module.eval().cpu()
-    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    # Batch 2 keeps the exporters from specializing the dynamic axis to 1; a static graph takes batch 1.
+    example = torch.zeros((2 if dynamic_batch else 1, *input_shape), dtype=torch.float32)
     with atomic_path(path) as tmp, _quiet_exporter():
         if exporter == "dynamo":
             dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},) if dynamic_batch else None

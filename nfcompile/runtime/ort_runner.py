@@ -39,8 +39,14 @@ class OrtRunner(Runner):
         options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
         if self.threads:
             options.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(self.model, sess_options=options,
-                                            providers=ort_providers(self.device))
+        session = ort.InferenceSession(self.model, sess_options=options, providers=ort_providers(self.device))
+        wanted = PROVIDERS[self.device]
+        if wanted not in session.get_providers():
+            # Listed but not loadable (CUDA/cuDNN libraries missing): onnxruntime falls back to the CPU
+            # with only a warning, and every figure would be labelled with the wrong device.
+            raise StageSkipped(f"onnxruntime {ort.__version__} lists {wanted} but could not start it "
+                               f"(running on: {', '.join(session.get_providers())})")
+        self.session = session
 
     def deactivate_impl(self) -> None:
         self.session = None

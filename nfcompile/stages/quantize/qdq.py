@@ -1,0 +1,157 @@
+"""Static INT8 quantization to a QDQ ONNX model that TensorRT builds from (explicit quantization).
+
+ONNX Runtime's `quantize_static` calibrates activation ranges on samples from the training split.
+The settings follow what TensorRT's explicit quantization accepts: signed INT8, symmetric
+activations and weights (every zero point 0), per-channel weight scales where the recipe asks,
+and FP32 biases (TensorRT has no INT32 DequantizeLinear). The written graph is checked for zero
+points before it lands. Accuracy is not judged here: the validate stage compares this model with
+PyTorch and the gate bounds the accuracy drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nfcompile.core.io import atomic_path, sha256_file
+from nfcompile.core.log import get_logger
+from nfcompile.core.results import QuantResult
+from nfcompile.errors import InputError, NfcompileError, StageSkipped
+from nfcompile.recipe.schema import QuantizeSection
+from nfcompile.runtime.onnx_io import set_metadata
+
+log = get_logger(__name__)
+
+INT8_ONNX_FILE = "model.int8.onnx"
+CALIBRATION_BATCH_SIZE = 32
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+class QuantizationError(NfcompileError):
+    """onnxruntime produced a graph TensorRT cannot use (a bug here or there, not the user's)."""
+
+
+def quantize_int8(onnx_path: str | Path, section: QuantizeSection, *, calibration_inputs: np.ndarray,
+                  out_dir: str | Path) -> QuantResult:
+    """Write ``out_dir/model.int8.onnx`` from the FP32 ONNX at ``onnx_path``.
+
+    ``calibration_inputs`` are preprocessed samples of the training split (N, C, H, W); the first
+    ``section.calibration_samples`` of them calibrate the activation ranges.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    if not section.enabled:
+        raise StageSkipped("disabled in the recipe (quantize.enabled: false)")
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    samples = calibration_inputs[: section.calibration_samples].astype(np.float32, copy=False)
+    if len(samples) == 0:
+        raise InputError("no calibration samples: the training split is empty",
+                         hint="quantize.calibration_samples draws from the training split")
+    if len(samples) < section.calibration_samples:
+        log.info("quantize: %d calibration samples available of the %d asked for (quantize.calibration_samples)",
+                 len(samples), section.calibration_samples)
+    source = onnx.load(str(onnx_path))
+    input_name = source.graph.input[0].name
+    path = out_dir / INT8_ONNX_FILE
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as work:
+        # Shape inference and graph cleanup first, as onnxruntime recommends before quantize_static;
+        # stdout is silenced because the calibrators print progress there, and it is kept for results.
+        prepared = Path(work) / "prepared.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(onnx_path), str(prepared))
+            quantize_static(
+                str(prepared), str(tmp), _CalibrationReader(input_name, samples, CALIBRATION_BATCH_SIZE),
+                quant_format=QuantFormat.QDQ, per_channel=section.per_channel, reduce_range=False,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=_calibration_method(section.calibration_method),
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                               "DedicatedQDQPair": True},
+            )
+        quantized = onnx.load(str(tmp))
+        violations = zero_point_violations(quantized)
+        if violations:
+            raise QuantizationError(f"onnxruntime wrote {len(violations)} zero point(s) TensorRT rejects, "
+                                    f"first: {violations[0]}", hint="report this with the onnxruntime version")
+        # The FP32 file's metadata (recipe, exit, preprocessing, labels) travels, plus how this file was made.
+        set_metadata(quantized, {prop.key: prop.value for prop in source.metadata_props})
+        set_metadata(quantized, {"quantization": _describe(section, len(samples))})
+        onnx.checker.check_model(quantized)
+        onnx.save_model(quantized, str(tmp))
+    log.info("quantize: %s written (%s)", path.name, _describe(section, len(samples)))
+    return QuantResult(path=INT8_ONNX_FILE, source=onnx_path.name, calibration_samples=int(len(samples)),
+                       calibration_method=section.calibration_method, per_channel=section.per_channel,
+                       symmetric=True, quantized_tensors=_count(quantized, "DequantizeLinear"),
+                       bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+class _CalibrationReader:
+    """Feeds the calibration samples to onnxruntime in batches (its CalibrationDataReader protocol)."""
+
+    def __init__(self, input_name: str, samples: np.ndarray, batch_size: int):
+        self.input_name = input_name
+        self.samples = samples
+        self.batch_size = batch_size
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.samples):
+            return None
+        batch = self.samples[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return {self.input_name: np.ascontiguousarray(batch)}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _describe(section: QuantizeSection, samples: int) -> str:
+    weights = "per-channel" if section.per_channel else "per-tensor"
+    return (f"static QDQ int8, symmetric, {weights} weights, {section.calibration_method} calibration "
+            f"on {samples} training samples")
+
+
+def _count(model: Any, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in model.graph.node)
+
+
+def zero_point_violations(model: Any) -> list[str]:
+    """Every Q/DQ zero point that is not a signed INT8 zero, as 'node: why'. Empty when TensorRT-ready.
+
+    A missing zero point means 0 of type uint8 in ONNX, which TensorRT also rejects, so every
+    QuantizeLinear/DequantizeLinear must name an INT8 zero point that holds only zeros.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        label = node.name or node.output[0]
+        if len(node.input) < 3 or not node.input[2]:
+            problems.append(f"{label}: no zero point (means uint8)")
+            continue
+        tensor = constants.get(node.input[2])
+        if tensor is None:
+            problems.append(f"{label}: zero point {node.input[2]!r} is not a constant")
+        elif tensor.data_type != TensorProto.INT8:
+            problems.append(f"{label}: zero point of type {TensorProto.DataType.Name(tensor.data_type)}, not INT8")
+        elif np.any(numpy_helper.to_array(tensor) != 0):
+            problems.append(f"{label}: zero point is not 0")
+    return problems
