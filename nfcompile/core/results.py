@@ -81,10 +81,11 @@ class UnitProfile(Result):
     fixed_bytes: int  # P: weights, grads, optimizer state, workspace
     bytes_per_sample: int  # A: activations per sample
     measurements: tuple[tuple[int, int], ...]  # (batch size, measured peak bytes)
-    fit_error: float  # largest relative residual of the linear fit over the measurements
+    fit_error: float  # largest relative error of the memory model over the measurements
     cache_bytes_per_sample: int  # this unit's output per sample, at the cache dtype
     seconds_per_sample: float  # one training step's time divided by its batch size
     max_batch_size: int  # largest batch that fits the budget for this unit alone
+    fetch_bytes_per_sample: int = 0  # preparing this unit's input batch when it starts a block
 
     def predicted_bytes(self, batch_size: int) -> int:
         return int(self.fixed_bytes + batch_size * self.bytes_per_sample)
@@ -256,6 +257,7 @@ class PruneOutcome(Result):
     sparsity_reached: float  # zeros among the prunable weights (conv + linear), counted
     accuracy: float  # test split
     seconds: float  # wall time of the whole method: dense training, scoring, pruning, retraining
+    cpu_seconds: float | None = None  # CPU time of the same work (steadier on a shared machine)
     epochs: int = 0  # training epochs it spent (magnitude pruning retrains every round)
     prunable_weights: int = 0
     zero_weights: int = 0
@@ -277,9 +279,15 @@ class PruneResult(Result):
     def baseline(self, method: str) -> PruneOutcome:
         return next(o for o in (self.outcome, *self.baselines) if o.method == method)
 
-    def seconds_ratio(self, method: str) -> float:
-        """How many times longer ``method`` took than the chosen method, in this run."""
-        return self.baseline(method).seconds / self.outcome.seconds
+    def seconds_ratio(self, method: str, cpu: bool = False) -> float | None:
+        """How many times longer ``method`` took than the chosen method, in this run (wall time,
+        or CPU time with ``cpu``; None where CPU time was not measured)."""
+        other, chosen = self.baseline(method), self.outcome
+        if cpu:
+            if other.cpu_seconds is None or chosen.cpu_seconds is None:
+                return None
+            return other.cpu_seconds / chosen.cpu_seconds
+        return other.seconds / chosen.seconds
 
 
 # --------------------------------------------------------------------------- export / validate
@@ -333,6 +341,19 @@ class GateCheck(Result):
 
 
 @dataclass(frozen=True)
+class Validation(Result):
+    """One format checked against PyTorch: the measurements and the gates judged on them."""
+
+    format: str  # fp32 | int8 | engine
+    comparison: Comparison
+    checks: tuple[GateCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+@dataclass(frozen=True)
 class QuantResult(Result):
     """The INT8 QDQ model. Its accuracy against PyTorch is a `Comparison` from the validate stage."""
 
@@ -383,8 +404,11 @@ class StageRecord(Result):
 
 @dataclass(frozen=True)
 class Artifact(Result):
+    """The finished bundle: where it is and what is in it."""
+
     path: str
     recipe_name: str
     run_id: str
     chosen_exit: str | None
-    stages: tuple[StageRecord, ...]
+    files: tuple[str, ...]
+    manifest_sha256: str

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
@@ -29,24 +28,44 @@ class Augment:
 
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Random per-sample shift and flip of an (N,C,H,W) batch; draws from ``generator`` only."""
+    """Random per-sample shift (zero fill) and flip of an (N,C,H,W) batch; draws from ``generator`` only.
+
+    Memory matters here: the batch is prepared inside the training step the budget covers, so this
+    holds at most the batch, one output and one group's slice (samples are grouped by offset),
+    instead of padded and gathered copies of the whole batch.
+    """
     if not augment.active:
         return x
     n = x.shape[0]
     if augment.shift > 0:
-        pad = augment.shift
+        span = 2 * augment.shift + 1
+        offsets = torch.randint(0, span, (n, 2), generator=generator) - augment.shift
         height, width = x.shape[-2:]
-        padded = F.pad(x, (pad, pad, pad, pad))
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
-        # One gather for the whole batch: row/column indices per sample.
-        rows = (offsets[:, 0:1] + torch.arange(height)).to(x.device)
-        cols = (offsets[:, 1:2] + torch.arange(width)).to(x.device)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        out = torch.zeros_like(x)
+        for dy, dx in offsets.unique(dim=0).tolist():
+            # out[..., i, j] = x[..., i - dy, j - dx] where that lies inside the map.
+            rows = slice(max(0, dy), height + min(0, dy)), slice(max(0, -dy), height - max(0, dy))
+            cols = slice(max(0, dx), width + min(0, dx)), slice(max(0, -dx), width - max(0, dx))
+            members = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1).to(x.device)
+            out[members, :, rows[0], cols[0]] = x[members][:, :, rows[1], cols[1]]
+        x = out
     if augment.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x.contiguous()
+        flip = (torch.rand(n, generator=generator) < 0.5).nonzero().squeeze(1).to(x.device)
+        x = x if augment.shift > 0 else x.clone()  # never write into the caller's tensor
+        x[flip] = x[flip].flip(-1)
+    return x
+
+
+def feature_augment(image_augment: Augment, image_size: int, feature_size: int, enabled: bool) -> Augment:
+    """The image augmentation carried to a feature map of side ``feature_size``: a shift of
+    ``shift`` pixels is about shift / stride cells there (at least one, while the map is big enough
+    to shift); flips carry over as they are."""
+    if not enabled:
+        return Augment()
+    shift = 0
+    if image_augment.shift > 0 and feature_size >= 4:
+        shift = max(1, round(image_augment.shift * feature_size / image_size))
+    return Augment(flip=image_augment.flip, shift=shift)
 
 
 def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> list[torch.Tensor]:

@@ -1,0 +1,178 @@
+"""Bundle stage: charts, report, reference outputs for `verify`, and the manifest, written last.
+
+Every file is written atomically; the manifest, which hashes all the others, comes last, and the
+pipeline then renames the run folder from `<run-id>.partial` to `<run-id>` in one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nfcompile.core.io import sha256_file, write_json, write_text
+from nfcompile.core.log import get_logger
+from nfcompile.core.results import (Artifact, EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult,
+                                    Selection, StageRecord, TrainResult, Validation)
+from nfcompile.runtime import OrtRunner, TorchRunner
+from nfcompile.stages.bundle.manifest import MANIFEST_FILE, MANIFEST_FORMAT, hash_files, load_manifest
+from nfcompile.stages.bundle.plots import plot_memory_plan, plot_training
+from nfcompile.stages.bundle.report import render_report
+from nfcompile.stages.bundle.verify import REFERENCE_DIR, VerifyReport, verify_bundle
+
+__all__ = ["BundleInputs", "MANIFEST_FILE", "REFERENCE_DIR", "VerifyReport", "load_manifest", "record_engine",
+           "verify_bundle", "write_bundle"]
+
+log = get_logger(__name__)
+
+# Held-out inputs kept in the bundle with the outputs each format gave at build time, so that
+# `verify` can re-run the models and catch a deployment that no longer computes the same thing.
+REFERENCE_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class BundleInputs:
+    recipe: dict[str, Any]
+    recipe_sha256: str
+    recipe_source: str
+    overrides: list[str]
+    run_id: str
+    versions: dict[str, Any]
+    device: dict[str, Any]
+    dataset: dict[str, Any]  # DatasetInfo.to_dict(): class names, preprocessing
+    records: list[StageRecord]
+    model: torch.nn.Module | None  # the chosen exit as exported (pruned when pruning ran)
+    reference_inputs: np.ndarray | None  # preprocessed held-out inputs
+    plan: Plan | None = None
+    train: TrainResult | None = None
+    scores: ExitScores | None = None
+    selection: Selection | None = None
+    prune: PruneResult | None = None
+    onnx: OnnxExport | None = None
+    quant: QuantResult | None = None
+    engine: EngineResult | None = None
+    validations: dict[str, Validation] = field(default_factory=dict)
+
+
+def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
+    root = Path(root)
+    images = {}
+    if inputs.plan is not None:
+        images["plan"] = plot_memory_plan(inputs.plan, inputs.train, root / "plan.png").name
+    if inputs.train is not None and any(b.history for b in inputs.train.blocks):
+        images["training"] = plot_training(inputs.train, root / "training.png").name
+    if (root / "pareto.png").is_file():
+        images["pareto"] = "pareto.png"
+    references = _write_references(root, inputs)
+    bundle_record = StageRecord("bundle", "ok", "", 0.0, (MANIFEST_FILE, "report.md"), "", None)
+    records = [*inputs.records, bundle_record]
+    write_text(root / "report.md", render_report(
+        recipe_name=inputs.recipe["name"], run_id=inputs.run_id, recipe_source=inputs.recipe_source,
+        recipe_sha256=inputs.recipe_sha256, overrides=inputs.overrides, versions=inputs.versions,
+        device=inputs.device, plan=inputs.plan, train=inputs.train, scores=inputs.scores,
+        selection=inputs.selection, validations=inputs.validations, records=records, images=images,
+        extra_sections=_prune_section(inputs.prune)))
+    manifest = _manifest(root, inputs, records, references)
+    write_json(root / MANIFEST_FILE, manifest)
+    log.info("bundle: %d files hashed into %s", len(manifest["files"]), MANIFEST_FILE)
+    return Artifact(path=str(root), recipe_name=inputs.recipe["name"], run_id=inputs.run_id,
+                    chosen_exit=inputs.selection.chosen if inputs.selection else None,
+                    files=tuple(sorted(manifest["files"])), manifest_sha256=sha256_file(root / MANIFEST_FILE))
+
+
+def _write_references(root: Path, inputs: BundleInputs) -> dict[str, Any]:
+    """Reference inputs, PyTorch's outputs, and each ONNX format's outputs at build time."""
+    if inputs.model is None or inputs.reference_inputs is None or inputs.onnx is None:
+        return {}
+    from nfcompile.core.io import atomic_path
+
+    folder = root / REFERENCE_DIR
+    folder.mkdir(exist_ok=True)
+    x = np.ascontiguousarray(inputs.reference_inputs[:REFERENCE_SAMPLES], dtype=np.float32)
+    outputs = {"inputs": x}
+    with TorchRunner(inputs.model, input_name=inputs.onnx.input_name, output_name=inputs.onnx.output_name) as torch_run:
+        outputs["pytorch"] = torch_run.infer({inputs.onnx.input_name: x})[inputs.onnx.output_name]
+    for key, result in (("fp32", inputs.onnx), ("int8", inputs.quant)):
+        if result is None:
+            continue
+        with OrtRunner(root / result.path) as runner:
+            outputs[key] = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
+    files = {}
+    for key, array in outputs.items():
+        path = folder / f"{key}.npy"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+        files[key] = f"{REFERENCE_DIR}/{path.name}"
+    return {"samples": int(len(x)), "files": files,
+            "models": {"fp32": inputs.onnx.path, **({"int8": inputs.quant.path} if inputs.quant else {})}}
+
+
+def _prune_section(prune: PruneResult | None) -> list[str]:
+    if prune is None:
+        return []
+    rows = [prune.outcome, *prune.baselines]
+    lines = ["## Pruning", "", f"{prune.method} on the {prune.target.replace('_', ' ')}; accuracy before "
+             f"{prune.accuracy_before * 100:.2f}%." + (f" Pruned ONNX compresses to {prune.compressed_bytes:,} bytes "
+                                                      "(deflate)." if prune.compressed_bytes else ""), "",
+             "| method | sparsity | accuracy | seconds |", "|---|---|---|---|"]
+    lines += [f"| {o.method} | {o.sparsity_reached * 100:.1f}% | {o.accuracy * 100:.2f}% | {o.seconds:.1f} |"
+              for o in rows]
+    return lines + [""]
+
+
+def _manifest(root: Path, inputs: BundleInputs, records: list[StageRecord], references: dict[str, Any]) -> dict:
+    selection, scores, onnx = inputs.selection, inputs.scores, inputs.onnx
+    chosen = next((e for e in scores.exits if e.name == selection.chosen), None) if scores and selection else None
+    io_spec = None
+    if onnx is not None:
+        io_spec = {"input": {"name": onnx.input_name, "shape": list(onnx.input_shape), "dtype": "float32",
+                             "layout": "NCHW"},
+                   "output": {"name": onnx.output_name, "shape": list(onnx.output_shape), "dtype": "float32",
+                              "meaning": "logits over the labels, in label order"}}
+    return {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": inputs.run_id,
+        "recipe": inputs.recipe,
+        "recipe_sha256": inputs.recipe_sha256,
+        "recipe_source": inputs.recipe_source,
+        "overrides": inputs.overrides,
+        "versions": inputs.versions,
+        "device": inputs.device,
+        "dataset": {k: v for k, v in inputs.dataset.items() if k not in ("preprocessing", "class_names")},
+        "preprocessing": inputs.dataset.get("preprocessing"),
+        "labels": inputs.dataset.get("class_names"),
+        "model": {"arch": inputs.recipe["model"]["arch"], "exit": selection.chosen if selection else None,
+                  "unit": selection.unit if selection else None, "io": io_spec,
+                  "onnx": onnx.to_dict() if onnx else None,
+                  "int8": inputs.quant.to_dict() if inputs.quant else None,
+                  "engine": inputs.engine.to_dict() if inputs.engine else None,
+                  "pruned": inputs.prune.outcome.to_dict() if inputs.prune else None},
+        "metrics": {"exit": chosen.to_dict() if chosen else None,
+                    "full_model": scores.full_model.to_dict() if scores else None,
+                    "vs_full": selection.vs_full if selection else None},
+        "validation": {name: v.to_dict() for name, v in inputs.validations.items()},
+        "reference": references,
+        "stages": [r.to_dict() | {"result": None} for r in records],
+        "files": hash_files(root),
+    }
+
+
+def record_engine(root: Path, engine: EngineResult, validation: Validation, seconds: float) -> dict[str, Any]:
+    """Add an engine built on the target device to a finished bundle: its file joins the manifest's
+    hashes, its build fingerprint and validation the manifest's records. The manifest is rewritten
+    atomically, so the bundle stays verifiable."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    manifest["model"]["engine"] = engine.to_dict()
+    manifest["validation"]["engine"] = validation.to_dict()
+    manifest["stages"].append(StageRecord("engine (rebuilt on device)", "ok", f"TensorRT {engine.tensorrt_version} "
+                                          f"on {engine.gpu}", seconds, (engine.path,), "", None).to_dict())
+    manifest["files"] = hash_files(root)
+    write_json(root / MANIFEST_FILE, manifest)
+    return manifest

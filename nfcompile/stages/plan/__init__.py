@@ -1,0 +1,184 @@
+"""Plan stage: profile every unit with its head, choose head widths, partition into blocks under the
+budget, place the activation caches, and size the backprop baselines with the same profiler."""
+
+from __future__ import annotations
+
+import math
+
+import psutil
+import torch
+from torch import nn
+
+from nfcompile.core.bytesize import format_bytes
+from nfcompile.core.device import free_memory
+from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.core.memory import MemoryFit
+from nfcompile.core.results import BlockPlan, Plan, UnitProfile
+from nfcompile.core.training import CheckpointedUnits
+from nfcompile.errors import BudgetError, RecipeError
+from nfcompile.data.batches import Augment, feature_augment
+from nfcompile.data.datasets import ImageSet
+from nfcompile.data.preprocess import Preprocessing
+from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput
+from nfcompile.models import AuxHead, UnitNet, choose_head_filters, unit_shapes_for
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
+from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
+from nfcompile.stages.plan.profile import profile_backprop_step, profile_input_fetch, profile_local_step
+
+log = get_logger(__name__)
+
+CACHE_DTYPE_BYTES = {"float16": 2, "float32": 4}
+
+
+def resolve_budget(section: BudgetSection, device: torch.device) -> tuple[int, str]:
+    if section.memory_bytes is not None:
+        return section.memory_bytes, "recipe"
+    free = free_memory(device)
+    budget = int(free.bytes * section.auto_fraction)
+    return budget, (f"auto: {section.auto_fraction:.0%} of {format_bytes(free.bytes)} free "
+                    f"({free.source})")
+
+
+def saved_activation_bytes_per_sample(unit: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> int:
+    """Bytes autograd saves for backward per sample in ``unit``: measured with saved-tensor hooks at
+    two batch sizes (the difference removes the weights, which are saved too)."""
+    def saved_at(batch: int) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        module = unit.to(device).train()
+        x = torch.randn((batch, *in_shape), device=device, requires_grad=True)
+        state = {k: v.clone() for k, v in module.state_dict().items()}  # BN running stats
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x)
+        module.load_state_dict(state)
+        return sum(seen.values())
+
+    return max(1, (saved_at(4) - saved_at(2)) // 2)
+
+
+def input_source_for(unit: int, in_shape: tuple[int, ...], count: int, *, image_size: int,
+                     image_augment: Augment, section, device: torch.device):
+    """A stand-in for what feeds ``unit`` when it starts a block (random values, same fetch path):
+    the images for unit 0, a device-resident activation cache for the others."""
+    labels = torch.zeros(count, dtype=torch.int64)
+    if unit == 0:
+        images = ImageSet(torch.randint(0, 256, (count, *in_shape), dtype=torch.uint8), labels)
+        return ImageInput(images, Preprocessing(image_size, (0.5,) * 3, (0.5,) * 3), image_augment, device)
+    cache = ActivationCache("device", count, in_shape, section.cache.dtype, device=device)
+    cache.write(0, torch.randn((count, *in_shape), device=device))
+    augment = feature_augment(image_augment, image_size, in_shape[-1], section.cache.feature_augment)
+    return CachedInput(cache, labels, augment)
+
+
+def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train_samples: int,
+                  val_samples: int, budget: BudgetSection, train: TrainSection, augment: AugmentSection,
+                  device: torch.device) -> Plan:
+    section = train.neuroflux
+    budget_bytes, budget_source = resolve_budget(budget, device)
+    if section.cache.placement == "host" and device.type == "cpu":
+        raise RecipeError("on CPU the host RAM is the training device's memory; use device (counted against "
+                          "the budget) or disk", field="train.neuroflux.cache.placement")
+    shapes = unit_shapes_for(unit_net, image_size)
+    cap = min(section.max_batch_size, train_samples)
+    image_augment = Augment(flip=augment.flip, shift=augment.crop_padding)
+    profiles: list[UnitProfile] = []
+    fits: list[MemoryFit] = []
+    with progress_bar("profile units", len(shapes)) as advance:
+        for index, (unit, (in_shape, out_shape)) in enumerate(zip(unit_net.units, shapes)):
+            unit_bytes = saved_activation_bytes_per_sample(unit, in_shape, device)
+            filters = choose_head_filters(section.head, out_shape, unit_bytes)
+            head = AuxHead(out_shape[0], filters, num_classes)
+            fit = profile_local_step(unit, head, in_shape, num_classes, batch_sizes=section.profile_batch_sizes,
+                                     budget=budget_bytes, max_batch=cap, section=train, device=device)
+            fits.append(fit)
+            fetch = profile_input_fetch(
+                lambda n: input_source_for(index, in_shape, n, image_size=image_size, image_augment=image_augment,
+                                           section=section, device=device),
+                section.profile_batch_sizes, device)
+            profiles.append(UnitProfile(
+                index=index, name=unit_net.unit_names[index], in_shape=in_shape, out_shape=out_shape,
+                params=sum(p.numel() for p in unit.parameters()), head_filters=filters,
+                head_params=sum(p.numel() for p in head.parameters()), fixed_bytes=fit.fixed_bytes,
+                bytes_per_sample=fit.bytes_per_sample, measurements=fit.measurements, fit_error=fit.fit_error,
+                cache_bytes_per_sample=math.prod(out_shape) * CACHE_DTYPE_BYTES[section.cache.dtype],
+                seconds_per_sample=fit.seconds_per_sample, fetch_bytes_per_sample=fetch,
+                max_batch_size=block_max_batch([fit], budget_bytes, cap, fetch)))
+            advance(unit=profiles[-1].name)
+    _refuse_budget_below_minimum(profiles, fits, budget_bytes)
+    blocks = _blocks_with_caches(profiles, fits, budget_bytes, train_samples + val_samples, section, device)
+    backprop = profile_backprop_step(unit_net, (3, image_size, image_size), num_classes,
+                                     batch_sizes=section.profile_batch_sizes, budget=budget_bytes, max_batch=cap,
+                                     section=train, device=device)
+    checkpointed = profile_backprop_step(CheckpointedUnits(unit_net.units, unit_net.classifier),
+                                         (3, image_size, image_size), num_classes,
+                                         batch_sizes=section.profile_batch_sizes, budget=budget_bytes,
+                                         max_batch=cap, section=train, device=device)
+    bp_batch, ck_batch = backprop.max_batch(budget_bytes, cap), checkpointed.max_batch(budget_bytes, cap)
+    plan = Plan(
+        device=str(device), budget_bytes=budget_bytes, budget_source=budget_source,
+        min_budget_bytes=max(block_peak([f], 1, p.fetch_bytes_per_sample) for f, p in zip(fits, profiles)),
+        head_policy=section.head.policy,
+        units=tuple(profiles), blocks=tuple(blocks),
+        backprop_batch_size=bp_batch, backprop_predicted_peak_bytes=backprop.predicted(max(bp_batch, 1)),
+        backprop_measurements=backprop.measurements,
+        checkpointing_batch_size=ck_batch,
+        checkpointing_predicted_peak_bytes=checkpointed.predicted(max(ck_batch, 1)),
+        checkpointing_measurements=checkpointed.measurements,
+        train_samples=train_samples, val_samples=val_samples)
+    log.info("plan: %d units in %d blocks, batch sizes %s under %s; backprop batch %s, checkpointed %s",
+             len(profiles), len(blocks), [b.batch_size for b in blocks], format_bytes(budget_bytes),
+             bp_batch or "none fits", ck_batch or "none fits")
+    return plan
+
+
+def _refuse_budget_below_minimum(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int) -> None:
+    needs = [block_peak([f], 1, p.fetch_bytes_per_sample) for f, p in zip(fits, profiles)]
+    hungriest = max(range(len(needs)), key=needs.__getitem__)
+    if needs[hungriest] > budget:
+        raise BudgetError(
+            f"budget.memory {format_bytes(budget)} is below the {format_bytes(needs[hungriest])} that batch size 1 "
+            f"needs for unit {profiles[hungriest].name!r} (its weights, gradients, optimizer state and head)",
+            hint=f"set budget.memory to at least {math.ceil(needs[hungriest] / 2**20)}MiB, or use a narrower "
+            "model (model.width)")
+
+
+def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int, cached_samples: int,
+                        section, device: torch.device) -> list[BlockPlan]:
+    cap = min(section.max_batch_size, max(p.max_batch_size for p in profiles))
+    fetch = [p.fetch_bytes_per_sample for p in profiles]
+    groups = partition_blocks(fits, budget, split_ratio=section.block_split_ratio, cap=cap,
+                              fetch_bytes_per_sample=fetch)
+    host_limit = section.cache.max_host_bytes or psutil.virtual_memory().available // 2
+    blocks: list[BlockPlan] = []
+    input_cache_on_device = 0
+    for k, (units, batch) in enumerate(groups):
+        block_fits = [fits[i] for i in units]
+        if input_cache_on_device:  # the cache this block reads shares the budget with its training
+            batch = block_max_batch(block_fits, budget - input_cache_on_device, batch, fetch[units[0]])
+            if batch == 0:
+                raise BudgetError(f"block {k}: its input cache ({format_bytes(input_cache_on_device)}, "
+                                  "train.neuroflux.cache.placement: device) leaves no room to train",
+                                  hint="use cache placement auto or disk, or a larger budget")
+        last = k == len(groups) - 1
+        cache_bytes = 0 if last else cached_samples * profiles[units[-1]].cache_bytes_per_sample
+        headroom = 0
+        if not last:
+            next_units, next_batch = groups[k + 1]
+            next_peak = block_peak([fits[i] for i in next_units], next_batch, fetch[next_units[0]])
+            resident = sum(f.persistent_bytes for f in block_fits)
+            # While caching, this block's weights, its input cache and the growing output cache coexist;
+            # while the next block trains, its peak and the cache do.
+            headroom = min(budget - next_peak, budget - resident - input_cache_on_device)
+        placement = place_cache(cache_bytes, device_type=device.type, requested=section.cache.placement,
+                                device_headroom=headroom, host_limit=host_limit)
+        blocks.append(BlockPlan(index=k, units=tuple(units), batch_size=batch,
+                                predicted_peak_bytes=block_peak(block_fits, batch, fetch[units[0]])
+                                + input_cache_on_device,
+                                cache_placement=placement.placement, cache_bytes=placement.bytes))
+        input_cache_on_device = placement.bytes if placement.placement == "device" else 0
+    return blocks

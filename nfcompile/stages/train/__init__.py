@@ -1,0 +1,31 @@
+"""Train stage: NeuroFlux (the method), or the baselines and fine-tuning methods it is compared with.
+
+Every method returns a `MultiExitNet` (the trained model with its exits) and a `TrainResult`,
+and checkpoints into ``out_dir`` so `--resume` can continue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nfcompile.core.results import Plan
+from nfcompile.data.datasets import DataBundle
+from nfcompile.models import UnitNet
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
+from nfcompile.stages.train.backprop import train_backprop
+from nfcompile.stages.train.budget import TrainOutcome
+from nfcompile.stages.train.neuroflux import train_neuroflux
+
+__all__ = ["TrainOutcome", "train_model"]
+
+
+def train_model(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: ModelSection, train: TrainSection,
+                augment: AugmentSection, budget: BudgetSection, device: torch.device, seed: int, out_dir: Path,
+                resume: bool, fingerprint: str) -> TrainOutcome:
+    trainers = {"neuroflux": train_neuroflux, "backprop": train_backprop}
+    if train.method not in trainers:
+        raise NotImplementedError(train.method)
+    return trainers[train.method](unit_net, plan, data, model=model, train=train, augment=augment, budget=budget,
+                                  device=device, seed=seed, out_dir=out_dir, resume=resume, fingerprint=fingerprint)

@@ -1,0 +1,487 @@
+"""The build: every stage in order, each recorded, each resumable. Only this module knows the order.
+
+A run lives in ``<out>/<recipe-name>/<run-id>.partial/`` until its last stage finishes, then the
+folder is renamed to ``<run-id>/`` in one step: a bundle folder without ``.partial`` is complete.
+Every stage has a fingerprint: the recipe fields it reads plus the fingerprint of the stage before
+it. On ``--resume`` a stage whose fingerprint is unchanged is reused from ``state/``; the first
+stage whose fields changed, and everything after it, runs again. Training resumes inside the stage
+from its last finished block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from nfcompile.core.io import read_json, write_json
+from nfcompile.core.log import get_logger
+from nfcompile.core.repro import seed_everything
+from nfcompile.core.results import (EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult, Result,
+                                    Selection, StageRecord, TrainResult, Validation)
+from nfcompile.errors import InputError, NfcompileError, StageSkipped
+from nfcompile.recipe import Recipe, fingerprint, recipe_dict
+
+log = get_logger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+STATE_DIR = "state"
+CHECKPOINT_DIR = "checkpoint"
+LOCK_FILE = ".lock"
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+class RunFolder:
+    """``<out>/<recipe-name>/<run-id>[.partial]/`` and what lives in it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def finished(self) -> bool:
+        return not self.path.name.endswith(PARTIAL_SUFFIX)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name.removesuffix(PARTIAL_SUFFIX)
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE_DIR
+
+    def record_path(self, stage: str) -> Path:
+        return self.state / f"{stage}.json"
+
+    @classmethod
+    def create(cls, out_dir: Path, recipe_name: str) -> "RunFolder":
+        parent = recipe_folder(out_dir, recipe_name)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        for _ in range(100):  # mkdir is atomic: two builds never share a run id
+            path = parent / f"{stamp}-{secrets.token_hex(2)}{PARTIAL_SUFFIX}"
+            try:
+                path.mkdir(parents=False)
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise NfcompileError(f"could not create a run folder in {parent}")
+
+    @classmethod
+    def find(cls, out_dir: Path, recipe_name: str, *, unfinished_only: bool) -> "RunFolder | None":
+        """The most recent run of this recipe (by run id, which starts with the UTC time)."""
+        parent = Path(out_dir) / recipe_name
+        if not parent.is_dir():
+            return None
+        runs = [cls(p) for p in parent.iterdir() if p.is_dir() and (p / STATE_DIR).is_dir()]
+        runs = [r for r in runs if not (unfinished_only and r.finished)]
+        return max(runs, key=lambda r: r.run_id) if runs else None
+
+    def finish(self) -> "RunFolder":
+        target = self.path.with_name(self.run_id)
+        os.replace(self.path, target)  # one rename: the bundle appears complete or not at all
+        return RunFolder(target)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One build per run folder at a time; a second one is refused, not interleaved."""
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(f"{self.path} is being built by another nfcompile process",
+                                 hint="wait for it, or start a new run without --resume") from None
+            yield
+        finally:
+            handle.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / LOCK_FILE).unlink()
+
+
+def recipe_folder(out_dir: Path, recipe_name: str) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    parent = out_dir / recipe_name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{parent} is not writable")
+    return parent
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fields: tuple[str, ...]  # dotted recipe fields it reads ("bench.backend", or a whole section "train")
+    run: Callable[["Build"], Result | None]
+    result_type: type[Result] | None = None
+    always: bool = False  # cheap and summarizing: never reused
+
+
+def _recipe_fields(recipe: Recipe, fields: tuple[str, ...]) -> dict[str, Any]:
+    data = recipe_dict(recipe)
+    picked = {}
+    for dotted in fields:
+        value: Any = data
+        for key in dotted.split("."):
+            value = value[key]
+        picked[dotted] = value
+    return picked
+
+
+@dataclass
+class Build:
+    """One run of the pipeline over one recipe in one run folder."""
+
+    recipe: Recipe
+    run: RunFolder
+    resume: bool
+    recipe_source: str = ""
+    overrides: tuple[str, ...] = ()
+    results: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, StageRecord] = field(default_factory=dict)
+
+    # -- shared inputs, loaded when a stage first needs them --------------------------------------
+
+    @cached_property
+    def device(self) -> torch.device:
+        from nfcompile.core.device import resolve_device
+
+        return resolve_device(self.recipe.device)
+
+    @cached_property
+    def data(self):
+        from nfcompile.data import load_data
+
+        return load_data(self.recipe.data, self.recipe.seed)
+
+    @cached_property
+    def num_classes(self) -> int:
+        return self.recipe.model.num_classes or self.data.info.num_classes
+
+    def fresh_unit_net(self):
+        from nfcompile.models import build_unit_net
+
+        seed_everything(self.recipe.seed)
+        return build_unit_net(self.recipe.model, self.num_classes)
+
+    @cached_property
+    def trained_net(self):
+        """The trained multi-exit net, from the training checkpoint (weights_only)."""
+        from nfcompile.core.io import load_checkpoint
+        from nfcompile.models import multi_exit_from_state
+
+        state = load_checkpoint(self.run.path / CHECKPOINT_DIR / self.results["train"].checkpoint)
+        return multi_exit_from_state(state["net"], self.recipe.model).eval()
+
+    def chosen_exit_model(self) -> torch.nn.Module:
+        """The exit to export: the pruned one when pruning ran, else the chosen exit as trained."""
+        prune = self.results.get("prune")
+        if isinstance(prune, PruneResult):
+            from nfcompile.stages.prune import pruned_exit_from_checkpoint
+
+            return pruned_exit_from_checkpoint(self.run.path / CHECKPOINT_DIR / prune.checkpoint,
+                                               self.trained_net, self.results["select"].unit)
+        return self.trained_net.exit_net(self.results["select"].unit).eval()
+
+    def test_arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        test = self.data.test
+        x = self.data.preprocessing.normalize(test.images).numpy()
+        y = test.labels.numpy()
+        return (x[:limit], y[:limit]) if limit else (x, y)
+
+    def calibration_array(self, count: int) -> np.ndarray:
+        from nfcompile.data import calibration_images
+
+        subset = calibration_images(self.data.train, count, self.recipe.seed)
+        return self.data.preprocessing.normalize(subset.images).numpy()
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def execute(self, stages: list[Stage], until: str | None = None) -> None:
+        self.run.state.mkdir(parents=True, exist_ok=True)
+        previous = fingerprint({"nfcompile.pipeline": 1})
+        for index, stage in enumerate(stages, start=1):
+            stage_fp = fingerprint({"stage": stage.name, "fields": _recipe_fields(self.recipe, stage.fields),
+                                    "upstream": previous})
+            previous = stage_fp
+            reused = None if stage.always else self._reusable(stage, stage_fp)
+            if reused is not None:
+                has_result = reused.result is not None and stage.result_type is not None
+                self.results[stage.name] = stage.result_type.from_dict(reused.result) if has_result else None
+                self.records[stage.name] = reused
+                log.info("[%d/%d] %s: reused (%s)", index, len(stages), stage.name,
+                         "unchanged" if reused.status != "skipped" else f"skipped: {reused.reason}")
+            else:
+                self._run_stage(stage, stage_fp, index, len(stages))
+            if stage.name == until:
+                return
+
+    def _reusable(self, stage: Stage, stage_fp: str) -> StageRecord | None:
+        if not self.resume or not self.run.record_path(stage.name).is_file():
+            return None
+        record = StageRecord.from_dict(read_json(self.run.record_path(stage.name)))
+        if record.fingerprint != stage_fp or record.status not in ("ok", "skipped", "reused"):
+            return None
+        if any(not (self.run.path / name).exists() for name in record.files):
+            return None
+        return StageRecord(record.name, record.status if record.status == "skipped" else "reused", record.reason,
+                           record.seconds, record.files, record.fingerprint, record.result)
+
+    def _run_stage(self, stage: Stage, stage_fp: str, index: int, count: int) -> None:
+        log.info("[%d/%d] %s", index, count, stage.name)
+        started = time.perf_counter()
+        status, reason, result = "ok", "", None
+        try:
+            result = stage.run(self)
+        except StageSkipped as skip:
+            status, reason = "skipped", skip.reason
+            log.info("%s: skipped: %s", stage.name, skip.reason)
+        except BaseException as exc:
+            seconds = time.perf_counter() - started
+            failure = str(exc) if isinstance(exc, NfcompileError) else f"{type(exc).__name__}: {exc}"
+            measured = self.results.get(stage.name)  # a failed gate keeps the numbers it judged
+            self._record(StageRecord(stage.name, "failed", failure.splitlines()[0] if failure else type(exc).__name__,
+                                     seconds, (), stage_fp, measured.to_dict() if isinstance(measured, Result) else None),
+                         persist=not stage.always)
+            raise
+        files = tuple(sorted(_files_of(result)))
+        self.results[stage.name] = result
+        self._record(StageRecord(stage.name, status, reason, time.perf_counter() - started, files, stage_fp,
+                                 result.to_dict() if isinstance(result, Result) else None),
+                     persist=not stage.always)
+
+    def _record(self, record: StageRecord, *, persist: bool) -> None:
+        """``persist``: write state/<stage>.json. The bundle stage is not persisted: it runs every time,
+        and a file written after the manifest would be a file the manifest does not cover."""
+        self.records[record.name] = record
+        if persist:
+            write_json(self.run.record_path(record.name), record)
+
+
+def _files_of(result: Any) -> list[str]:
+    """Files a stage result names (relative to the run folder): they must exist to reuse the stage."""
+    if isinstance(result, (OnnxExport, QuantResult, EngineResult)):
+        return [result.path]
+    if isinstance(result, TrainResult):
+        return [f"{CHECKPOINT_DIR}/{result.checkpoint}"]
+    if isinstance(result, PruneResult):
+        return [f"{CHECKPOINT_DIR}/{result.checkpoint}"]
+    if isinstance(result, ExitScores):
+        return sorted({e.onnx_file for e in (*result.exits, result.full_model) if e.onnx_file})
+    return []
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def _plan(build: Build) -> Plan:
+    from nfcompile.stages.plan import plan_training
+
+    recipe = build.recipe
+    return plan_training(build.fresh_unit_net(), build.num_classes, image_size=recipe.data.image_size,
+                         train_samples=len(build.data.train), val_samples=len(build.data.val),
+                         budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=build.device)
+
+
+def _train(build: Build) -> TrainResult:
+    from nfcompile.stages.train import train_model
+
+    recipe = build.recipe
+    record = build.records["plan"]
+    outcome = train_model(build.fresh_unit_net(), build.results["plan"], build.data, model=recipe.model,
+                          train=recipe.train, augment=recipe.data.augment, budget=recipe.budget, device=build.device,
+                          seed=recipe.seed, out_dir=build.run.path / CHECKPOINT_DIR, resume=build.resume,
+                          fingerprint=record.fingerprint)
+    build.__dict__["trained_net"] = outcome.net.eval()
+    return outcome.result
+
+
+def _score(build: Build) -> ExitScores:
+    from nfcompile.stages.score import score_exits
+
+    recipe = build.recipe
+    return score_exits(build.trained_net, build.results["train"].exit_units, build.data.test,
+                       build.data.preprocessing, bench=recipe.bench, export=recipe.export, out_dir=build.run.path,
+                       device=build.device, tensorrt=recipe.tensorrt)
+
+
+def _select(build: Build) -> Selection:
+    from nfcompile.stages.select import plot_pareto, select_exit, write_exits_json
+
+    scores = build.results["score"]
+    selection = select_exit(scores, build.recipe.select)
+    write_exits_json(scores, selection, build.run.path / "exits.json")
+    plot_pareto(scores, selection, build.run.path / "pareto.png")
+    return selection
+
+
+def _prune(build: Build) -> PruneResult:
+    if not build.recipe.prune.enabled:
+        raise StageSkipped("prune.enabled is false")
+    from nfcompile.stages.prune import prune_chosen_exit
+
+    return prune_chosen_exit(build.trained_net, build.results["select"].unit, build.data, build.recipe.prune,
+                             build.recipe.train, device=build.device, seed=build.recipe.seed,
+                             out_dir=build.run.path / CHECKPOINT_DIR, export=build.recipe.export)
+
+
+def onnx_metadata(build: Build) -> dict[str, str]:
+    import json
+
+    selection = build.results["select"]
+    return {"nfcompile.recipe": build.recipe.name, "nfcompile.exit": selection.chosen,
+            "nfcompile.unit": str(selection.unit),
+            "nfcompile.preprocessing": json.dumps(build.data.preprocessing.to_dict(), sort_keys=True),
+            "nfcompile.labels": json.dumps(list(build.data.info.class_names))}
+
+
+def _export(build: Build) -> OnnxExport:
+    from nfcompile.stages.export import export_exit
+
+    size = build.recipe.data.image_size
+    inputs, _ = build.test_arrays(limit=64)
+    return export_exit(build.chosen_exit_model(), build.recipe.export, input_shape=(3, size, size),
+                       out_dir=build.run.path, metadata=onnx_metadata(build), check_inputs=inputs)
+
+
+def _upstream(build: Build, stage: str, kind: type, what: str):
+    """The result a validation needs, or a skip that says why it is not there."""
+    result = build.results.get(stage)
+    if not isinstance(result, kind):
+        record = build.records[stage]
+        raise StageSkipped(f"no {what} ({stage} {record.status}: {record.reason})")
+    return result
+
+
+def _judged(build: Build, stage: str, validation: Validation, what: str) -> Validation:
+    from nfcompile.stages.validate import require_passed
+
+    build.results[stage] = validation  # kept in the stage record even when a gate fails
+    require_passed(validation.checks, what)
+    return validation
+
+
+def _validate_fp32(build: Build) -> Validation:
+    from nfcompile.stages.validate import fp32_checks, validate_onnx
+
+    inputs, labels = build.test_arrays()
+    comparison = validate_onnx(build.chosen_exit_model(), build.run.path / build.results["export"].path,
+                               build.recipe.validation, inputs=inputs, labels=labels)
+    validation = Validation("fp32", comparison, tuple(fp32_checks(comparison, build.recipe.validation)))
+    return _judged(build, "validate_fp32", validation, "FP32 ONNX vs PyTorch")
+
+
+def _quantize(build: Build) -> QuantResult:
+    from nfcompile.stages.quantize import quantize_int8
+
+    section = build.recipe.quantize
+    if not section.enabled:
+        raise StageSkipped("quantize.enabled is false")
+    return quantize_int8(build.run.path / build.results["export"].path, section,
+                         calibration_inputs=build.calibration_array(section.calibration_samples),
+                         out_dir=build.run.path)
+
+
+def _validate_int8(build: Build) -> Validation:
+    from nfcompile.stages.validate import int8_checks, validate_onnx
+
+    quant = _upstream(build, "quantize", QuantResult, "INT8 model")
+    inputs, labels = build.test_arrays()
+    comparison = validate_onnx(build.chosen_exit_model(), build.run.path / quant.path, build.recipe.validation,
+                               inputs=inputs, labels=labels)
+    validation = Validation("int8", comparison, tuple(int8_checks(comparison, build.recipe.quantize)))
+    return _judged(build, "validate_int8", validation, "INT8 ONNX vs PyTorch")
+
+
+def _engine(build: Build) -> EngineResult:
+    from nfcompile.stages.engine import build_engine
+
+    quant = build.results.get("quantize")
+    return build_engine(build.run.path / build.results["export"].path,
+                        build.run.path / quant.path if isinstance(quant, QuantResult) else None,
+                        build.recipe.tensorrt, out_dir=build.run.path)
+
+
+def _validate_engine(build: Build) -> Validation:
+    from nfcompile.stages.validate import engine_checks, validate_engine
+
+    engine = _upstream(build, "engine", EngineResult, "engine")
+    inputs, labels = build.test_arrays()
+    comparison = validate_engine(build.chosen_exit_model(), build.run.path / engine.path, build.recipe.validation,
+                                 inputs=inputs, labels=labels)
+    validation = Validation("engine", comparison, tuple(engine_checks(comparison, build.recipe.validation)))
+    return _judged(build, "validate_engine", validation, "TensorRT engine vs PyTorch")
+
+
+def _bundle(build: Build):
+    from nfcompile.core.device import device_fingerprint, library_versions
+    from nfcompile.recipe import recipe_hash
+    from nfcompile.stages.bundle import BundleInputs, write_bundle
+
+    results = build.results
+    typed = lambda name, kind: results.get(name) if isinstance(results.get(name), kind) else None
+    onnx = typed("export", OnnxExport)
+    inputs, _ = build.test_arrays(limit=64) if onnx is not None else (None, None)
+    return write_bundle(build.run.path, BundleInputs(
+        recipe=recipe_dict(build.recipe), recipe_sha256=recipe_hash(build.recipe), recipe_source=build.recipe_source,
+        overrides=list(build.overrides), run_id=build.run.run_id, versions=library_versions(),
+        device=device_fingerprint(build.device), dataset=build.data.info.to_dict(),
+        records=[build.records[name] for name in STAGE_NAMES if name in build.records],
+        model=build.chosen_exit_model() if onnx is not None else None, reference_inputs=inputs,
+        plan=typed("plan", Plan), train=typed("train", TrainResult), scores=typed("score", ExitScores),
+        selection=typed("select", Selection), prune=typed("prune", PruneResult), onnx=onnx,
+        quant=typed("quantize", QuantResult), engine=typed("engine", EngineResult),
+        validations={v.format: v for v in (typed(name, Validation) for name in
+                                           ("validate_fp32", "validate_int8", "validate_engine")) if v}))
+
+
+TRAINING_FIELDS = ("seed", "device", "model", "data", "budget", "train")
+SCORE_FIELDS = ("data", "bench.backend", "bench.warmup", "bench.repeats", "bench.batch_sizes", "bench.threads",
+                "bench.table", "export.exporter", "export.opset", "tensorrt")
+
+STAGES: list[Stage] = [
+    Stage("plan", TRAINING_FIELDS, _plan, Plan),
+    Stage("train", TRAINING_FIELDS, _train, TrainResult),
+    Stage("score", SCORE_FIELDS, _score, ExitScores),
+    Stage("select", ("select",), _select, Selection),
+    Stage("prune", ("prune",), _prune, PruneResult),
+    Stage("export", ("name", "export"), _export, OnnxExport),
+    Stage("validate_fp32", ("validate",), _validate_fp32, Validation),
+    Stage("quantize", ("quantize",), _quantize, QuantResult),
+    Stage("validate_int8", ("quantize", "validate"), _validate_int8, Validation),
+    Stage("engine", ("tensorrt",), _engine, EngineResult),
+    Stage("validate_engine", ("validate",), _validate_engine, Validation),
+    Stage("bundle", (), _bundle, None, always=True),
+]
+STAGE_NAMES = [stage.name for stage in STAGES]
+
+
+def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | None = None,
+                 recipe_source: str = "", overrides: tuple[str, ...] = ()) -> Build:
+    """Run (or continue) the stages of ``recipe`` in ``run`` up to and including ``until``."""
+    if until is not None and until not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {until!r}")
+    build = Build(recipe, run, resume, recipe_source, tuple(overrides))
+    seed_everything(recipe.seed)
+    with run.locked():
+        write_json(run.state / "recipe.json", {"recipe": recipe_dict(recipe), "source": recipe_source})
+        build.execute(STAGES, until)
+    return build

@@ -1,0 +1,125 @@
+"""The profiler: measure (never compute) the peak memory of real training steps.
+
+For each unit with its auxiliary head, one local training step (forward, local loss, backward,
+optimizer step) runs on copies of the modules at several batch sizes, and the measured peaks are
+fitted with mem(b) = P + b*A. The whole network is profiled the same way for the backprop
+baselines. Copies keep the real model's weights untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nfcompile.core.memory import MemoryFit, PeakMeter, fit_memory
+from nfcompile.core.training import backprop_step, local_step, make_optimizer
+from nfcompile.recipe.schema import TrainSection
+
+# Two steps per batch size: the first creates the optimizer state (momentum buffers), the second
+# is a steady-state step. The peak is the larger of the two.
+STEPS_PER_MEASUREMENT = 2
+# The profiler measures again at the batch its fit predicts for the budget, until that batch is
+# within this factor of one it measured (or it has refined this many times).
+EXTRAPOLATION_LIMIT = 1.25
+MAX_REFINEMENTS = 4
+MAX_STEP_UP = 4
+
+StepFn = Callable[[list[nn.Module], torch.Tensor, torch.Tensor, torch.optim.Optimizer], object]
+
+
+def _input_for(shape: tuple[int, ...], batch: int, device: torch.device, num_classes: int):
+    x = torch.randn((batch, *shape), device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    return x, y
+
+
+def _timed_step(run_step: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], num_classes: int, *,
+             batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
+             device: torch.device) -> MemoryFit:
+    measured: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    persistent = 0
+
+    def measure(batch: int) -> None:
+        nonlocal persistent
+        copies = [copy.deepcopy(m).to(device).train() for m in modules]
+        optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
+        meter = PeakMeter(device, copies, [optimizer], exclude_resident=True)
+        for _ in range(STEPS_PER_MEASUREMENT):
+            with meter.step():
+                # The batch is created inside the measured region: it counts against the budget.
+                x, y = _input_for(in_shape, batch, device, num_classes)
+                step(copies, x, y, optimizer)
+                del x, y
+        measured[batch] = meter.reading.total
+        persistent = max(persistent, meter.reading.persistent)
+        x, y = _input_for(in_shape, batch, device, num_classes)  # timed without the tracker's overhead
+        seconds[batch] = _timed_step(lambda: step(copies, x, y, optimizer), device) / batch
+
+    for batch in sorted({min(b, max_batch) for b in batch_sizes}):
+        measure(batch)
+    if len(measured) < 2:  # max_batch collapsed the requested sizes
+        measure(max(1, max(measured) // 2) if max(measured) > 1 else 2)
+    for _ in range(MAX_REFINEMENTS):
+        target = fit_memory(list(measured.items())).max_batch(budget, max_batch)
+        largest = max(measured)
+        if target == 0 or target in measured or (target <= largest * EXTRAPOLATION_LIMIT
+                                                 and measured[largest] <= budget):
+            break
+        # At most 4x beyond what was measured: a line through the flat optimizer regime can point
+        # far past the budget, and a measurement there costs time without adding information.
+        measure(min(target, largest * MAX_STEP_UP))
+    # Time per sample at the largest batch measured: the closest to how training will run.
+    return fit_memory(list(measured.items()), persistent, seconds[max(measured)])
+
+
+def profile_local_step(unit: nn.Module, head: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
+                       batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
+                       device: torch.device) -> MemoryFit:
+    """One unit + its head, trained with its local loss (what a NeuroFlux block runs per unit)."""
+    return _profile([unit, head], lambda m, x, y, opt: local_step(m[0], m[1], x, y, opt), in_shape,
+                    num_classes, batch_sizes=batch_sizes, budget=budget, max_batch=max_batch,
+                    section=section, device=device)
+
+
+def profile_backprop_step(model: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
+                          batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
+                          device: torch.device) -> MemoryFit:
+    """The whole network trained end to end (plain, or checkpointed when ``model`` is)."""
+    return _profile([model], lambda m, x, y, opt: backprop_step(m[0], x, y, opt), in_shape, num_classes,
+                    batch_sizes=batch_sizes, budget=budget, max_batch=max_batch, section=section,
+                    device=device)
+
+
+def profile_input_fetch(make_source: Callable[[int], object], batch_sizes: tuple[int, ...],
+                        device: torch.device) -> int:
+    """Bytes per sample that preparing a batch holds at its peak (index copies, conversion to float,
+    augmentation, the batch itself), measured by calling the trainer's own `fetch` on a source of
+    ``make_source(n)`` samples. It runs before a block's first unit; the budget covers it too."""
+    measured = []
+    for batch in sorted(set(batch_sizes)):
+        source = make_source(batch)
+        generator = torch.Generator().manual_seed(0)
+        meter = PeakMeter(device, [], [], exclude_resident=True)
+        with meter.step():
+            x, y = source.fetch(torch.arange(batch), generator, train=True)
+            del x, y
+        measured.append((batch, meter.reading.total))
+    (b1, m1), (b2, m2) = measured[0], measured[-1]
+    per_sample = (m2 - m1) / (b2 - b1) if b2 > b1 else m2 / b2
+    return max(1, math.ceil(per_sample))

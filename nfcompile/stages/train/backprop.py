@@ -1,0 +1,130 @@
+"""The baselines NeuroFlux is measured against, under the same budget and the same profiler:
+end-to-end backprop at the largest batch that fits, and backprop with gradient checkpointing."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from nfcompile.core.bytesize import format_bytes
+from nfcompile.core.io import load_checkpoint, save_checkpoint
+from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.core.memory import PeakMeter, fit_memory
+from nfcompile.core.repro import derived_seed
+from nfcompile.core.results import BlockResult, EpochRecord, Plan, TrainResult
+from nfcompile.core.training import CheckpointedUnits, backprop_step, lr_factor, make_optimizer, scaled_lr, set_lr
+from nfcompile.data.batches import Augment, batch_order
+from nfcompile.data.datasets import DataBundle
+from nfcompile.errors import BudgetError, BudgetExceeded
+from nfcompile.models import MultiExitNet, UnitNet, multi_exit_state
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
+from nfcompile.data.sources import ImageInput
+from nfcompile.stages.train.budget import TrainOutcome, memory_cap, tracked_steps, whole_run_meter
+
+log = get_logger(__name__)
+FORMAT = "nfcompile.train.backprop/1"
+
+
+def backprop_batch_size(plan: Plan, train: TrainSection) -> tuple[int, int]:
+    """(batch size, predicted peak): the recipe's batch, or the largest the budget allows."""
+    checkpointing = train.backprop.checkpointing
+    measurements = plan.checkpointing_measurements if checkpointing else plan.backprop_measurements
+    fit = fit_memory(list(measurements))
+    batch = train.batch_size or (plan.checkpointing_batch_size if checkpointing else plan.backprop_batch_size)
+    if batch == 0:
+        kind = "backprop with gradient checkpointing" if checkpointing else "backprop"
+        raise BudgetError(f"{kind} does not fit budget.memory {format_bytes(plan.budget_bytes)} even at batch "
+                          f"size 1 (needs {format_bytes(fit.predicted(1))})",
+                          hint="raise budget.memory, or train with train.method: neuroflux")
+    return batch, fit.predicted(batch)
+
+
+def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: ModelSection, train: TrainSection,
+                   augment: AugmentSection, budget: BudgetSection, device: torch.device, seed: int, out_dir: Path,
+                   resume: bool, fingerprint: str) -> TrainOutcome:
+    checkpoint = out_dir / "checkpoint.pt"
+    net = MultiExitNet(unit_net, {len(unit_net.units) - 1: unit_net.classifier})
+    num_classes = data.info.num_classes
+    if resume and checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        if state.get("format") == FORMAT and state.get("fingerprint") == fingerprint:
+            net.load_state_dict(state["net"]["state_dict"])
+            log.info("resuming: backprop training already finished (%s)", checkpoint)
+            return TrainOutcome(net, TrainResult.from_dict(state["result"]))
+    batch, predicted = backprop_batch_size(plan, train)
+    method = "backprop+checkpointing" if train.backprop.checkpointing else "backprop"
+    trainee = CheckpointedUnits(unit_net.units, unit_net.classifier) if train.backprop.checkpointing else unit_net
+    trainee.to(device)
+    optimizer = make_optimizer(trainee.parameters(), train, batch)
+    train_in = ImageInput(data.train, data.preprocessing, Augment(augment.flip, augment.crop_padding), device)
+    val_in = ImageInput(data.val, data.preprocessing, Augment(), device)
+    generator = torch.Generator().manual_seed(derived_seed(seed, "backprop"))
+    torch.manual_seed(derived_seed(seed, "backprop-torch"))
+    steps_per_epoch = math.ceil(len(train_in) / batch)
+    total_steps = train.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, max(1, total_steps // 10))
+    base_lr = scaled_lr(train, batch)
+    meter = PeakMeter(device, [trainee], [optimizer])
+    track_steps = tracked_steps(device, train)
+    history: list[EpochRecord] = []
+    best_accuracy, best_epoch, best_state, stop_reason, step = -1.0, 0, None, "epochs", 0
+    started = time.perf_counter()
+    with memory_cap(device, plan.budget_bytes, budget.enforce), whole_run_meter(meter, device), \
+            progress_bar(f"{method} (batch {batch})", total_steps) as advance:
+        for epoch in range(train.epochs):
+            epoch_start = time.perf_counter()
+            trainee.train()
+            total_loss = 0.0
+            for indices in batch_order(len(train_in), batch, True, generator):
+                with meter.step() if step < track_steps else contextlib.nullcontext():
+                    x, y = train_in.fetch(indices, generator, train=True)
+                    set_lr(optimizer, base_lr * lr_factor(step, total_steps, warmup, train.schedule))
+                    total_loss += backprop_step(trainee, x, y, optimizer) * len(indices)
+                    del x, y
+                step += 1
+                advance(epoch=epoch + 1, loss=total_loss / len(train_in))
+            accuracy = _accuracy(unit_net, val_in, batch)
+            history.append(EpochRecord(epoch=epoch + 1, lr=base_lr, train_loss=(total_loss / len(train_in),),
+                                       val_accuracy=(accuracy,), seconds=time.perf_counter() - epoch_start))
+            if accuracy > best_accuracy:
+                best_accuracy, best_epoch, best_state = accuracy, epoch + 1, copy.deepcopy(unit_net.state_dict())
+            elif train.patience and epoch + 1 - best_epoch >= train.patience:
+                stop_reason = "patience"
+                break
+    unit_net.load_state_dict(best_state)
+    measured = meter.reading.total
+    last = len(unit_net.units) - 1
+    block = BlockResult(index=0, units=tuple(range(last + 1)), batch_size=batch, trained=True, stop_reason=stop_reason,
+                        epochs_run=len(history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=measured,
+                        predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes,
+                        seconds=time.perf_counter() - started, cache_placement="none", cache_bytes=0,
+                        cache_seconds=0.0, history=tuple(history))
+    log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s", method, len(history), best_accuracy,
+             format_bytes(measured), format_bytes(plan.budget_bytes))
+    if measured > plan.budget_bytes:
+        message = f"{method} at batch {batch}: measured peak {format_bytes(measured)} exceeds the budget"
+        if budget.enforce:
+            raise BudgetExceeded(message)
+        log.warning(message)
+    result = TrainResult(method=method, device=str(device), budget_bytes=plan.budget_bytes,
+                         checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),
+                         exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - started,
+                         details={"batch_size": batch})
+    save_checkpoint(checkpoint, {"format": FORMAT, "fingerprint": fingerprint, "result": result.to_dict(),
+                                 "net": multi_exit_state(net, model, num_classes)})
+    return TrainOutcome(net, result)
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, source: ImageInput, batch: int) -> float:
+    model.eval()
+    correct = 0
+    for indices in batch_order(len(source), batch, False, None):
+        x, y = source.fetch(indices, None, train=False)
+        correct += int((model(x).argmax(1) == y).sum())
+    return correct / len(source)

@@ -1,0 +1,46 @@
+"""Training checkpoints: written atomically after every finished block, loaded weights_only.
+
+A checkpoint is tied to the fingerprint of everything training depends on (recipe fields, plan);
+a checkpoint from different settings is ignored, never half-applied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nfcompile.core.io import load_checkpoint, save_checkpoint
+from nfcompile.core.log import get_logger
+from nfcompile.core.results import BlockResult
+from nfcompile.models import MultiExitNet, multi_exit_state
+from nfcompile.recipe.schema import ModelSection
+
+log = get_logger(__name__)
+
+FORMAT = "nfcompile.train/1"
+
+
+class TrainCheckpoint:
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = path
+        self.fingerprint = fingerprint
+
+    def save(self, net: MultiExitNet, model: ModelSection, num_classes: int, blocks: list[BlockResult]) -> None:
+        save_checkpoint(self.path, {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "blocks": [b.to_dict() for b in blocks],
+            "net": multi_exit_state(net, model, num_classes),
+        })
+
+    def restore(self, net: MultiExitNet) -> list[BlockResult]:
+        """Load finished blocks into ``net``; [] when there is no usable checkpoint."""
+        if not self.path.is_file():
+            return []
+        state = load_checkpoint(self.path)
+        if state.get("format") != FORMAT or state.get("fingerprint") != self.fingerprint:
+            log.warning("%s was written for other settings: training starts over", self.path)
+            return []
+        net.load_state_dict(state["net"]["state_dict"])
+        blocks = [BlockResult.from_dict(b) for b in state["blocks"]]
+        log.info("resuming: blocks %s already trained (from %s)", [b.index for b in blocks], self.path)
+        return blocks

@@ -1,0 +1,282 @@
+"""NeuroFlux: block-wise local learning under a memory budget.
+
+Blocks train one after another at the batch size the plan gave them. Inside a block, for each
+mini-batch and each unit: forward on the detached output of the unit before, local loss through the
+unit's auxiliary head, backward at once (only one unit's graph is ever alive), step that unit's
+optimizer. A finished block is restored to its best epoch, run once over the data to fill the
+activation cache the next block reads, and checkpointed, so `--resume` never redoes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nfcompile.core.bytesize import format_bytes
+from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.core.memory import PeakMeter
+from nfcompile.core.repro import derived_seed
+from nfcompile.core.results import BlockPlan, BlockResult, EpochRecord, Plan, TrainResult
+from nfcompile.core.training import lr_factor, local_step, make_optimizer, scaled_lr, set_lr
+from nfcompile.data.batches import Augment, batch_order, feature_augment
+from nfcompile.data.datasets import DataBundle
+from nfcompile.errors import BudgetExceeded
+from nfcompile.models import AuxHead, MultiExitNet, UnitNet
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
+from nfcompile.stages.train.budget import TrainOutcome, memory_cap, tracked_steps, whole_run_meter
+from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput
+from nfcompile.stages.train.checkpoint import TrainCheckpoint
+
+log = get_logger(__name__)
+
+# Batches of the caching pass observed by the CPU tracker (the cache itself is allocated inside).
+CACHE_TRACKED_BATCHES = 2
+
+
+def attach_aux_heads(unit_net: UnitNet, plan: Plan, num_classes: int, seed: int) -> MultiExitNet:
+    """One auxiliary head per unit, of the width the plan chose, initialized from the seed."""
+    torch.manual_seed(derived_seed(seed, "heads"))
+    heads = {u.index: AuxHead(u.out_shape[0], u.head_filters, num_classes) for u in plan.units}
+    return MultiExitNet(unit_net, heads)
+
+
+def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: ModelSection,
+                    train: TrainSection, augment: AugmentSection, budget: BudgetSection,
+                    device: torch.device, seed: int, out_dir: Path, resume: bool,
+                    fingerprint: str) -> TrainOutcome:
+    num_classes = data.info.num_classes
+    net = attach_aux_heads(unit_net, plan, num_classes, seed)
+    checkpoint = TrainCheckpoint(out_dir / "checkpoint.pt", fingerprint)
+    done: list[BlockResult] = checkpoint.restore(net) if resume else []
+    start = time.perf_counter()
+    image_augment = Augment(flip=augment.flip, shift=augment.crop_padding)
+    section = train.neuroflux
+    cache_folder = out_dir / "cache"
+
+    with memory_cap(device, plan.budget_bytes, budget.enforce):
+        train_in, val_in = _inputs_for_block(len(done), net, plan, data, image_augment, section, device, cache_folder)
+        results = list(done)
+        stalled = _stalled(results, section.stall_delta) if section.stop_stalled_blocks else False
+        for block in plan.blocks[len(done):]:
+            if stalled:
+                results.append(_skipped(block, plan.budget_bytes))
+                continue
+            result = _train_block(block, net, train_in, val_in, plan=plan, train=train, device=device,
+                                  seed=seed, enforce=budget.enforce)
+            if block.index < len(plan.blocks) - 1:
+                cache_start = time.perf_counter()
+                next_train, next_val, cache_peak = _cache_block_outputs(
+                    block, net, train_in, val_in, plan=plan, section=section, image_augment=image_augment,
+                    device=device, folder=cache_folder)
+                result = _with_cache(result, block, time.perf_counter() - cache_start, cache_peak)
+                _close(train_in, val_in)
+                train_in, val_in = next_train, next_val
+            _check_budget(result, enforce=budget.enforce)
+            results.append(result)
+            checkpoint.save(net, model, num_classes, results)
+            if section.stop_stalled_blocks:
+                stalled = _stalled(results, section.stall_delta)
+        _close(train_in, val_in)
+    with contextlib.suppress(OSError):
+        cache_folder.rmdir()  # only when empty: every cache file is gone by now
+    return TrainOutcome(net, _train_result(results, plan, device, time.perf_counter() - start, resumed=len(done)))
+
+
+# --------------------------------------------------------------------------- one block
+
+
+def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan: Plan, train: TrainSection,
+                 device: torch.device, seed: int, enforce: bool) -> BlockResult:
+    units = [net.units[i].to(device) for i in block.units]
+    heads = [net.heads[str(i)].to(device) for i in block.units]
+    batch = block.batch_size
+    optimizers = [make_optimizer([*u.parameters(), *h.parameters()], train, batch) for u, h in zip(units, heads)]
+    base_lr = scaled_lr(train, batch)
+    steps_per_epoch = math.ceil(len(train_in) / batch)
+    total_steps = train.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, max(1, total_steps // 10))
+    generator = torch.Generator().manual_seed(derived_seed(seed, "block", block.index))
+    torch.manual_seed(derived_seed(seed, "block-torch", block.index))
+    meter = PeakMeter(device, [*units, *heads], optimizers, resident=train_in.device_tensors())
+    track_steps = tracked_steps(device, train)
+    history: list[EpochRecord] = []
+    best_accuracy, best_epoch, best_state = -1.0, 0, None
+    stop_reason = "epochs"
+    step = 0
+    started = time.perf_counter()
+    label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
+    with whole_run_meter(meter, device), progress_bar(label, total_steps) as advance:
+        for epoch in range(train.epochs):
+            epoch_start = time.perf_counter()
+            for m in (*units, *heads):
+                m.train()
+            losses = [0.0] * len(units)
+            for indices in batch_order(len(train_in), batch, True, generator):
+                with meter.step() if step < track_steps else contextlib.nullcontext():
+                    # Fetched inside the measured region: the batch counts against the budget.
+                    h, y = train_in.fetch(indices, generator, train=True)
+                    factor = lr_factor(step, total_steps, warmup, train.schedule)
+                    for i, (unit, head, optimizer) in enumerate(zip(units, heads, optimizers)):
+                        set_lr(optimizer, base_lr * factor)
+                        h, loss = local_step(unit, head, h, y, optimizer)
+                        losses[i] += loss * len(indices)
+                    del h, y
+                step += 1
+                advance(epoch=epoch + 1, loss=losses[-1] / max(1, len(train_in)))
+            accuracy = exit_accuracies(units, heads, val_in, batch)
+            history.append(EpochRecord(epoch=epoch + 1, lr=base_lr, train_loss=tuple(l / len(train_in) for l in losses),
+                                       val_accuracy=tuple(accuracy), seconds=time.perf_counter() - epoch_start))
+            # The block is judged by its last unit: that is what the next block learns from.
+            if accuracy[-1] > best_accuracy:
+                best_accuracy, best_epoch = accuracy[-1], epoch + 1
+                best_state = [copy.deepcopy(m.state_dict()) for m in (*units, *heads)]
+            elif train.patience and epoch + 1 - best_epoch >= train.patience:
+                stop_reason = "patience"
+                break
+    for module, state in zip((*units, *heads), best_state):
+        module.load_state_dict(state)
+    best = history[best_epoch - 1]
+    measured = meter.reading.total
+    log.info("%s: %d epoch(s) (%s), best exit accuracy %.4f at epoch %d, measured peak %s of %s",
+             label, len(history), stop_reason, max(best.val_accuracy), best_epoch, format_bytes(measured),
+             format_bytes(plan.budget_bytes))
+    return BlockResult(index=block.index, units=block.units, batch_size=batch, trained=True,
+                       stop_reason=stop_reason, epochs_run=len(history), best_val_accuracy=best.val_accuracy,
+                       measured_peak_bytes=measured, predicted_peak_bytes=block.predicted_peak_bytes,
+                       budget_bytes=plan.budget_bytes, seconds=time.perf_counter() - started,
+                       cache_placement=block.cache_placement, cache_bytes=block.cache_bytes, cache_seconds=0.0,
+                       history=tuple(history))
+
+
+@torch.no_grad()
+def exit_accuracies(units: list[nn.Module], heads: list[nn.Module], source, batch: int) -> list[float]:
+    """Top-1 accuracy of every exit in a block, from one pass over ``source``."""
+    for m in (*units, *heads):
+        m.eval()
+    correct = [0] * len(units)
+    for indices in batch_order(len(source), batch, False, None):
+        h, y = source.fetch(indices, None, train=False)
+        for i, (unit, head) in enumerate(zip(units, heads)):
+            h = unit(h)
+            correct[i] += int((head(h).argmax(1) == y).sum())
+    return [c / len(source) for c in correct]
+
+
+# --------------------------------------------------------------------------- caches
+
+
+@torch.no_grad()
+def _fill_cache(units: list[nn.Module], source, cache: ActivationCache, batch: int,
+                meter: PeakMeter | None = None) -> None:
+    for m in units:
+        m.eval()
+    start = 0
+    for n, indices in enumerate(batch_order(len(source), batch, False, None)):
+        with meter.step() if meter is not None and n < CACHE_TRACKED_BATCHES else contextlib.nullcontext():
+            h, _ = source.fetch(indices, None, train=False)
+            for unit in units:
+                h = unit(h)
+            cache.write(start, h)
+        start += len(indices)
+
+
+def _cache_block_outputs(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan: Plan, section,
+                         image_augment: Augment, device: torch.device, folder: Path):
+    units = [net.units[i] for i in block.units]
+    out_shape = plan.units[block.units[-1]].out_shape
+    meter = PeakMeter(device, units, [], resident=[*train_in.device_tensors(), *val_in.device_tensors()])
+    caches = []
+    for name, source in (("train", train_in), ("val", val_in)):
+        make = lambda: ActivationCache(block.cache_placement, len(source), out_shape, section.cache.dtype,
+                                       device=device, folder=folder, name=f"block{block.index}.{name}")
+        with meter.step() if device.type == "cpu" else contextlib.nullcontext():
+            cache = make()  # allocated inside the measured region: a device cache counts
+        meter.resident.extend(cache.device_tensors())
+        _fill_cache(units, source, cache, block.batch_size, meter if device.type == "cpu" else None)
+        caches.append(cache)
+    augment = feature_augment(image_augment, plan.units[0].in_shape[-1], out_shape[-1], section.cache.feature_augment)
+    train_cache, val_cache = caches
+    return (CachedInput(train_cache, train_in.labels, augment), CachedInput(val_cache, val_in.labels, Augment()),
+            meter.reading.total)
+
+
+def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundle, image_augment: Augment,
+                      section, device: torch.device, folder: Path):
+    """Block 0 reads images. A resumed run rebuilds the cache its next block reads by replaying the
+    finished blocks' caching passes in order (same units, same dtype rounding at each boundary), so
+    it reads exactly what the uninterrupted run would have."""
+    train_in = ImageInput(data.train, data.preprocessing, image_augment, device)
+    val_in = ImageInput(data.val, data.preprocessing, Augment(), device)
+    started = time.perf_counter()
+    for block in plan.blocks[:index]:
+        for i in block.units:
+            net.units[i].to(device)
+        next_train, next_val, _ = _cache_block_outputs(block, net, train_in, val_in, plan=plan, section=section,
+                                                       image_augment=image_augment, device=device, folder=folder)
+        _close(train_in, val_in)
+        train_in, val_in = next_train, next_val
+    if index:
+        log.info("resumed after block %d: rebuilt its cache (%s) in %.1f s", index - 1,
+                 plan.blocks[index - 1].cache_placement, time.perf_counter() - started)
+    return train_in, val_in
+
+
+def _close(*inputs) -> None:
+    for source in inputs:
+        if isinstance(source, CachedInput):
+            source.cache.close()
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def _with_cache(result: BlockResult, block: BlockPlan, seconds: float, cache_peak: int) -> BlockResult:
+    return replace(result, cache_seconds=seconds, measured_peak_bytes=max(result.measured_peak_bytes or 0, cache_peak))
+
+
+def _check_budget(result: BlockResult, *, enforce: bool) -> None:
+    if result.measured_peak_bytes and result.measured_peak_bytes > result.budget_bytes:
+        message = (f"block {result.index} (units {result.units[0]}-{result.units[-1]}, batch {result.batch_size}): "
+                   f"measured peak {format_bytes(result.measured_peak_bytes)} exceeds budget.memory "
+                   f"{format_bytes(result.budget_bytes)}")
+        if enforce:
+            raise BudgetExceeded(message, hint="the finished blocks are checkpointed; raise the budget or set "
+                                 "budget.enforce: false, then --resume")
+        log.warning("%s (budget.enforce is off)", message)
+
+
+def _stalled(results: list[BlockResult], delta: float) -> bool:
+    """True once the newest trained block's best exit fails to beat every earlier exit by ``delta``."""
+    trained = [r for r in results if r.trained]
+    if len(trained) < 2:
+        return False
+    earlier = max(max(r.best_val_accuracy) for r in trained[:-1])
+    return max(trained[-1].best_val_accuracy) < earlier + delta
+
+
+def _skipped(block: BlockPlan, budget: int) -> BlockResult:
+    return BlockResult(index=block.index, units=block.units, batch_size=block.batch_size, trained=False,
+                       stop_reason="skipped: exits stopped improving", epochs_run=0, best_val_accuracy=(),
+                       measured_peak_bytes=None, predicted_peak_bytes=block.predicted_peak_bytes,
+                       budget_bytes=budget, seconds=0.0, cache_placement="none", cache_bytes=0, cache_seconds=0.0)
+
+
+def _train_result(results: list[BlockResult], plan: Plan, device: torch.device, seconds: float, *,
+                  resumed: int) -> TrainResult:
+    exit_units, accuracy = [], []
+    for result in results:
+        if result.trained:
+            exit_units.extend(result.units)
+            accuracy.extend(result.best_val_accuracy)
+    return TrainResult(method="neuroflux", device=str(device), budget_bytes=plan.budget_bytes,
+                       checkpoint="checkpoint.pt", blocks=tuple(results), exit_units=tuple(exit_units),
+                       exit_val_accuracy=tuple(accuracy), seconds=seconds,
+                       details={"head_filters": [u.head_filters for u in plan.units],
+                                "resumed_blocks": resumed})

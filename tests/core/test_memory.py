@@ -1,0 +1,88 @@
+"""The CPU allocation tracker against torch's own MemTracker, and the memory model."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from nfcompile.core.memory import LiveTensorBytes, PeakMeter, fit_memory
+from nfcompile.core.training import local_step, make_optimizer
+from nfcompile.recipe.schema import TrainSection
+
+from conftest import make_tiny_multi_exit
+
+
+def test_live_tensor_bytes_counts_allocations_and_frees():
+    with LiveTensorBytes() as tracker:
+        a = torch.empty(1000, dtype=torch.float32)  # 4000 bytes
+        b = torch.empty(500, dtype=torch.float64)  # 4000 bytes
+        view = a[:10]  # a view shares a's storage: not counted again
+        del a, view
+        c = torch.empty(250, dtype=torch.float32)  # 1000 bytes, after a was freed
+    assert tracker.peak == 8000
+    assert tracker.current == 5000
+    del b, c
+
+
+def test_peak_matches_torch_memtracker_on_a_training_step():
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    net = make_tiny_multi_exit()
+    unit, head = net.units[1], net.heads["1"]
+    section = TrainSection()
+    peaks = {}
+    for name in ("memtracker", "ours"):
+        u, h = copy.deepcopy(unit), copy.deepcopy(head)
+        optimizer = make_optimizer([*u.parameters(), *h.parameters()], section, 16)
+        local_step(u, h, torch.randn(16, 8, 16, 16), torch.randint(0, 4, (16,)), optimizer)  # optimizer state
+        x, y = torch.randn(16, 8, 16, 16), torch.randint(0, 4, (16,))
+        if name == "memtracker":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tracker = MemTracker()
+                tracker.track_external(u, h, optimizer)
+                with tracker:
+                    xs, ys = x.clone(), y.clone()
+                    local_step(u, h, xs, ys, optimizer)
+                    del xs, ys
+                peaks[name] = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+        else:
+            meter = PeakMeter(torch.device("cpu"), [u, h], [optimizer])
+            with meter.step():
+                xs, ys = x.clone(), y.clone()
+                local_step(u, h, xs, ys, optimizer)
+                del xs, ys
+            peaks[name] = meter.reading.total
+    assert peaks["ours"] == peaks["memtracker"]
+
+
+def test_peak_meter_counts_resident_tensors():
+    model = nn.Linear(10, 10)
+    optimizer = make_optimizer(model.parameters(), TrainSection(), 8)
+    resident = torch.empty(10_000)  # 40 kB that live through the step (an activation cache)
+    plain, with_cache = (PeakMeter(torch.device("cpu"), [model], [optimizer], resident=r) for r in ([], [resident]))
+    for meter in (plain, with_cache):
+        with meter.step():
+            model(torch.randn(8, 10)).sum().backward()
+        model.zero_grad(set_to_none=True)  # gradients from one step must not count in the next
+    assert with_cache.reading.total - plain.reading.total == 40_000
+
+
+def test_fit_memory_is_exact_on_two_regimes():
+    # A flat optimizer regime (1000 + 10 b) and a steep activation regime (100 + 100 b).
+    truth = lambda b: max(1000 + 10 * b, 100 + 100 * b)
+    fit = fit_memory([(b, truth(b)) for b in (2, 4, 50, 60)])
+    for batch in (1, 3, 10, 40, 200):
+        assert fit.predicted(batch) == truth(batch)
+    assert fit.max_batch(budget=truth(70), cap=1000) == 70
+    assert fit.max_batch(budget=truth(1) - 1, cap=1000) == 0
+    assert fit.max_batch(budget=10**9, cap=64) == 64
+
+
+def test_fit_memory_needs_two_batch_sizes():
+    with pytest.raises(ValueError):
+        fit_memory([(4, 100)])

@@ -1,0 +1,133 @@
+"""Profiler, partitioner and plan: measured, not computed; blocks fit the budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nfcompile.core.memory import PeakMeter, fit_memory
+from nfcompile.core.training import local_step, make_optimizer
+from nfcompile.errors import BudgetError
+from nfcompile.models import AuxHead
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, TrainSection
+from nfcompile.stages.plan import plan_training, saved_activation_bytes_per_sample
+from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
+from nfcompile.stages.plan.profile import profile_local_step
+
+from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_unit_net
+
+CPU = torch.device("cpu")
+
+
+def _measure(unit, head, in_shape, batch):
+    optimizer = make_optimizer([*unit.parameters(), *head.parameters()], TrainSection(), batch)
+    meter = PeakMeter(CPU, [unit, head], [optimizer])
+    for _ in range(2):
+        with meter.step():
+            local_step(unit, head, torch.randn(batch, *in_shape), torch.randint(0, TINY_CLASSES, (batch,)), optimizer)
+    return meter.reading.total
+
+
+def test_profile_predicts_a_batch_it_did_not_measure():
+    net = make_tiny_unit_net()
+    in_shape, out_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[1]
+    head = AuxHead(out_shape[0], 8, TINY_CLASSES)
+    fit = profile_local_step(net.units[1], head, in_shape, TINY_CLASSES, batch_sizes=(4, 16), budget=8 * 2**20,
+                             max_batch=512, section=TrainSection(), device=CPU)
+    batch = fit.max_batch(8 * 2**20, 512)
+    assert batch > 16 and batch not in (4, 16)
+    for probe in (batch, batch // 2, 24):
+        measured = _measure(net.units[1], head, in_shape, probe)
+        assert abs(fit.predicted(probe) - measured) / measured < 0.05, probe
+    assert fit.predicted(batch) <= 8 * 2**20
+
+
+def test_profiling_leaves_the_model_unchanged():
+    net = make_tiny_unit_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    in_shape, out_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[0]
+    profile_local_step(net.units[0], AuxHead(out_shape[0], 8, TINY_CLASSES), in_shape, TINY_CLASSES,
+                       batch_sizes=(2, 8), budget=2**24, max_batch=64, section=TrainSection(), device=CPU)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_saved_activations_grow_with_the_map():
+    net = make_tiny_unit_net()
+    shapes = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))
+    sizes = [saved_activation_bytes_per_sample(u, s[0], CPU) for u, s in zip(net.units, shapes)]
+    # conv+BN+ReLU saves input, conv output and BN output: at least 3 maps' worth per sample.
+    assert sizes[0] >= 4 * (3 + 8 + 8) * TINY_SIZE * TINY_SIZE
+    assert sizes[0] > sizes[2]
+
+
+def test_adaptive_heads_are_narrow_on_large_maps():
+    section = HeadSection(policy="adaptive", filters=64, min_filters=4, memory_ratio=0.25)
+    from nfcompile.models import choose_head_filters
+
+    unit_bytes = 4 * 3 * 16 * 32 * 32  # a unit saving three 16-channel 32x32 maps
+    wide_map = choose_head_filters(section, (16, 32, 32), unit_bytes)
+    small_map = choose_head_filters(section, (16, 4, 4), unit_bytes)
+    assert wide_map < small_map == 64
+    assert choose_head_filters(HeadSection(policy="fixed", filters=24), (16, 32, 32), unit_bytes) == 24
+
+
+def _fits():
+    # Three units: the first activation-heavy, the last weight-heavy.
+    return [fit_memory([(1, 1000 + 400), (100, 1000 + 40_000)], persistent_bytes=1000),
+            fit_memory([(1, 2000 + 200), (100, 2000 + 20_000)], persistent_bytes=2000),
+            fit_memory([(1, 20_000 + 20), (100, 20_000 + 2000)], persistent_bytes=20_000)]
+
+
+def test_block_peak_counts_every_units_weights_but_one_step():
+    fits = _fits()
+    assert block_peak(fits[:2], 10) == 1000 + 2000 + max(400 * 10, 200 * 10)
+    budget = 30_000
+    batch = block_max_batch(fits, budget, 10_000)
+    assert block_peak(fits, batch) <= budget < block_peak(fits, batch + 1)
+
+
+def test_partition_splits_where_batch_sizes_differ():
+    fits = _fits()
+    blocks = partition_blocks(fits, 30_000, split_ratio=1.5, cap=10_000)
+    assert [units for units, _ in blocks] == [[0], [1], [2]]
+    assert [b for _, b in blocks] == sorted(b for _, b in blocks)  # deeper blocks, larger batches
+    merged = partition_blocks(fits, 30_000, split_ratio=100.0, cap=10_000)
+    assert [units for units, _ in merged] == [[0, 1, 2]]
+    for units, batch in [*blocks, *merged]:
+        assert block_peak([fits[i] for i in units], batch) <= 30_000
+
+
+def test_cache_placement_order():
+    common = dict(requested="auto", host_limit=10_000)
+    assert place_cache(100, device_type="cuda", device_headroom=200, **common).placement == "device"
+    assert place_cache(500, device_type="cuda", device_headroom=200, **common).placement == "host"
+    assert place_cache(50_000, device_type="cuda", device_headroom=200, **common).placement == "disk"
+    # On CPU host RAM is the device: a cache over the headroom goes to disk, not to "host".
+    assert place_cache(500, device_type="cpu", device_headroom=200, **common).placement == "disk"
+    assert place_cache(0, device_type="cpu", device_headroom=0, **common).placement == "none"
+
+
+def _plan(memory: str, **train):
+    return plan_training(make_tiny_unit_net(), TINY_CLASSES, image_size=TINY_SIZE, train_samples=512,
+                         val_samples=64, budget=BudgetSection(memory=memory), train=TrainSection(**train),
+                         augment=AugmentSection(), device=CPU)
+
+
+def test_plan_fits_the_budget_and_sizes_backprop_with_the_same_profiler():
+    plan = _plan("2MiB")
+    assert plan.budget_bytes == 2 * 2**20
+    assert all(b.predicted_peak_bytes <= plan.budget_bytes for b in plan.blocks)
+    assert [u for b in plan.blocks for u in b.units] == [0, 1, 2]
+    backprop = fit_memory(list(plan.backprop_measurements))
+    assert plan.backprop_batch_size == backprop.max_batch(plan.budget_bytes, 512)
+    assert backprop.predicted(plan.backprop_batch_size) <= plan.budget_bytes
+    # Local learning keeps one unit's activations alive; backprop keeps all of them.
+    assert max(b.batch_size for b in plan.blocks) > plan.backprop_batch_size
+
+
+def test_budget_below_batch_one_is_refused_with_the_minimum():
+    with pytest.raises(BudgetError) as info:
+        _plan("20KiB")
+    message = str(info.value)
+    assert "batch size 1 needs" in message and "budget.memory" in message
+    assert "MiB" in info.value.hint

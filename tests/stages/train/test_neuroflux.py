@@ -1,0 +1,148 @@
+"""NeuroFlux training on the tiny fixtures: budget held and measured, caches, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from nfcompile.errors import BudgetError, BudgetExceeded
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
+from nfcompile.stages.plan import plan_training
+from nfcompile.stages.train import train_model
+from nfcompile.stages.train import neuroflux
+
+from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_data, make_tiny_unit_net
+
+CPU = torch.device("cpu")
+BUDGET = BudgetSection(memory="1MiB")
+
+
+def _train_section(**neuroflux_fields) -> TrainSection:
+    nf = {"profile_batch_sizes": (2, 8), "max_batch_size": 64, "block_split_ratio": 1.2, **neuroflux_fields}
+    return TrainSection.model_validate({"epochs": 8, "patience": 0, "lr": 0.4, "neuroflux": nf})
+
+
+def _plan(train: TrainSection, data, budget=BUDGET):
+    return plan_training(make_tiny_unit_net(), TINY_CLASSES, image_size=TINY_SIZE, train_samples=len(data.train),
+                         val_samples=len(data.val), budget=budget, train=train,
+                         augment=AugmentSection(crop_padding=1), device=CPU)
+
+
+def _train(plan, train, data, out_dir, *, resume=False, budget=BUDGET, fingerprint="f"):
+    torch.manual_seed(0)
+    return train_model(make_tiny_unit_net(), plan, data, model=ModelSection(), train=train,
+                       augment=AugmentSection(crop_padding=1), budget=budget, device=CPU, seed=0,
+                       out_dir=out_dir, resume=resume, fingerprint=fingerprint)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_tiny_data(train=96, val=32, test=32)
+
+
+def test_blocks_stay_under_the_budget_as_measured(data, tmp_path):
+    train = _train_section()
+    plan = _plan(train, data)
+    assert len(plan.blocks) >= 2, "the tiny budget should split the units"
+    outcome = _train(plan, train, data, tmp_path)
+    for block in outcome.result.blocks:
+        assert block.trained
+        assert block.measured_peak_bytes <= plan.budget_bytes
+        assert abs(block.predicted_peak_bytes - block.measured_peak_bytes) <= 0.15 * block.measured_peak_bytes
+    assert outcome.result.exit_units == (0, 1, 2)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    # Learning happened: the deepest exit beats chance (0.25) on validation.
+    assert outcome.result.exit_val_accuracy[-1] > 0.5
+
+
+def test_disk_cache_is_used_and_cleaned_up(data, tmp_path):
+    train = _train_section(cache={"placement": "disk"})
+    plan = _plan(train, data)
+    placements = [b.cache_placement for b in plan.blocks]
+    assert placements[:-1] == ["disk"] * (len(placements) - 1) and placements[-1] == "none"
+    outcome = _train(plan, train, data, tmp_path)
+    assert all(b.cache_seconds > 0 for b in outcome.result.blocks[:-1])
+    assert not list((tmp_path / "cache").glob("*.bin")), "cache files must be deleted after training"
+
+
+def test_device_cache_counts_against_the_measured_peak(data, tmp_path):
+    train = _train_section(cache={"placement": "device"})
+    budget = BudgetSection(memory="2MiB")
+    plan = _plan(train, data, budget)
+    outcome = _train(plan, train, data, tmp_path, budget=budget)
+    first, second = outcome.result.blocks[:2]
+    assert first.cache_placement == "device"
+    # The second block reads the first one's cache from the device: its peak includes it, and its
+    # batch size was planned with the cache taking its share of the budget.
+    assert second.measured_peak_bytes >= first.cache_bytes
+    assert second.measured_peak_bytes <= plan.budget_bytes
+
+
+def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, monkeypatch):
+    train = _train_section()
+    plan = _plan(train, data)
+    full = _train(plan, train, data, tmp_path / "full")
+
+    calls = []
+    real = neuroflux._train_block
+
+    def crash_on_second(block, *args, **kwargs):
+        calls.append(block.index)
+        if block.index == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return real(block, *args, **kwargs)
+
+    monkeypatch.setattr(neuroflux, "_train_block", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        _train(plan, train, data, tmp_path / "run")
+    monkeypatch.setattr(neuroflux, "_train_block", lambda block, *a, **k: calls.append(block.index) or real(block, *a, **k))
+    resumed = _train(plan, train, data, tmp_path / "run", resume=True)
+    assert calls == [0, 1, *range(1, len(plan.blocks))], "block 0 must not be trained again"
+    assert resumed.result.details["resumed_blocks"] == 1
+    for a, b in zip(full.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_for_other_settings_is_ignored(data, tmp_path):
+    train = _train_section()
+    plan = _plan(train, data)
+    _train(plan, train, data, tmp_path, fingerprint="one")
+    again = _train(plan, train, data, tmp_path, resume=True, fingerprint="two")
+    assert again.result.details["resumed_blocks"] == 0
+
+
+def test_a_block_over_the_budget_fails_the_run(data, tmp_path):
+    train = _train_section()
+    plan = _plan(train, data)
+    # Shrink the budget after planning: the plan's batch sizes now overshoot what it allows.
+    shrunk = dataclasses.replace(plan, budget_bytes=plan.budget_bytes // 2)
+    with pytest.raises(BudgetExceeded, match="exceeds budget.memory"):
+        _train(shrunk, train, data, tmp_path)
+
+
+def test_stalled_blocks_are_skipped(data, tmp_path):
+    train = _train_section(stop_stalled_blocks=True, stall_delta=1.0)  # nothing can beat +100 points
+    plan = _plan(train, data)
+    outcome = _train(plan, train, data, tmp_path)
+    trained = [b.trained for b in outcome.result.blocks]
+    assert trained[:2] == [True, True] and not any(trained[2:])
+    assert outcome.result.exit_units == tuple(u for b in outcome.result.blocks if b.trained for u in b.units)
+
+
+def test_backprop_baseline_uses_the_profiled_batch(data, tmp_path):
+    train = _train_section().model_copy(update={"method": "backprop"})
+    plan = _plan(train, data, BudgetSection(memory="4MiB"))
+    outcome = _train(plan, train, data, tmp_path, budget=BudgetSection(memory="4MiB"))
+    (block,) = outcome.result.blocks
+    assert block.batch_size == min(plan.backprop_batch_size, len(data.train))
+    assert block.measured_peak_bytes <= plan.budget_bytes
+    assert outcome.result.exit_units == (2,)
+
+
+def test_backprop_that_cannot_fit_is_a_budget_error(data, tmp_path):
+    train = _train_section().model_copy(update={"method": "backprop"})
+    plan = dataclasses.replace(_plan(train, data), backprop_batch_size=0)
+    with pytest.raises(BudgetError, match="does not fit"):
+        _train(plan, train, data, tmp_path)
