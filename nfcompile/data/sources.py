@@ -122,3 +122,29 @@ class CachedInput:
         if train and self.augment.active:
             x = augment_batch(x, self.augment, generator)
         return x, self.labels[indices].to(self.device)
+
+
+class RecomputedInput:
+    """A later block's input computed afresh for every batch: the finished units run forward (eval
+    mode, no gradients) on the upstream source. No cache at all, at the cost of repeating that work
+    each epoch; image augmentation then stays at the image level."""
+
+    def __init__(self, upstream, units: list):
+        self.upstream = upstream
+        self.units = units
+        self.labels = upstream.labels
+        self.device = upstream.device
+
+    def __len__(self) -> int:
+        return len(self.upstream)
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        return self.upstream.device_tensors()
+
+    @torch.no_grad()
+    def fetch(self, indices: torch.Tensor, generator: torch.Generator | None, *, train: bool):
+        x, y = self.upstream.fetch(indices, generator, train=train)
+        for unit in self.units:
+            unit.eval()
+            x = unit(x)
+        return x, y

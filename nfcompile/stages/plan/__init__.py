@@ -4,6 +4,7 @@ budget, place the activation caches, and size the backprop baselines with the sa
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import psutil
 import torch
@@ -19,7 +20,7 @@ from nfcompile.errors import BudgetError, RecipeError
 from nfcompile.data.batches import Augment, feature_augment
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
-from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput
+from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.models import AuxHead, UnitNet, choose_head_filters, unit_shapes_for
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
@@ -110,7 +111,9 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                 max_batch_size=block_max_batch([fit], budget_bytes, cap, fetch)))
             advance(unit=profiles[-1].name)
     _refuse_budget_below_minimum(profiles, fits, budget_bytes)
-    blocks = _blocks_with_caches(profiles, fits, budget_bytes, train_samples + val_samples, section, device)
+    blocks = _blocks_with_caches(profiles, fits, budget_bytes, train_samples + val_samples, section, device,
+                                 recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size, image_augment,
+                                                                               section, device))
     backprop = profile_backprop_step(unit_net, (3, image_size, image_size), num_classes,
                                      batch_sizes=section.profile_batch_sizes, budget=budget_bytes, max_batch=cap,
                                      section=train, device=device)
@@ -147,8 +150,25 @@ def _refuse_budget_below_minimum(profiles: list[UnitProfile], fits: list[MemoryF
             "model (model.width)")
 
 
+def _recompute_fetch(unit_net: UnitNet, first: int, image_size: int, image_augment: Augment, section,
+                     device: torch.device) -> tuple[int, int]:
+    """For cache placement `recompute`: (resident bytes, fetch bytes per sample) of running units
+    0..first-1 forward for every batch of the block that starts at ``first``."""
+    import copy
+
+    earlier = [copy.deepcopy(unit_net.units[i]).to(device) for i in range(first)]
+    resident = sum(t.numel() * t.element_size() for u in earlier for t in (*u.parameters(), *u.buffers()))
+    per_sample = profile_input_fetch(
+        lambda n: RecomputedInput(input_source_for(0, (3, image_size, image_size), n, image_size=image_size,
+                                                   image_augment=image_augment, section=section, device=device),
+                                  earlier),
+        section.profile_batch_sizes, device)
+    return resident, per_sample
+
+
 def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int, cached_samples: int,
-                        section, device: torch.device) -> list[BlockPlan]:
+                        section, device: torch.device, *,
+                        recompute_fetch: Callable[[int], tuple[int, int]]) -> list[BlockPlan]:
     cap = min(section.max_batch_size, max(p.max_batch_size for p in profiles))
     fetch = [p.fetch_bytes_per_sample for p in profiles]
     groups = partition_blocks(fits, budget, split_ratio=section.block_split_ratio, cap=cap,
@@ -158,6 +178,10 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
     input_cache_on_device = 0
     for k, (units, batch) in enumerate(groups):
         block_fits = [fits[i] for i in units]
+        if section.cache.placement == "recompute":
+            blocks.append(_recomputing_block(k, units, batch, block_fits, budget, fetch[units[0]], last=k == len(groups) - 1,
+                                             recompute_fetch=recompute_fetch))
+            continue
         if input_cache_on_device:  # the cache this block reads shares the budget with its training
             batch = block_max_batch(block_fits, budget - input_cache_on_device, batch, fetch[units[0]])
             if batch == 0:
@@ -182,3 +206,18 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                                 cache_placement=placement.placement, cache_bytes=placement.bytes))
         input_cache_on_device = placement.bytes if placement.placement == "device" else 0
     return blocks
+
+
+def _recomputing_block(k: int, units: list[int], batch: int, block_fits: list[MemoryFit], budget: int,
+                       image_fetch: int, *, last: bool, recompute_fetch: Callable[[int], tuple[int, int]]) -> BlockPlan:
+    """A block with no input cache: the earlier units' weights stay resident and run forward on every batch."""
+    resident, fetch = recompute_fetch(units[0]) if k else (0, image_fetch)
+    if k:
+        batch = block_max_batch(block_fits, budget - resident, batch, fetch)
+        if batch == 0:
+            raise BudgetError(f"block {k}: recomputing units 0-{units[0] - 1} for every batch leaves no room to "
+                              "train (train.neuroflux.cache.placement: recompute)",
+                              hint="use cache placement auto, or a larger budget")
+    return BlockPlan(index=k, units=tuple(units), batch_size=batch,
+                     predicted_peak_bytes=block_peak(block_fits, batch, fetch) + resident,
+                     cache_placement="none" if last else "recompute", cache_bytes=0)

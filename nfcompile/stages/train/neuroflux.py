@@ -31,7 +31,7 @@ from nfcompile.errors import BudgetExceeded
 from nfcompile.models import AuxHead, MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.train.budget import TrainOutcome, memory_cap, tracked_steps, whole_run_meter
-from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput
+from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.stages.train.checkpoint import TrainCheckpoint
 
 log = get_logger(__name__)
@@ -72,12 +72,10 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
                                   seed=seed, enforce=budget.enforce)
             if block.index < len(plan.blocks) - 1:
                 cache_start = time.perf_counter()
-                next_train, next_val, cache_peak = _cache_block_outputs(
-                    block, net, train_in, val_in, plan=plan, section=section, image_augment=image_augment,
-                    device=device, folder=cache_folder)
+                train_in, val_in, cache_peak = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
+                                                            image_augment=image_augment, device=device,
+                                                            folder=cache_folder)
                 result = _with_cache(result, block, time.perf_counter() - cache_start, cache_peak)
-                _close(train_in, val_in)
-                train_in, val_in = next_train, next_val
             _check_budget(result, enforce=budget.enforce)
             results.append(result)
             checkpoint.save(net, model, num_classes, results)
@@ -207,6 +205,19 @@ def _cache_block_outputs(block: BlockPlan, net: MultiExitNet, train_in, val_in, 
             meter.reading.total)
 
 
+def _next_inputs(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan: Plan, section,
+                 image_augment: Augment, device: torch.device, folder: Path):
+    """What the block after ``block`` reads: a cache of its outputs, or (placement `recompute`) its
+    units run again on every batch. Returns (train input, validation input, measured peak)."""
+    if block.cache_placement == "recompute":
+        units = [net.units[i] for i in block.units]
+        return RecomputedInput(train_in, units), RecomputedInput(val_in, units), 0
+    next_train, next_val, peak = _cache_block_outputs(block, net, train_in, val_in, plan=plan, section=section,
+                                                      image_augment=image_augment, device=device, folder=folder)
+    _close(train_in, val_in)
+    return next_train, next_val, peak
+
+
 def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundle, image_augment: Augment,
                       section, device: torch.device, folder: Path):
     """Block 0 reads images. A resumed run rebuilds the cache its next block reads by replaying the
@@ -218,10 +229,8 @@ def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundl
     for block in plan.blocks[:index]:
         for i in block.units:
             net.units[i].to(device)
-        next_train, next_val, _ = _cache_block_outputs(block, net, train_in, val_in, plan=plan, section=section,
-                                                       image_augment=image_augment, device=device, folder=folder)
-        _close(train_in, val_in)
-        train_in, val_in = next_train, next_val
+        train_in, val_in, _ = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
+                                           image_augment=image_augment, device=device, folder=folder)
     if index:
         log.info("resumed after block %d: rebuilt its cache (%s) in %.1f s", index - 1,
                  plan.blocks[index - 1].cache_placement, time.perf_counter() - started)

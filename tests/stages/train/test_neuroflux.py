@@ -146,3 +146,14 @@ def test_backprop_that_cannot_fit_is_a_budget_error(data, tmp_path):
     plan = dataclasses.replace(_plan(train, data), backprop_batch_size=0)
     with pytest.raises(BudgetError, match="does not fit"):
         _train(plan, train, data, tmp_path)
+
+
+def test_recompute_placement_trains_without_any_cache(data, tmp_path):
+    train = _train_section(cache={"placement": "recompute"})
+    plan = _plan(train, data)
+    assert [b.cache_placement for b in plan.blocks][:-1] == ["recompute"] * (len(plan.blocks) - 1)
+    outcome = _train(plan, train, data, tmp_path)
+    for block in outcome.result.blocks:
+        assert block.measured_peak_bytes <= plan.budget_bytes
+        assert abs(block.predicted_peak_bytes - block.measured_peak_bytes) <= 0.15 * block.measured_peak_bytes
+    assert not (tmp_path / "cache").exists()
