@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CLASSES = 4
 TINY_SIZE = 16
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the tiny test models gain nothing from a second one, and on a loaded machine
+# OpenMP threads of several processes oversubscribing two cores make everything several times slower.
+torch.set_num_threads(1)
 
 
 def _conv_unit(c_in: int, c_out: int, stride: int) -> nn.Sequential:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {
@@ -10,7 +11,9 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
     "k": 2**10, "m": 2**20, "g": 2**30,
 }
-_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+# A sign is read so that "-5MiB" is reported as negative, not as unreadable; YAML reads `1e9`
+# as a string, so an exponent is accepted too.
+_PATTERN = re.compile(r"^\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_bytes(value: int | float | str) -> int:
@@ -18,20 +21,26 @@ def parse_bytes(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512MiB or a number of bytes, got a boolean")
     if isinstance(value, (int, float)):
-        number, unit = float(value), ""
+        amount, unit = value, ""
     else:
         match = _PATTERN.match(value)
         if not match:
             raise ValueError(f"cannot read {value!r} as a size; write e.g. 512MiB, 2GB or 1048576")
-        number, unit = float(match.group(1)), match.group(2).lower()
+        amount, unit = match.group(1), match.group(2).lower()
         if unit not in _UNITS:
             raise ValueError(f"unknown size unit {match.group(2)!r} in {value!r}; "
                              "use B, KiB, MiB, GiB, KB, MB or GB")
-    if number != number or number in (float("inf"), float("-inf")):
+    try:
+        count = float(amount) * _UNITS[unit]
+    except OverflowError:  # an int beyond float range
+        count = math.inf
+    if not math.isfinite(count):  # also "1e300GiB", which overflows only once scaled
         raise ValueError(f"size must be a finite number, got {value!r}")
-    if number <= 0:
+    if count <= 0:
         raise ValueError(f"size must be positive, got {value!r}")
-    return int(number * _UNITS[unit])
+    if count < 1:
+        raise ValueError(f"size {value!r} is less than one byte")
+    return int(count)
 
 
 def format_bytes(count: int | float | None) -> str:

@@ -142,10 +142,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _weights_only_reason(exc)
+        if "GLOBAL" not in reason:  # not a pickle at all, or a damaged one
+            raise InputError(f"{path}: not a readable checkpoint ({reason})") from exc
         raise InputError(
             f"{path}: refused to load checkpoint: it holds objects other than tensors "
-            f"and plain containers ({first_line})",
+            f"and plain containers ({reason})",
             hint="only load checkpoints written by nfcompile or torch.save of a state_dict",
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -153,6 +155,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(state, dict):
         raise InputError(f"{path}: checkpoint holds {type(state).__name__}, expected a dict")
     return state
+
+
+def _weights_only_reason(exc: Exception) -> str:
+    """The line of torch's weights_only error that says what failed.
+
+    Its message opens with generic advice, including re-running with weights_only=False (which
+    would run the file's code): that line is the last thing to repeat to a user.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        cause = line.partition("WeightsUnpickler error:")[2].strip()
+        if cause:
+            return cause
+    generic = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    return next((line for line in lines if not line.startswith(generic)), type(exc).__name__)
 
 
 def inside(base: str | os.PathLike, candidate: str | os.PathLike) -> Path:

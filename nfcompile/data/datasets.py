@@ -251,6 +251,8 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        # pickle protocol 5 (Python 3.14's default) stores arrays as buffers read by _frombuffer.
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"), ("builtins", "bytearray"),
     }
 

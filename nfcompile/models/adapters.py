@@ -38,16 +38,21 @@ class UnitNet(nn.Module):
     @torch.no_grad()
     def unit_shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """Per-sample (in_shape, out_shape) of every unit, from one eval-mode pass."""
-        was_training = self.training
+        # Each module gets its own mode back: the units may be shared with an eval-mode model
+        # while this wrapper still says training, and `self.train(...)` would flip them all.
+        modes = [(module, module.training) for module in self.modules()]
         self.eval()
-        device = next(self.parameters()).device
-        x = torch.zeros((1, *input_shape), device=device)
-        shapes = []
-        for unit in self.units:
-            y = unit(x)
-            shapes.append((tuple(x.shape[1:]), tuple(y.shape[1:])))
-            x = y
-        self.train(was_training)
+        try:
+            device = next(self.parameters()).device
+            x = torch.zeros((1, *input_shape), device=device)
+            shapes = []
+            for unit in self.units:
+                y = unit(x)
+                shapes.append((tuple(x.shape[1:]), tuple(y.shape[1:])))
+                x = y
+        finally:
+            for module, training in modes:
+                module.training = training
         return shapes
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from nfcompile.core.io import load_checkpoint
@@ -59,6 +60,9 @@ def _fetch_torchvision_weights(weights: Any) -> dict[str, torch.Tensor]:
                          "or point model.pretrained at a local state_dict file") from None
 
 
+_CLASSIFIER = ("classifier.", "fc.")  # state_dict prefixes of the classifier (UnitNet, torchvision)
+
+
 def load_weights_file(net: UnitNet, model: nn.Module, path: Path) -> None:
     """Load a state_dict file into ``net``: an nfcompile checkpoint, a UnitNet state_dict, or the
     torchvision model's own state_dict. Units must match exactly; a classifier for another number of
@@ -68,10 +72,12 @@ def load_weights_file(net: UnitNet, model: nn.Module, path: Path) -> None:
         state = state["state_dict"]
     target: nn.Module = net if any(k.startswith("units.") for k in state) else model
     own = target.state_dict()
-    unexpected = sorted(k for k in state if k not in own and not k.startswith("heads."))
+    # Another classifier may also have other layers: torchvision's VGG MLP has three, the
+    # small-input VGG one, so the file's extra classifier layers are dropped, not fatal.
+    unexpected = sorted(k for k in state if k not in own and not k.startswith(("heads.", *_CLASSIFIER)))
     missing = sorted(k for k in own if k not in state)
     mismatched = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
-    classifier_keys = {k for k in own if k.startswith(("classifier.", "fc."))}
+    classifier_keys = {k for k in own if k.startswith(_CLASSIFIER)}
     fatal = [k for k in [*missing, *mismatched] if k not in classifier_keys] + unexpected
     if fatal:
         raise InputError(f"{path}: weights do not fit {net.arch} as configured "
@@ -130,8 +136,15 @@ def multi_exit_from_state(state: dict[str, Any], section: ModelSection | None = 
     """Rebuild a trained MultiExitNet from `multi_exit_state` output (weights_only-loaded)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"not an nfcompile multi-exit checkpoint (format {state.get('format')!r})")
-    section = section or ModelSection.model_validate(state["model"])
-    # The weights come from the checkpoint: never fetch or read `pretrained` again.
+    # The weights come from the checkpoint: `pretrained` is neither fetched nor read again, nor
+    # required to exist still (the file the training started from may be long gone).
+    if section is None:
+        try:
+            section = ModelSection.model_validate({**state["model"], "pretrained": None})
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise InputError(f"checkpoint's model section is not valid: model.{where}: {first['msg']}") from None
     unit_net = build_unit_net(section.model_copy(update={"pretrained": None}), int(state["num_classes"]))
     net = attach_heads(unit_net, state["heads"], int(state["num_classes"]))
     try:

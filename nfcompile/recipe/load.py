@@ -49,7 +49,7 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", source=source) from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -63,6 +63,35 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that a key given twice in one mapping is an error.
+
+    PyYAML keeps the last value silently, so a second `train:` section would quietly replace the
+    first. Keys brought in by a `<<:` merge may still be overridden: that is what merges are for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first_line[key]})",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: plain data only, no Python objects
+
+
 def apply_override(raw: dict[str, Any], override: str, *, source: str) -> None:
     """Apply one `a.b.c=value`; the value is read as YAML so `2`, `true`, `[1, 2]`, `null` are typed."""
     field, sep, text = override.partition("=")
@@ -74,13 +103,18 @@ def apply_override(raw: dict[str, Any], override: str, *, source: str) -> None:
     if any(not key for key in keys):
         raise RecipeError(f"empty name in field path {field!r}", source=origin)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text  # an unquoted string that YAML cannot read, e.g. "a: b"; the schema judges it
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.get(key)
         if child is None:
+            path = tuple(keys[:depth + 1])
+            # A known field that is not a section (`seed.x=1`) is named as such; an unknown name
+            # is left to the schema, which suggests the closest one.
+            if _model_at(path) is None and key in _field_names_at(path[:-1]):
+                raise RecipeError(f"{'.'.join(path)} is a value, not a section", source=origin, field=field)
             child = node[key] = {}
         if not isinstance(child, dict):
             raise RecipeError(f"{'.'.join(keys[:depth + 1])} is a value, not a section", source=origin,

@@ -7,18 +7,43 @@ README's recipe reference is checked against. Relative paths are read from the c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from nfcompile.core.bytesize import parse_bytes
 
 PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        percent = f": for {value:g}% write {value / 100:g}" if 1.0 < value <= 100.0 else ""
+        raise ValueError(f"must be a fraction from 0 to 1{percent}")
+    return value
+
+
+Fraction = Annotated[float, AfterValidator(_fraction)]
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_takes_bool(arg) for arg in get_args(annotation))
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_stray_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1, and YAML reads yes/no/on/off as booleans: `epochs: yes` would
+        # silently become one epoch. Only fields declared bool take true/false.
+        if _takes_bool(cls.model_fields[info.field_name].annotation):
+            return value
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, bool) for item in items):
+            raise ValueError("true/false is not valid here (YAML reads yes/no/on/off as true/false too)")
+        return value
 
 
 def _existing_file(value: Path | None, what: str) -> Path | None:
@@ -120,8 +145,9 @@ class HeadSection(Section):
 
 class CacheSection(Section):
     dtype: Literal["float16", "float32"] = Field("float16", description="Precision of cached activations.")
-    placement: Literal["auto", "device", "host", "disk"] = Field(
-        "auto", description="auto: device if it fits the budget, else host RAM, else a memory-mapped file.")
+    placement: Literal["auto", "device", "host", "disk", "recompute"] = Field(
+        "auto", description="auto: device if it fits the budget, else host RAM, else a memory-mapped file; "
+        "recompute: no cache, later blocks run the finished ones forward for every batch.")
     max_host_bytes: Union[int, str, None] = Field(
         None, description="Host RAM the cache may use; null: half of the RAM available at start.")
     feature_augment: bool = Field(
