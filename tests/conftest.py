@@ -6,9 +6,11 @@ Everything here builds in milliseconds, so the suite stays fast on a 2-core CPU.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -92,15 +94,17 @@ TINY_DIGITS_RECIPE = """\
 name: tiny-digits
 seed: 0
 device: cpu
-model: {arch: resnet18, width: 0.125}
+model: {arch: resnet18, width: 0.25}
 data: {dataset: digits, image_size: 16, max_train_samples: 400, max_eval_samples: 120}
-budget: {memory: 24MiB}
+budget: {memory: 6MiB}
 train:
-  epochs: 2
+  epochs: 6
+  lr: 0.2
   patience: 0
   neuroflux: {profile_batch_sizes: [4, 16], max_batch_size: 128}
 bench: {warmup: 2, repeats: 5, batch_sizes: [1, 8]}
 select: {policy: smallest_within, within_points: 2.0}
+quantize: {calibration_samples: 64, max_accuracy_drop: 0.05}
 tensorrt: {opt_batch: 8, max_batch: 8}
 """
 
@@ -115,6 +119,47 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
     """Run the real CLI in a subprocess (exit codes, stdout/stderr as a user sees them)."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # One OpenMP thread, as in-process tests: see the note at the top of this file.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "nfcompile", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- CIFAR on disk
+
+
+CIFAR = {  # dataset: (folder, train files, test file, meta file, label key, names key, classes)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+                "labels", "label_names", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names", 100),
+}
+
+
+def write_pickle(path: Path, obj: object, protocol: int) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+def write_cifar(root: Path, dataset: str, *, per_file: int = 6, test: int = 5, protocol: int = 2,
+                seed: int = 0) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """A tiny CIFAR in the real layout; returns {file: (data, labels)} as written."""
+    folder, train_files, test_file, meta_file, label_key, names_key, classes = CIFAR[dataset]
+    rng = np.random.default_rng(seed)
+    (root / folder).mkdir(parents=True)
+    written = {}
+    for name in [*train_files, test_file]:
+        count = test if name == test_file else per_file
+        data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, classes, size=count)]
+        entry = {"batch_label": f"batch {name}", "data": data, label_key: labels,
+                 "filenames": [f"img_{i}.png" for i in range(count)]}
+        if dataset == "cifar100":
+            entry["coarse_labels"] = [label // 5 for label in labels]
+        write_pickle(root / folder / name, entry, protocol)
+        written[name] = (data, labels)
+    meta = {names_key: [f"class_{i}" for i in range(classes)]}
+    if dataset == "cifar100":
+        meta["coarse_label_names"] = [f"super_{i}" for i in range(20)]
+    else:
+        meta.update(num_cases_per_batch=per_file, num_vis=3072)
+    write_pickle(root / folder / meta_file, meta, protocol)
+    return written

@@ -20,6 +20,8 @@ from nfcompile.data import DataBundle, ImageSet, check_data, load_data
 from nfcompile.errors import InputError, RecipeError
 from nfcompile.recipe.schema import DataSection
 
+from conftest import CIFAR, write_pickle, write_cifar
+
 DIGITS_COUNT = 1797  # images in scikit-learn's bundled digits
 
 
@@ -106,43 +108,6 @@ def test_digits_refuse_a_root(tmp_path):
 # --------------------------------------------------------------------------- CIFAR
 
 
-CIFAR = {  # dataset: (folder, train files, test file, meta file, label key, names key, classes)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
-                "labels", "label_names", 10),
-    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names", 100),
-}
-
-
-def _write_pickle(path: Path, obj: object, protocol: int) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=protocol))
-
-
-def write_cifar(root: Path, dataset: str, *, per_file: int = 6, test: int = 5, protocol: int = 2,
-                seed: int = 0) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """A tiny CIFAR in the real layout; returns {file: (data, labels)} as written."""
-    folder, train_files, test_file, meta_file, label_key, names_key, classes = CIFAR[dataset]
-    rng = np.random.default_rng(seed)
-    (root / folder).mkdir(parents=True)
-    written = {}
-    for name in [*train_files, test_file]:
-        count = test if name == test_file else per_file
-        data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, classes, size=count)]
-        entry = {"batch_label": f"batch {name}", "data": data, label_key: labels,
-                 "filenames": [f"img_{i}.png" for i in range(count)]}
-        if dataset == "cifar100":
-            entry["coarse_labels"] = [label // 5 for label in labels]
-        _write_pickle(root / folder / name, entry, protocol)
-        written[name] = (data, labels)
-    meta = {names_key: [f"class_{i}" for i in range(classes)]}
-    if dataset == "cifar100":
-        meta["coarse_label_names"] = [f"super_{i}" for i in range(20)]
-    else:
-        meta.update(num_cases_per_batch=per_file, num_vis=3072)
-    _write_pickle(root / folder / meta_file, meta, protocol)
-    return written
-
-
 @pytest.mark.parametrize("protocol", [2, 5])
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 def test_cifar_reads_the_real_format(tmp_path, dataset, protocol):
@@ -208,7 +173,7 @@ def test_crafted_cifar_pickle_is_refused_not_run(tmp_path, victim):
 def test_cifar_batch_of_the_wrong_shape(tmp_path):
     write_cifar(tmp_path, "cifar10")
     entry = {"data": np.zeros((4, 1024), dtype=np.uint8), "labels": [0, 1, 2, 3]}
-    _write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_2", entry, 2)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_2", entry, 2)
     with pytest.raises(InputError, match="data_batch_2.*3072"):
         load_data(DataSection(dataset="cifar10", root=tmp_path), seed=0)
 
