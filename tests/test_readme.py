@@ -28,3 +28,34 @@ def test_readme_main_job_installs_and_builds_the_quickstart_recipe():
     main_jobs = [line for line in README.splitlines() if "nfcompile build recipes/quickstart.yaml" in line]
     assert any("pip install" in line for line in main_jobs), \
         "README.md needs one line that installs and runs `nfcompile build recipes/quickstart.yaml`"
+
+
+def test_recipe_reference_is_the_one_the_schema_generates():
+    from nfcompile.recipe.reference import BEGIN, END, recipe_reference
+
+    start, end = README.index(BEGIN), README.index(END) + len(END)
+    assert README[start:end] == recipe_reference(), \
+        "regenerate the README's recipe reference: python -m nfcompile.recipe.reference"
+
+
+def test_every_command_and_option_is_in_the_readme():
+    import click
+
+    from nfcompile.cli import cli
+
+    section = README[README.index("## Command line"):]
+    for name, command in cli.commands.items():
+        assert f"`nfcompile {name} " in section, name
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert f"`{param.opts[0]}`" in section, f"{name} {param.opts[0]}"
+
+
+def test_every_recipe_in_the_repository_validates():
+    from nfcompile.recipe import load_recipe
+
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert {p.name for p in recipes} >= {"quickstart.yaml", "resnet18_jetson.yaml", "vgg16_cifar10.yaml",
+                                         "mobilenetv2_imagefolder.yaml"}
+    for path in recipes:
+        assert load_recipe(path).name == path.stem
