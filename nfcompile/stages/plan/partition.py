@@ -76,9 +76,9 @@ def place_cache(cache_bytes: int, *, device_type: str, requested: str, device_he
         return CachePlacement("none", 0, "last block: nothing to cache")
     if requested != "auto":
         return CachePlacement(requested, cache_bytes, "train.neuroflux.cache.placement")
-    if cache_bytes <= device_headroom:
+    # On CPU the device memory is host RAM: the cache must fit the budget's headroom and the RAM at hand.
+    if cache_bytes <= device_headroom and (device_type == "cuda" or cache_bytes <= host_limit):
         return CachePlacement("device", cache_bytes, "fits the budget's headroom")
     if device_type == "cuda" and cache_bytes <= host_limit:
         return CachePlacement("host", cache_bytes, "over the device headroom, fits host RAM")
-    return CachePlacement("disk", cache_bytes, "fits neither the budget's headroom nor the host RAM limit"
-                          if device_type == "cuda" else "over the budget's headroom")
+    return CachePlacement("disk", cache_bytes, "fits neither the budget's headroom nor the host RAM limit")

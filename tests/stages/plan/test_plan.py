@@ -104,6 +104,9 @@ def test_cache_placement_order():
     assert place_cache(50_000, device_type="cuda", device_headroom=200, **common).placement == "disk"
     # On CPU host RAM is the device: a cache over the headroom goes to disk, not to "host".
     assert place_cache(500, device_type="cpu", device_headroom=200, **common).placement == "disk"
+    # ... and so does one within the headroom when host RAM is short.
+    assert place_cache(100, device_type="cpu", device_headroom=200, requested="auto", host_limit=50).placement == "disk"
+    assert place_cache(100, device_type="cpu", device_headroom=200, **common).placement == "device"
     assert place_cache(0, device_type="cpu", device_headroom=0, **common).placement == "none"
 
 
