@@ -62,9 +62,11 @@ def plot_training(train: TrainResult, path: Path) -> Path:
             continue
         color = colors[block.index % len(colors)]
         epochs = [offset + record.epoch for record in block.history]
-        for position, unit in enumerate(block.units):
+        # NeuroFlux records one accuracy per unit of the block; backprop only its final exit's.
+        exits = len(block.history[0].val_accuracy)
+        for position in range(exits):
             accuracy = [record.val_accuracy[position] * 100 for record in block.history]
-            last = position == len(block.units) - 1
+            last = position == exits - 1
             ax.plot(epochs, accuracy, color=color, alpha=1.0 if last else 0.35, linewidth=2 if last else 1,
                     label=f"block {block.index} (units {block.units[0]}-{block.units[-1]})" if last else None)
         offset = epochs[-1]

@@ -89,6 +89,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                 step += 1
                 advance(epoch=epoch + 1, loss=total_loss / len(train_in))
             accuracy = _accuracy(unit_net, val_in, batch)
+            advance(0, epoch=epoch + 1, loss=total_loss / len(train_in), acc=accuracy)
             history.append(EpochRecord(epoch=epoch + 1, lr=base_lr, train_loss=(total_loss / len(train_in),),
                                        val_accuracy=(accuracy,), seconds=time.perf_counter() - epoch_start))
             if accuracy > best_accuracy:

@@ -129,6 +129,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
                 step += 1
                 advance(epoch=epoch + 1, loss=losses[-1] / max(1, len(train_in)))
             accuracy = exit_accuracies(units, heads, val_in, batch)
+            advance(0, epoch=epoch + 1, loss=losses[-1] / len(train_in), acc=accuracy[-1])
             history.append(EpochRecord(epoch=epoch + 1, lr=base_lr, train_loss=tuple(l / len(train_in) for l in losses),
                                        val_accuracy=tuple(accuracy), seconds=time.perf_counter() - epoch_start))
             # The block is judged by its last unit: that is what the next block learns from.
