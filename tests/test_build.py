@@ -69,6 +69,21 @@ def test_the_bundle_is_complete_and_validated(bundle):
     assert "bundle intact" in result.stdout
 
 
+def test_the_memory_plan_held_and_deeper_blocks_got_larger_batches(bundle):
+    path, _ = bundle
+    plan = json.loads((path / "state" / "plan.json").read_text())["result"]
+    train = json.loads((path / "state" / "train.json").read_text())["result"]
+    budget = plan["budget_bytes"]
+    assert len(train["blocks"]) >= 2
+    for block in train["blocks"]:
+        assert block["measured_peak_bytes"] <= budget
+        assert abs(block["predicted_peak_bytes"] - block["measured_peak_bytes"]) <= 0.15 * block["measured_peak_bytes"]
+    batches = [block["batch_size"] for block in plan["blocks"]]
+    assert batches == sorted(batches) and batches[-1] > batches[0]
+    # Plain backprop, sized by the same profiler, gets less than any NeuroFlux block at this budget.
+    assert plan["backprop_batch_size"] < batches[0]
+
+
 def test_verify_catches_a_changed_byte_in_any_file(bundle, tmp_path):
     path, _ = bundle
     files = sorted(json.loads((path / "manifest.json").read_text())["files"])
