@@ -143,7 +143,7 @@ class BlockResult(Result):
     best_val_accuracy: tuple[float, ...]  # per unit of the block
     measured_peak_bytes: int | None
     predicted_peak_bytes: int
-    budget_bytes: int
+    budget_bytes: int | None  # None where the method runs without a memory plan (fine-tuning)
     seconds: float
     cache_placement: str
     cache_bytes: int
@@ -259,6 +259,7 @@ class PruneOutcome(Result):
     seconds: float  # wall time of the whole method: dense training, scoring, pruning, retraining
     cpu_seconds: float | None = None  # CPU time of the same work (steadier on a shared machine)
     epochs: int = 0  # training epochs it spent (magnitude pruning retrains every round)
+    samples_processed: int = 0  # forward+backward sample passes (training and scoring): cost in work
     prunable_weights: int = 0
     zero_weights: int = 0
     val_accuracy: float | None = None
@@ -288,6 +289,10 @@ class PruneResult(Result):
                 return None
             return other.cpu_seconds / chosen.cpu_seconds
         return other.seconds / chosen.seconds
+
+    def work_ratio(self, method: str) -> float:
+        """``method``'s forward+backward sample passes over the chosen method's."""
+        return self.baseline(method).samples_processed / self.outcome.samples_processed
 
 
 # --------------------------------------------------------------------------- export / validate

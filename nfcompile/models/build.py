@@ -68,6 +68,8 @@ def load_weights_file(net: UnitNet, model: nn.Module, path: Path) -> None:
     torchvision model's own state_dict. Units must match exactly; a classifier for another number of
     classes is left freshly initialized (fine-tuning to a new label set)."""
     state = load_checkpoint(path)
+    if isinstance(state.get("net"), dict) and state["net"].get("format") == CHECKPOINT_FORMAT:
+        state = state["net"]  # an nfcompile training checkpoint (checkpoint/checkpoint.pt of a run)
     if state.get("format") == CHECKPOINT_FORMAT:
         state = state["state_dict"]
     target: nn.Module = net if any(k.startswith("units.") for k in state) else model

@@ -16,16 +16,18 @@ from nfcompile.models import UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.train.backprop import train_backprop
 from nfcompile.stages.train.budget import TrainOutcome
+from nfcompile.stages.train.finetune import finetune_gradient_filter
 from nfcompile.stages.train.neuroflux import train_neuroflux
 
 __all__ = ["TrainOutcome", "train_model"]
 
 
-def train_model(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: ModelSection, train: TrainSection,
+TRAINERS = {"neuroflux": train_neuroflux, "backprop": train_backprop, "gradient_filter": finetune_gradient_filter}
+
+
+def train_model(unit_net: UnitNet, plan: Plan | None, data: DataBundle, *, model: ModelSection, train: TrainSection,
                 augment: AugmentSection, budget: BudgetSection, device: torch.device, seed: int, out_dir: Path,
                 resume: bool, fingerprint: str) -> TrainOutcome:
-    trainers = {"neuroflux": train_neuroflux, "backprop": train_backprop}
-    if train.method not in trainers:
-        raise NotImplementedError(train.method)
-    return trainers[train.method](unit_net, plan, data, model=model, train=train, augment=augment, budget=budget,
+    """``plan`` is None only for gradient_filter, which fine-tunes without a NeuroFlux memory plan."""
+    return TRAINERS[train.method](unit_net, plan, data, model=model, train=train, augment=augment, budget=budget,
                                   device=device, seed=seed, out_dir=out_dir, resume=resume, fingerprint=fingerprint)

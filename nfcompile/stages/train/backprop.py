@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.io import load_checkpoint, save_checkpoint
 from nfcompile.core.log import get_logger, progress_bar
 from nfcompile.core.memory import PeakMeter, fit_memory
 from nfcompile.core.repro import derived_seed
@@ -21,13 +20,13 @@ from nfcompile.core.training import CheckpointedUnits, backprop_step, lr_factor,
 from nfcompile.data.batches import Augment, batch_order
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetError, BudgetExceeded
-from nfcompile.models import MultiExitNet, UnitNet, multi_exit_state
+from nfcompile.models import MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.data.sources import ImageInput
 from nfcompile.stages.train.budget import TrainOutcome, memory_cap, tracked_steps, whole_run_meter
+from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_exit
 
 log = get_logger(__name__)
-FORMAT = "nfcompile.train.backprop/1"
 
 
 def backprop_batch_size(plan: Plan, train: TrainSection) -> tuple[int, int]:
@@ -50,12 +49,9 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     checkpoint = out_dir / "checkpoint.pt"
     net = MultiExitNet(unit_net, {len(unit_net.units) - 1: unit_net.classifier})
     num_classes = data.info.num_classes
-    if resume and checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
-        if state.get("format") == FORMAT and state.get("fingerprint") == fingerprint:
-            net.load_state_dict(state["net"]["state_dict"])
-            log.info("resuming: backprop training already finished (%s)", checkpoint)
-            return TrainOutcome(net, TrainResult.from_dict(state["result"]))
+    finished = restore_single_exit(checkpoint, fingerprint, net) if resume else None
+    if finished is not None:
+        return TrainOutcome(net, finished)
     batch, predicted = backprop_batch_size(plan, train)
     method = "backprop+checkpointing" if train.backprop.checkpointing else "backprop"
     trainee = CheckpointedUnits(unit_net.units, unit_net.classifier) if train.backprop.checkpointing else unit_net
@@ -116,8 +112,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                          checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),
                          exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - started,
                          details={"batch_size": batch})
-    save_checkpoint(checkpoint, {"format": FORMAT, "fingerprint": fingerprint, "result": result.to_dict(),
-                                 "net": multi_exit_state(net, model, num_classes)})
+    save_single_exit(checkpoint, fingerprint, net, model, num_classes, result)
     return TrainOutcome(net, result)
 
 

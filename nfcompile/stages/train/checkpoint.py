@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nfcompile.core.io import load_checkpoint, save_checkpoint
 from nfcompile.core.log import get_logger
-from nfcompile.core.results import BlockResult
+from nfcompile.core.results import BlockResult, TrainResult
 from nfcompile.models import MultiExitNet, multi_exit_state
 from nfcompile.recipe.schema import ModelSection
 
@@ -44,3 +44,25 @@ class TrainCheckpoint:
         blocks = [BlockResult.from_dict(b) for b in state["blocks"]]
         log.info("resuming: blocks %s already trained (from %s)", [b.index for b in blocks], self.path)
         return blocks
+
+
+SINGLE_EXIT_FORMAT = "nfcompile.train.single_exit/1"
+
+
+def save_single_exit(path: Path, fingerprint: str, net: MultiExitNet, model: ModelSection, num_classes: int,
+                     result: TrainResult) -> None:
+    """Methods that train in one piece (backprop, fine-tuning) checkpoint once, when done."""
+    save_checkpoint(path, {"format": SINGLE_EXIT_FORMAT, "fingerprint": fingerprint, "result": result.to_dict(),
+                           "net": multi_exit_state(net, model, num_classes)})
+
+
+def restore_single_exit(path: Path, fingerprint: str, net: MultiExitNet) -> TrainResult | None:
+    """The finished result and weights of a previous run with the same settings, else None."""
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    if state.get("format") != SINGLE_EXIT_FORMAT or state.get("fingerprint") != fingerprint:
+        return None
+    net.load_state_dict(state["net"]["state_dict"])
+    log.info("resuming: training already finished (%s)", path)
+    return TrainResult.from_dict(state["result"])
