@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.io import dumps_json
+from nfcompile.core.io import dumps_json, inside
 from nfcompile.core.log import get_logger
-from nfcompile.errors import GateFailed, InputError, NfcompileError, RecipeError
+from nfcompile.errors import GateFailed, InputError, NfcompileError, RecipeError, RunBusy
 from nfcompile.recipe import Recipe, load_recipe, recipe_dict, recipe_hash, recipe_yaml
 
 log = get_logger(__name__)
@@ -33,9 +33,13 @@ def load_checked_recipe(path: Path, overrides: Iterable[str]) -> Recipe:
 
     recipe = load_recipe(path, overrides)
     # A user error found now costs seconds; found after training it costs the run.
+    # A weights file is read now, weights_only (a crafted pickle is refused here, never run, and one
+    # that does not fit the architecture fails in seconds); torchvision weights would need a download.
+    pretrained = recipe.model.pretrained
+    model = recipe.model if pretrained and not pretrained.startswith("torchvision:") else \
+        recipe.model.model_copy(update={"pretrained": None})
     try:
-        net = build_unit_net(recipe.model.model_copy(update={"pretrained": None}),
-                             recipe.model.num_classes or 10)
+        net = build_unit_net(model, recipe.model.num_classes or 10)
         unit_shapes_for(net, recipe.data.image_size)
         check_data(recipe.data)
     except RecipeError as exc:
@@ -118,7 +122,11 @@ def _run_folder(recipe: Recipe, out_dir: Path, *, resume: bool, run_dir: Path | 
 
     if run_dir is not None:
         run = RunFolder(Path(run_dir))
-        if not (run.state.is_dir()):
+        try:
+            is_run = run.state.is_dir()
+        except OSError as exc:  # a name too long, a folder we may not enter
+            raise InputError(f"--run {run_dir}: {exc.strerror or exc}") from None
+        if not is_run:
             raise InputError(f"--run {run_dir}: not an nfcompile run folder (no state/)")
         if run.finished:
             raise InputError(f"--run {run_dir}: a finished bundle; it is not built into again",
@@ -146,6 +154,8 @@ def _run(path: Path, overrides: tuple[str, ...], *, out_dir: Path, resume: bool,
     try:
         build = run_pipeline(recipe, run, resume=continuing, until=until, recipe_source=str(path),
                              overrides=overrides)
+    except RunBusy:
+        raise  # another process's run: neither kept nor discarded by this one
     except BaseException as exc:
         _keep_or_discard(run, exc)
         raise
@@ -318,7 +328,7 @@ def bench(bundle: Path, *, backend: str | None, which: str, batch_sizes: tuple[i
         raise InputError(f"{bundle}: has no {which} model")
     engine_dir = _scratch_dir(bundle)
     try:
-        timing = time_onnx(Path(bundle) / model["path"], tuple(manifest["model"]["io"]["input"]["shape"][1:]),
+        timing = time_onnx(inside(bundle, model["path"]), tuple(manifest["model"]["io"]["input"]["shape"][1:]),
                            section, tensorrt=tensorrt, engine_dir=engine_dir)
         table = None
         if emit_table is not None:
@@ -372,8 +382,11 @@ def predict(bundle: Path, images: tuple[Path, ...], *, top_k: int, which: str, a
         raise InputError(f"{bundle}: has no {which} model")
     batch = np.stack([preprocessing.normalize(decode_image(p, preprocessing.image_size)[None]).numpy()[0]
                       for p in images])
-    with OrtRunner(Path(bundle) / model["path"]) as runner:
+    with OrtRunner(inside(bundle, model["path"])) as runner:
         logits = runner.infer({runner.input_names[0]: batch})[runner.output_names[0]]
+    if logits.shape[1] != len(labels):
+        raise InputError(f"{bundle}: the model gives {logits.shape[1]} scores but the manifest has {len(labels)} "
+                         "labels", hint=f"check the bundle with `nfcompile verify {bundle}`")
     shifted = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     k = min(top_k, len(labels))
@@ -414,7 +427,8 @@ def engine(bundle: Path, *, precision: str | None, as_json: bool):
     int8 = manifest["model"]["int8"]
     started = time.perf_counter()
     try:
-        result = build_engine(bundle / manifest["model"]["onnx"]["path"], bundle / int8["path"] if int8 else None,
+        result = build_engine(inside(bundle, manifest["model"]["onnx"]["path"]),
+                              inside(bundle, int8["path"]) if int8 else None,
                               section, out_dir=bundle)
     except StageSkipped as skip:
         raise NfcompileError(f"cannot build a TensorRT engine on this machine: {skip.reason}",

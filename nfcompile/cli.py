@@ -14,8 +14,11 @@ import click
 from nfcompile import __version__
 from nfcompile.errors import NfcompileError
 
-RECIPE = click.argument("recipe", type=click.Path(path_type=Path))
-ARTIFACT = click.argument("artifact", type=click.Path(path_type=Path))
+# readable=False: a file that cannot be read is reported by nfcompile in one `error:` line naming the
+# cause, not by click as a usage error.
+INPUT_PATH = click.Path(path_type=Path, readable=False)
+RECIPE = click.argument("recipe", type=INPUT_PATH)
+ARTIFACT = click.argument("artifact", type=INPUT_PATH)
 SET = click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
                    help="Override a recipe field, e.g. --set train.epochs=2 (repeatable; typed by the schema).")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON document on stdout.")
@@ -163,7 +166,7 @@ def verify(artifact: Path, no_parity: bool, as_json: bool) -> None:
 
 @cli.command()
 @ARTIFACT
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=INPUT_PATH)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
 @click.option("--model", "which", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Which ONNX of the bundle to run.")

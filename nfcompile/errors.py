@@ -8,10 +8,16 @@ Every class carries the exit code the CLI uses for it (documented in the README)
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (a line break inside a file name shows as \\n)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class NfcompileError(Exception):
     """Base for every error the CLI prints on one line without a traceback."""
 
     exit_code = 1
+    multiline = False  # only a gate's table of failed checks spans lines
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)
@@ -19,7 +25,8 @@ class NfcompileError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+        text = f"{self.message} (hint: {self.hint})" if self.hint else self.message
+        return text if self.multiline else one_line(text)
 
 
 class RecipeError(NfcompileError):
@@ -48,6 +55,10 @@ class InputError(NfcompileError):
     exit_code = 2
 
 
+class RunBusy(InputError):
+    """Another nfcompile process holds the run folder's lock; the folder is left alone."""
+
+
 class BudgetError(NfcompileError):
     """The memory budget is too small to train at all (states the minimum it needs)."""
 
@@ -58,6 +69,7 @@ class GateFailed(NfcompileError):
     """A measured number failed the recipe's limit (validation, accuracy, latency, constraints)."""
 
     exit_code = 3
+    multiline = True
 
 
 class BudgetExceeded(GateFailed):

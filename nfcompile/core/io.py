@@ -19,6 +19,8 @@ from typing import Any, Iterator
 from nfcompile.errors import InputError, NfcompileError
 
 _CHUNK = 1 << 20
+# Temporary files of atomic writes are hidden (".<name>.<random>.tmp") beside their target.
+TEMP_SUFFIX = ".tmp"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -44,7 +46,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NfcompileError(f"cannot create folder {parent}: {exc.strerror}") from exc
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=parent)
+    except OSError as exc:
+        raise NfcompileError(f"cannot write {target}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -53,19 +58,47 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        # A full disk or a read-only folder hit by any writer (onnx.save, np.save, torch.save) is
+        # one line naming the file, not a traceback.
+        if isinstance(exc, OSError):
+            raise NfcompileError(f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
+
+
+def remove_scratch(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:
+    """Delete hidden entries under ``folder`` (temporary files of atomic writes, work folders)
+    that a killed process left behind; ``keep`` names top-level entries to spare (a lock file).
+
+    Only for a folder nobody else writes to at the same time (a run folder under its lock): in a
+    run folder every hidden name is scratch, never a result. Returns the removed paths, relative.
+    """
+    import shutil
+
+    root = Path(folder)
+    removed = []
+    for parent, dirs, names in os.walk(root):
+        for name in [*names, *dirs]:
+            path = Path(parent) / name
+            relative = path.relative_to(root).as_posix()
+            if not name.startswith(".") or relative in keep:
+                continue
+            if name in dirs and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(relative)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return sorted(removed)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     target = Path(target)
-    try:
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
-    except OSError as exc:
-        raise NfcompileError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
     return target
 
 

@@ -8,10 +8,11 @@ belongs there.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -103,15 +104,27 @@ def _entry(section: DataSection) -> tuple[_Reader, _Checker]:
     return _REGISTRY[section.dataset]
 
 
+@contextlib.contextmanager
+def _reading(section: DataSection) -> Iterator[None]:
+    """What the readers do not name themselves (a root name too long, a folder we may not enter)."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or section.root
+        raise InputError(f"data.root: cannot read {where}: {exc.strerror or exc}") from None
+
+
 def check_data(section: DataSection) -> None:
     """Fail fast, before any training, when the dataset is not where the recipe says."""
-    _entry(section)[1](section)
+    with _reading(section):
+        _entry(section)[1](section)
 
 
 def load_data(section: DataSection, seed: int) -> DataBundle:
     reader, checker = _entry(section)
-    checker(section)
-    raw = reader(section)
+    with _reading(section):
+        checker(section)
+        raw = reader(section)
     generator = torch.Generator().manual_seed(seed)
     n = len(raw.train_labels)
     order = torch.randperm(n, generator=generator)

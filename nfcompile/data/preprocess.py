@@ -6,6 +6,7 @@ becomes float by `Preprocessing.normalize` (pixel / 255, then (x - mean) / std).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,7 +70,11 @@ def decode_image(path: str | Path, size: int) -> torch.Tensor:
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        # PIL warns (on stderr) about images beyond its own, larger limit: ours refuses them anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise InputError(f"{path}: image is {width}x{height} pixels, more than the "

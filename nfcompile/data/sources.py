@@ -37,7 +37,8 @@ class ActivationCache:
             if folder is None:
                 raise ValueError("a disk cache needs a folder")
             folder.mkdir(parents=True, exist_ok=True)
-            self.path = folder / f"{name}.{dtype}.bin"
+            # Hidden: scratch, so the next run in this folder removes what a killed one left behind.
+            self.path = folder / f".{name}.{dtype}.bin"
             self.store = np.memmap(self.path, dtype=NUMPY_DTYPES[dtype], mode="w+", shape=(count, *shape))
         else:
             where = device if placement == "device" else torch.device("cpu")

@@ -31,9 +31,9 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
 
 def read_recipe_yaml(path: Path) -> dict[str, Any]:
     source = str(path)
-    if path.is_dir():
-        raise RecipeError("is a folder, expected a recipe YAML file", source=source)
     try:
+        if path.is_dir():
+            raise RecipeError("is a folder, expected a recipe YAML file", source=source)
         size = path.stat().st_size
         if size > MAX_RECIPE_BYTES:
             raise RecipeError(f"file is {size} bytes; a recipe should be far below {MAX_RECIPE_BYTES}",
@@ -136,10 +136,13 @@ def _recipe_error(exc: ValidationError, source: str) -> RecipeError:
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
         # pydantic names union members in the path ("int", "str"): they are not fields.
+        # An unknown key is the user's, whatever it says ("int" too): it stays in the field path.
+        unknown = loc.pop() if error["type"] == "extra_forbidden" and loc else None
         loc = [part for part in loc if not part.startswith(("function-", "literal[", "union["))
                and part not in ("int", "str", "float", "bool", "constrained-int", "constrained-float",
-                                "tuple[float, float, float]")]
-        field = ".".join(loc) or "(recipe)"
+                                "tuple[float, float, float]")] + ([unknown] if unknown is not None else [])
+        # A key with a line break or other control character stays one line in the message.
+        field = ".".join(part if part.isprintable() and part else repr(part) for part in loc) or "(recipe)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nfcompile.core.io import inside
 from nfcompile.core.results import Comparison, Result
 from nfcompile.runtime import OrtRunner
 from nfcompile.runtime.compare import comparison_from_outputs
-from nfcompile.stages.bundle.manifest import hash_files, load_manifest
+from nfcompile.stages.bundle.manifest import DIGEST_FIELD, MANIFEST_FILE, hash_files, load_manifest, manifest_digest
 
 REFERENCE_DIR = "validation"
 
@@ -49,6 +50,8 @@ def verify_bundle(bundle: Path, *, parity: bool = True) -> VerifyReport:
     recorded = manifest["files"]
     actual = hash_files(bundle)
     changed = tuple(sorted(n for n in recorded if n in actual and actual[n]["sha256"] != recorded[n]["sha256"]))
+    if manifest.get(DIGEST_FIELD) != manifest_digest(manifest):
+        changed = (MANIFEST_FILE, *changed)
     missing = tuple(sorted(set(recorded) - set(actual)))
     extra = tuple(sorted(set(actual) - set(recorded)))
     checks: tuple[ParityCheck, ...] = ()
@@ -61,11 +64,12 @@ def verify_bundle(bundle: Path, *, parity: bool = True) -> VerifyReport:
 def _parity(bundle: Path, manifest: dict) -> list[ParityCheck]:
     reference = manifest["reference"]
     validate = manifest["recipe"]["validate"]
-    arrays = {key: np.load(bundle / path, allow_pickle=False) for key, path in reference["files"].items()}
+    # Paths come from the manifest: never let one point outside the bundle.
+    arrays = {key: np.load(inside(bundle, path), allow_pickle=False) for key, path in reference["files"].items()}
     x = arrays["inputs"]
     checks = []
     for key, model in reference["models"].items():
-        with OrtRunner(bundle / model) as runner:
+        with OrtRunner(inside(bundle, model)) as runner:
             now = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
         # Against the outputs this very file gave at build time: ONNX Runtime on another CPU may
         # round differently, but never by more than the FP32 gate allows.
