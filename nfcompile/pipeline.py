@@ -24,12 +24,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from nfcompile.core.io import read_json, write_json
+from nfcompile.core.io import read_json, remove_scratch, write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import seed_everything
 from nfcompile.core.results import (EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult, Result,
                                     Selection, StageRecord, TrainResult, Validation)
-from nfcompile.errors import InputError, NfcompileError, StageSkipped
+from nfcompile.errors import InputError, NfcompileError, RunBusy, StageSkipped
 from nfcompile.recipe import Recipe, fingerprint, recipe_dict
 
 log = get_logger(__name__)
@@ -75,6 +75,8 @@ class RunFolder:
                 return cls(path)
             except FileExistsError:
                 continue
+            except OSError as exc:  # permissions changed since recipe_folder looked, a full disk...
+                raise InputError(f"cannot create a run folder in {parent}: {exc.strerror or exc}") from None
         raise NfcompileError(f"could not create a run folder in {parent}")
 
     @classmethod
@@ -100,8 +102,8 @@ class RunFolder:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise InputError(f"{self.path} is being built by another nfcompile process",
-                                 hint="wait for it, or start a new run without --resume") from None
+                raise RunBusy(f"{self.path} is being built by another nfcompile process",
+                              hint="wait for it, or start a new run without --resume") from None
             yield
         finally:
             handle.close()
@@ -111,7 +113,11 @@ class RunFolder:
 
 def recipe_folder(out_dir: Path, recipe_name: str) -> Path:
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    try:
+        is_file = out_dir.exists() and not out_dir.is_dir()
+    except OSError as exc:  # a name too long, a folder we may not enter
+        raise InputError(f"--out {out_dir}: {exc.strerror or exc}") from None
+    if is_file:
         raise InputError(f"--out {out_dir} is a file, not a folder")
     parent = out_dir / recipe_name
     try:
@@ -258,9 +264,12 @@ class Build:
             seconds = time.perf_counter() - started
             failure = str(exc) if isinstance(exc, NfcompileError) else f"{type(exc).__name__}: {exc}"
             measured = self.results.get(stage.name)  # a failed gate keeps the numbers it judged
-            self._record(StageRecord(stage.name, "failed", failure.splitlines()[0] if failure else type(exc).__name__,
-                                     seconds, (), stage_fp, measured.to_dict() if isinstance(measured, Result) else None),
-                         persist=not stage.always)
+            # On a full disk the record cannot be written either: the stage's own error is the one to show.
+            with contextlib.suppress(NfcompileError):
+                self._record(StageRecord(stage.name, "failed",
+                                         failure.splitlines()[0] if failure else type(exc).__name__, seconds, (),
+                                         stage_fp, measured.to_dict() if isinstance(measured, Result) else None),
+                             persist=not stage.always)
             raise
         files = tuple(sorted(_files_of(result)))
         self.results[stage.name] = result
@@ -296,6 +305,9 @@ def _plan(build: Build) -> Plan:
     from nfcompile.stages.plan import plan_training
 
     recipe = build.recipe
+    if recipe.train.method == "gradient_filter":
+        raise StageSkipped("train.method gradient_filter fine-tunes a trained model's last layers; "
+                           "no NeuroFlux memory plan")
     return plan_training(build.fresh_unit_net(), build.num_classes, image_size=recipe.data.image_size,
                          train_samples=len(build.data.train), val_samples=len(build.data.val),
                          budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=build.device)
@@ -482,6 +494,11 @@ def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | N
     build = Build(recipe, run, resume, recipe_source, tuple(overrides))
     seed_everything(recipe.seed)
     with run.locked():
+        # A killed process leaves hidden temporary files (atomic writes, work folders, disk caches);
+        # under the lock nothing else writes here, and none of them must end up in the bundle.
+        stale = remove_scratch(run.path, keep=(LOCK_FILE,))
+        if stale:
+            log.info("removed %d temporary file(s) left by an interrupted build: %s", len(stale), ", ".join(stale[:5]))
         write_json(run.state / "recipe.json", {"recipe": recipe_dict(recipe), "source": recipe_source})
         build.execute(STAGES, until)
     return build

@@ -72,6 +72,11 @@ def load_weights_file(net: UnitNet, model: nn.Module, path: Path) -> None:
         state = state["net"]  # an nfcompile training checkpoint (checkpoint/checkpoint.pt of a run)
     if state.get("format") == CHECKPOINT_FORMAT:
         state = state["state_dict"]
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise InputError(f"{path}: not a state_dict: {len(not_tensors)} entr{'y' if len(not_tensors) == 1 else 'ies'} "
+                         f"hold no tensor (first: {not_tensors[0]!r})",
+                         hint="pass a file written by torch.save(model.state_dict()) or an nfcompile checkpoint")
     target: nn.Module = net if any(k.startswith("units.") for k in state) else model
     own = target.state_dict()
     # Another classifier may also have other layers: torchvision's VGG MLP has three, the

@@ -47,7 +47,13 @@ class Section(BaseModel):
 
 
 def _existing_file(value: Path | None, what: str) -> Path | None:
-    if value is not None and not Path(value).is_file():
+    if value is None:
+        return value
+    try:
+        found = Path(value).is_file()
+    except OSError as exc:  # a name too long, a folder we may not enter: a ValueError the schema reports
+        raise ValueError(f"{what} {str(value)!r} cannot be looked up ({exc.strerror or exc})") from None
+    if not found:
         raise ValueError(f"{what} {str(value)!r} does not exist or is not a file")
     return value
 
@@ -252,7 +258,9 @@ class PruneSection(Section):
     sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.9, description="Share of weights removed.")
     dense_epochs: Annotated[int, Field(ge=0)] = Field(2, description="DRIVE: dense epochs before pruning.")
     rounds: PositiveInt = Field(5, description="Iterative rounds (exponential sparsity schedule).")
-    finetune_epochs: Annotated[int, Field(ge=0)] = Field(1, description="Masked fine-tuning epochs per round.")
+    finetune_epochs: Annotated[int, Field(ge=0)] = Field(
+        0, description="Masked fine-tuning epochs between rounds; 0 prunes round after round (each ranked on fresh "
+        "gradients), then fine-tunes with the masks for the rest of train.epochs.")
     baselines: tuple[Literal["magnitude", "snip", "synflow"], ...] = Field(
         (), description="Also prune with these at the same sparsity and report them side by side.")
 

@@ -19,7 +19,7 @@ from nfcompile.core.log import get_logger
 from nfcompile.core.results import (Artifact, EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult,
                                     Selection, StageRecord, TrainResult, Validation)
 from nfcompile.runtime import OrtRunner, TorchRunner
-from nfcompile.stages.bundle.manifest import MANIFEST_FILE, MANIFEST_FORMAT, hash_files, load_manifest
+from nfcompile.stages.bundle.manifest import MANIFEST_FILE, MANIFEST_FORMAT, hash_files, load_manifest, sealed
 from nfcompile.stages.bundle.plots import plot_memory_plan, plot_training
 from nfcompile.stages.bundle.report import render_report
 from nfcompile.stages.bundle.verify import REFERENCE_DIR, VerifyReport, verify_bundle
@@ -75,9 +75,9 @@ def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
         recipe_sha256=inputs.recipe_sha256, overrides=inputs.overrides, versions=inputs.versions,
         device=inputs.device, plan=inputs.plan, train=inputs.train, scores=inputs.scores,
         selection=inputs.selection, validations=inputs.validations, records=records, images=images,
-        extra_sections=_prune_section(inputs.prune)))
+        extra_sections=[*_finetune_section(inputs.train), *_prune_section(inputs.prune)]))
     manifest = _manifest(root, inputs, records, references)
-    write_json(root / MANIFEST_FILE, manifest)
+    write_json(root / MANIFEST_FILE, sealed(manifest))
     log.info("bundle: %d files hashed into %s", len(manifest["files"]), MANIFEST_FILE)
     return Artifact(path=str(root), recipe_name=inputs.recipe["name"], run_id=inputs.run_id,
                     chosen_exit=inputs.selection.chosen if inputs.selection else None,
@@ -115,13 +115,34 @@ def _write_references(root: Path, inputs: BundleInputs) -> dict[str, Any]:
 def _prune_section(prune: PruneResult | None) -> list[str]:
     if prune is None:
         return []
-    rows = [prune.outcome, *prune.baselines]
-    lines = ["## Pruning", "", f"{prune.method} on the {prune.target.replace('_', ' ')}; accuracy before "
-             f"{prune.accuracy_before * 100:.2f}%." + (f" Pruned ONNX compresses to {prune.compressed_bytes:,} bytes "
-                                                      "(deflate)." if prune.compressed_bytes else ""), "",
-             "| method | sparsity | accuracy | seconds |", "|---|---|---|---|"]
-    lines += [f"| {o.method} | {o.sparsity_reached * 100:.1f}% | {o.accuracy * 100:.2f}% | {o.seconds:.1f} |"
-              for o in rows]
+    sizes = ""
+    if prune.compressed_bytes and prune.dense_compressed_bytes:
+        sizes = (f" Deflated (zip), the exported exit shrinks from {prune.dense_compressed_bytes:,} to "
+                 f"{prune.compressed_bytes:,} bytes ({prune.dense_compressed_bytes / prune.compressed_bytes:.2f}x): "
+                 "the zeros stay in the graph and compress.")
+    lines = ["## Pruning", "", f"{prune.method} on the {prune.target.replace('_', ' ')}; test accuracy before "
+             f"{prune.accuracy_before * 100:.2f}%.{sizes} Every method starts from the same weights.", "",
+             "| method | sparsity reached | test accuracy | seconds | forward+backward samples |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {o.method} | {o.sparsity_reached * 100:.1f}% | {o.accuracy * 100:.2f}% | {o.seconds:.1f} | "
+              f"{o.samples_processed:,} |" for o in (prune.outcome, *prune.baselines)]
+    return lines + [""]
+
+
+def _finetune_section(train: TrainResult | None) -> list[str]:
+    """Gradient filtering's own figures: which layers, and the activation memory each one saved."""
+    if train is None or train.method != "gradient_filter":
+        return []
+    details = train.details
+    lines = ["## Gradient filtering", "",
+             f"Fine-tuned {', '.join(details['layers'])} with R={details['patch']} (and {details['classifier']} "
+             f"with exact gradients); everything else frozen, BatchNorm in eval mode. Test accuracy "
+             f"{details['test_accuracy'] * 100:.2f}%, median step {details['step_seconds'] * 1e3:.1f} ms.", "",
+             "| layer | kernel | stride | groups | saved for backward (plain) | (filtered) | reduction | (R*stride)^2 |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {m['name']} | {tuple(m['kernel'])} | {tuple(m['stride'])} | {m['groups']} | {m['standard_bytes']:,} | "
+              f"{m['filtered_bytes']:,} | {m['reduction']:.2f}x | {m['expected_reduction']:.0f}x |"
+              for m in details["layer_memory"]]
     return lines + [""]
 
 
@@ -174,5 +195,6 @@ def record_engine(root: Path, engine: EngineResult, validation: Validation, seco
     manifest["stages"].append(StageRecord("engine (rebuilt on device)", "ok", f"TensorRT {engine.tensorrt_version} "
                                           f"on {engine.gpu}", seconds, (engine.path,), "", None).to_dict())
     manifest["files"] = hash_files(root)
+    manifest = sealed(manifest)
     write_json(root / MANIFEST_FILE, manifest)
     return manifest
