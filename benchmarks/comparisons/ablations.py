@@ -1,0 +1,137 @@
+"""3. Ablations: each NeuroFlux design choice switched off, one at a time, against the default.
+
+All five contenders (the default and four variants) train interleaved at one budget, repeat after
+repeat with rotating order, on the same data and seed. Each variant is compared with the default
+from the same repeat:
+
+- adaptive vs fixed-width auxiliary heads (`train.neuroflux.head.policy`): memory, batch sizes, accuracy;
+- per-block batch sizes vs one global batch (every block at the plan's smallest): time;
+- the activation cache vs recomputing the earlier blocks for every batch (`cache.placement: recompute`): time;
+- early stop of deeper blocks (`stop_stalled_blocks`) on vs off: time and the exit selection picks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.markdown import batches, count, mib, peak_of_budget, spread, table
+from benchmarks.measures import contender_summary, fitting, paired_ratios, spread_dict, target_for, times_to_target
+from benchmarks.registry import Comparison, register_comparison
+from benchmarks.workbench import RunSpec, TrainedRun, Workbench
+
+DEFAULT = "neuroflux (default)"
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    variant: str  # the contender's label
+    default_side: str  # what the default does, for the table
+    overrides: tuple[str, ...] = ()
+    global_batch: bool = False
+    selects_exit: bool = False  # score the exits and run selection for both sides
+
+
+ABLATIONS = (
+    Ablation("heads", "fixed-width heads", "adaptive heads", ("train.neuroflux.head.policy=fixed",)),
+    Ablation("batch", "one global batch", "per-block batch sizes", global_batch=True),
+    Ablation("cache", "recompute earlier blocks", "activation cache", ("train.neuroflux.cache.placement=recompute",)),
+    Ablation("early_stop", "early stop on", "early stop off", ("train.neuroflux.stop_stalled_blocks=true",),
+             selects_exit=True),
+)
+
+
+def run(bench: Workbench) -> dict[str, Any]:
+    config = bench.config
+    budget = config.ablation_budget
+    setups = []
+    for setup in config.setups:
+        contenders = {DEFAULT: RunSpec(setup, budget)}
+        contenders.update({a.variant: RunSpec(setup, budget, a.overrides, global_batch=a.global_batch)
+                           for a in ABLATIONS})
+        runs = bench.interleaved(contenders)
+        chosen = _chosen_exits(bench, setup.name, runs, [a.variant for a in ABLATIONS if a.selects_exit])
+        variants = {label: _variant(group, chosen.get(label)) for label, group in runs.items()}
+        pairs = [_pair(a, runs[DEFAULT], runs[a.variant], config.target_cap, config.target_step) for a in ABLATIONS]
+        setups.append({"setup": setup.name, "budget": budget, "variants": variants, "pairs": pairs})
+    return {"setups": setups}
+
+
+def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]],
+                  labels: list[str]) -> dict[str, list[dict[str, Any]]]:
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for index, label in enumerate([DEFAULT, *labels]):
+        for repeat, run in enumerate(runs[label]):
+            if run.net is None:
+                continue
+            folder = bench.scratch / f"ablation-{setup}-{index}-{repeat}"
+            scores, selection = bench.select(run, folder)
+            exit_ = scores.get(selection.chosen)
+            chosen.setdefault(label, []).append({"name": exit_.name, "accuracy": exit_.accuracy,
+                                                 "params": exit_.params})
+    return chosen
+
+
+def _variant(group: list[TrainedRun], chosen: list[dict[str, Any]] | None) -> dict[str, Any]:
+    summary = contender_summary([r.record for r in group], None)
+    plan = next((r.plan for r in group if r.plan is not None), None)
+    if plan is not None:
+        summary["head_filters"] = [u.head_filters for u in plan.units]
+        summary["head_params"] = sum(u.head_params for u in plan.units)
+        summary["cache_placements"] = [b.cache_placement for b in plan.blocks]
+    summary["blocks_trained"] = spread_dict([r.record.blocks_trained for r in group if r.record.fits])
+    summary["chosen_exits"] = chosen
+    return summary
+
+
+def _pair(ablation: Ablation, default: list[TrainedRun], variant: list[TrainedRun], cap: float,
+          step: float) -> dict[str, Any]:
+    default, variant = [r.record for r in default], [r.record for r in variant]
+    target = target_for([*default, *variant], cap=cap, step=step)
+    return {
+        "name": ablation.name, "variant": ablation.variant, "default_side": ablation.default_side, "target": target,
+        # variant / default, paired within each repeat: above 1 means the design choice saves time.
+        "time_to_target_ratio": paired_ratios(times_to_target(variant, target), times_to_target(default, target)),
+        "wall_ratio": paired_ratios(fitting(variant, "wall_seconds"), fitting(default, "wall_seconds")),
+        "cpu_ratio": paired_ratios(fitting(variant, "cpu_seconds"), fitting(default, "cpu_seconds")),
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    out = ["Every variant changes one thing against the default; ratios are variant / default, paired within "
+           "each repeat, so above 1 means the default's design choice saves that much time. The time-to-target "
+           "ratio uses the pair's common target (the rule of comparison 1).\n"]
+    for entry in result["setups"]:
+        variants = entry["variants"]
+        rows = []
+        for label in [DEFAULT, *(a.variant for a in ABLATIONS)]:
+            v = variants[label]
+            if not v["fits"]:
+                rows.append([label, "does not fit: " + v["note"]] + [None] * 7)
+                continue
+            exits = v.get("chosen_exits")
+            rows.append([label, batches(v["batch_sizes"]),
+                         peak_of_budget(v["measured_peak_bytes"], v["budget_bytes"]),
+                         f"{count(v.get('head_params'))} ({batches(v.get('head_filters'))} filters)",
+                         spread(v["blocks_trained"], 1), spread(v["best_val_accuracy"], 3),
+                         spread(v["wall_seconds"], 1, " s"), spread(v["cpu_seconds"], 1, " s"),
+                         " / ".join(f"{e['name']} ({e['accuracy']:.1%})" for e in exits) if exits else None])
+        budget = next((v["budget_bytes"] for v in variants.values() if v["fits"]), None)
+        out.append(f"**{entry['setup']}** at the {entry['budget']} budget ({mib(budget)})\n")
+        out.append(table(["contender", "batch sizes", "measured peak (of budget)", "head parameters", "blocks trained",
+                          "best val accuracy", "wall time", "CPU time", "chosen exit (test accuracy)"], rows))
+        pair_rows = [[f"{p['default_side']} vs {p['variant']}",
+                      None if p["target"] is None else f"{p['target']:.1%}",
+                      spread(p["time_to_target_ratio"], 2, "x"), spread(p["wall_ratio"], 2, "x"),
+                      spread(p["cpu_ratio"], 2, "x")] for p in entry["pairs"]]
+        out.append("\n" + table(["ablation", "target", "time to target, variant/default", "whole run wall, "
+                                 "variant/default", "CPU, variant/default"], pair_rows))
+    return "\n".join(out)
+
+
+register_comparison(Comparison(
+    name="ablations", title="Ablations: every design choice against the default",
+    question="Does each NeuroFlux design choice (adaptive heads, per-block batch sizes, the activation cache, "
+             "early stop of deeper blocks) pay for itself?",
+    run=run, render=render))

@@ -1,0 +1,146 @@
+"""2. The deliverable: the exit NeuroFlux's selection picks vs the full backprop-trained model.
+
+Both models come from the same budget, data and seed (the runs of comparison 1 where it ran). Every
+NeuroFlux exit is scored and one is selected exactly as `nfcompile build` does; the backprop model is
+scored the same way. Accuracy is on the test split; throughput is ONNX Runtime p50 latency at
+the same batch size, timed in alternating rounds on the two ONNX files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nfcompile.core.results import ExitScore
+from nfcompile.stages.score.timing import time_onnx
+from nfcompile.stages.select import compare_with_full
+
+from benchmarks.config import Setup
+from benchmarks.markdown import count, kib, spread, table
+from benchmarks.measures import spread_dict
+from benchmarks.registry import Comparison, Headline, register_comparison
+from benchmarks.workbench import RunSpec, TrainedRun, Workbench
+
+BACKPROP = ("train.method=backprop",)
+
+
+def run(bench: Workbench) -> dict[str, Any]:
+    config = bench.config
+    setups = []
+    for setup in config.setups:
+        repeats = []
+        for repeat in range(config.repeats):
+            seed = config.seed + repeat
+            neuroflux = bench.train(RunSpec(setup, config.deliverable_budget, (), seed))
+            backprop = bench.train(RunSpec(setup, config.deliverable_budget, BACKPROP, seed))
+            if neuroflux.net is None or backprop.net is None:
+                missing = neuroflux if neuroflux.net is None else backprop
+                repeats.append({"seed": seed, "note": f"{missing.record.method} does not fit: {missing.record.note}"})
+                continue
+            folder = bench.scratch / f"deliverable-{setup.name}-{repeat}"
+            repeats.append(_compare(bench, setup, neuroflux, backprop, folder) | {"seed": seed})
+        setups.append({"setup": setup.name, "budget": config.deliverable_budget, "repeats": repeats,
+                       "summary": _summary([r for r in repeats if "note" not in r])})
+    return {"setups": setups}
+
+
+def _compare(bench: Workbench, setup: Setup, neuroflux: TrainedRun, backprop: TrainedRun,
+             folder: Path) -> dict[str, Any]:
+    recipe = bench.recipe(setup, bench.config.deliverable_budget)
+    exits, selection = bench.select(neuroflux, folder / "neuroflux")
+    chosen = exits.get(selection.chosen)
+    full = bench.score(backprop, folder / "backprop").full_model
+    ratios = compare_with_full(chosen, full, recipe.bench.batch_sizes)
+    size = recipe.data.image_size
+    gains: dict[int, list[float]] = {b: [] for b in recipe.bench.batch_sizes}
+    files = {"chosen": folder / "neuroflux" / chosen.onnx_file, "full": folder / "backprop" / full.onnx_file}
+    for round_ in range(bench.config.timing_rounds):
+        order = ["chosen", "full"] if round_ % 2 == 0 else ["full", "chosen"]
+        p50 = {}
+        for name in order:
+            timing = time_onnx(files[name], (3, size, size), recipe.bench)
+            p50[name] = {lat.batch_size: lat.p50_ms for lat in timing.latency}
+        for batch in gains:
+            gains[batch].append(p50["full"][batch] / p50["chosen"][batch])
+    return {
+        "chosen": _exit(chosen), "full_backprop": _exit(full), "neuroflux_full_accuracy": exits.full_model.accuracy,
+        "exits_scored": len(exits.exits), "units": len(neuroflux.net.units), "policy": selection.policy,
+        "reason": selection.reason,
+        "accuracy_delta": ratios["accuracy_delta"], "param_reduction": ratios["param_reduction"],
+        "size_reduction": ratios["size_reduction"], "mac_reduction": ratios["mac_reduction"],
+        "throughput_gain": {str(b): values for b, values in gains.items()},
+    }
+
+
+def _exit(score: ExitScore) -> dict[str, Any]:
+    return {"name": score.name, "unit": score.unit, "accuracy": score.accuracy, "params": score.params,
+            "macs": score.macs, "onnx_bytes": score.onnx_bytes,
+            "p50_ms": {str(lat.batch_size): lat.p50_ms for lat in score.latency}}
+
+
+def _summary(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    if not repeats:
+        return {}
+    summary: dict[str, Any] = {key: spread_dict([r[key] for r in repeats])
+                               for key in ("accuracy_delta", "param_reduction", "size_reduction", "mac_reduction")}
+    summary["throughput_gain"] = {batch: spread_dict([v for r in repeats for v in r["throughput_gain"][batch]])
+                                  for batch in repeats[0]["throughput_gain"]}
+    return summary
+
+
+def render(result: dict[str, Any]) -> str:
+    batch_sizes = sorted({b for e in result["setups"] for b in e["summary"].get("throughput_gain", {})}, key=int)
+    rows = []
+    for entry in result["setups"]:
+        done = [r for r in entry["repeats"] if "note" not in r]
+        if not done:
+            rows.append([entry["setup"], "; ".join(r["note"] for r in entry["repeats"])]
+                        + [None] * (6 + len(batch_sizes)))
+            continue
+        s = entry["summary"]
+        first = done[0]
+        rows.append([
+            entry["setup"], " / ".join(r["chosen"]["name"] for r in done),
+            " / ".join(f"{r['chosen']['accuracy']:.1%} vs {r['full_backprop']['accuracy']:.1%} "
+                       f"({r['neuroflux_full_accuracy']:.1%})" for r in done),
+            spread(s["accuracy_delta"], 1, " pt", scale=100),
+            f"{count(first['chosen']['params'])} vs {count(first['full_backprop']['params'])}",
+            spread(s["param_reduction"], 1, "x"),
+            f"{kib(first['chosen']['onnx_bytes'])} vs {kib(first['full_backprop']['onnx_bytes'])}",
+            *(spread(s["throughput_gain"].get(b), 2, "x") for b in batch_sizes),
+        ])
+    text = table(["setup", "chosen exit (per repeat)", "test accuracy: exit vs full backprop (NeuroFlux's last exit)",
+                  "accuracy difference", "parameters (first repeat)", "parameter reduction",
+                  "ONNX size (first repeat)", *(f"throughput gain, batch {b}" for b in batch_sizes)], rows)
+    example = next((r for e in result["setups"] for r in e["repeats"] if "note" not in r), None)
+    if example:
+        text += (f"\nSelection policy `{example['policy']}`, as in `nfcompile build` (e.g. {example['reason']}). "
+                 "Accuracy difference = exit minus full backprop model, in points. Throughput gain = the full "
+                 "model's p50 latency / the exit's, ONNX Runtime on the CPU at the same batch size, over "
+                 "alternating timing rounds and repeats.\n")
+    return text
+
+
+def headlines(result: dict[str, Any]) -> dict[str, Headline]:
+    entries = [e for e in result["setups"] if e["summary"]]
+    exits = "; ".join(f"{e['setup']}: " + ", ".join(f"{r['chosen']['name']} (unit {r['chosen']['unit'] + 1} of "
+                                                    f"{r['units']})" for r in e["repeats"] if "note" not in r)
+                      for e in entries)
+    macs = "; ".join(f"{e['setup']}: {e['summary']['mac_reduction']['mean']:.2f}x fewer MACs, batch-1 p50 of "
+                     f"the full model {_first(e)['full_backprop']['p50_ms']['1']:.2f} ms" for e in entries
+                     if e["summary"].get("mac_reduction") and "1" in _first(e)["full_backprop"]["p50_ms"])
+    gains = tuple(g["mean"] for e in entries for g in e["summary"]["throughput_gain"].values())
+    return {"param_reduction": Headline(tuple(e["summary"]["param_reduction"]["mean"] for e in entries),
+                                        f"chosen exits {exits}"),
+            "throughput_gain": Headline(gains, macs)}
+
+
+def _first(entry: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in entry["repeats"] if "note" not in r)
+
+
+register_comparison(Comparison(
+    name="deliverable", title="The deliverable: chosen exit vs the full backprop-trained model",
+    question="What does the exit NeuroFlux ships cost in accuracy, and what does it save in parameters, file "
+             "size and inference time against the full model trained with backprop?",
+    run=run, render=render, headlines=headlines))

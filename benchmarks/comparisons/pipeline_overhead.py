@@ -1,0 +1,110 @@
+"""5. Pipeline overhead: what export, simplify, validate and INT8 cost next to training.
+
+Runs the real pipeline (`nfcompile.pipeline.run_pipeline`, what `nfcompile build` runs) on every
+setup at the deliverable budget and reads each stage's recorded seconds. Later repeats change only
+the recipe's name, which the export stage reads and training does not: the pipeline reuses plan,
+train, score and select and runs export onward again on the same trained model, so the deployment
+stages are timed several times against one training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from nfcompile.core.io import read_json
+from nfcompile.core.results import StageRecord
+from nfcompile.errors import GateFailed
+from nfcompile.pipeline import STAGE_NAMES, RunFolder, run_pipeline
+from nfcompile.recipe import with_overrides
+
+from benchmarks.markdown import spread, table
+from benchmarks.measures import ratio, spread_dict
+from benchmarks.registry import Comparison, register_comparison
+from benchmarks.workbench import Workbench
+
+DEPLOY = ("export", "validate_fp32", "quantize", "validate_int8")  # export includes onnxsim and its re-check
+TRAIN = "train"
+RAN = ("ok", "failed")  # a stage that failed its gate still ran (and was timed); reused or skipped ones did not
+
+
+def run(bench: Workbench) -> dict[str, Any]:
+    config = bench.config
+    setups = []
+    for setup in config.setups:
+        recipe = bench.recipe(setup, config.deliverable_budget)
+        folder = RunFolder.create(bench.scratch / "pipeline", recipe.name)
+        repeats = []
+        for repeat in range(config.repeats):
+            named = recipe if repeat == 0 else with_overrides(recipe, [f"name={recipe.name}-{repeat}"])
+            repeats.append({name: {"status": record.status, "seconds": record.seconds, "reason": record.reason}
+                            for name, record in _stage_records(named, folder, resume=repeat > 0).items()})
+        setups.append(_summary(setup.name, config.deliverable_budget, repeats))
+    return {"setups": setups}
+
+
+def _stage_records(recipe, folder: RunFolder, *, resume: bool) -> dict[str, StageRecord]:
+    """Every stage's record from one pipeline run. A failed gate (say INT8 accuracy) stops the build,
+    but the stages up to it were timed and recorded in the run folder: those are read back, and the
+    failure shows as that stage's status and reason."""
+    started = time.time()
+    try:
+        return run_pipeline(recipe, folder, resume=resume).records
+    except GateFailed:
+        records = {}
+        for name in STAGE_NAMES:
+            path = folder.record_path(name)
+            if not path.is_file():
+                break
+            record = StageRecord.from_dict(read_json(path))
+            if path.stat().st_mtime < started:  # written by an earlier run in this folder: reused now
+                record = dataclasses.replace(record, status="reused")
+            records[name] = record
+            if record.status == "failed":
+                break
+        return records
+
+
+def _summary(setup: str, budget: str, repeats: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    # A reused stage keeps the seconds of the run that made it: count each stage only where it ran.
+    ran = lambda name: [r[name]["seconds"] for r in repeats if r.get(name, {}).get("status") in RAN]
+    train_seconds = repeats[0][TRAIN]["seconds"]
+    deploy = [sum(r[name]["seconds"] for name in DEPLOY if r.get(name, {}).get("status") in RAN) for r in repeats]
+    stages = {name: {"status": sorted({r[name]["status"] for r in repeats if name in r}),
+                     "reason": next((r[name]["reason"] for r in repeats if r.get(name, {}).get("reason")), ""),
+                     "seconds": spread_dict(ran(name)),
+                     "share_of_training": spread_dict([ratio(s, train_seconds) for s in ran(name)])}
+              for name in STAGE_NAMES if any(name in r for r in repeats)}
+    # The first run made everything: plan, exit scoring (an ONNX export and timing per exit), bundle...
+    rest = sum(r["seconds"] for name, r in repeats[0].items() if name != TRAIN and r["status"] in RAN)
+    return {"setup": setup, "budget": budget, "train_seconds": train_seconds, "stages": stages,
+            "first_run_other_seconds": rest,
+            "deploy_seconds": spread_dict(deploy),
+            "deploy_share_of_training": spread_dict([ratio(d, train_seconds) for d in deploy]),
+            "reused_training": [r[TRAIN]["status"] for r in repeats]}
+
+
+def render(result: dict[str, Any]) -> str:
+    out = [f"Deployment = {' + '.join(DEPLOY)} (`export` includes onnxsim and the re-validation it needs). "
+           "Shares are stage seconds / training seconds of the same pipeline run; repeats after the first "
+           "reuse the trained model, so training is timed once and the other stages several times.\n"]
+    for entry in result["setups"]:
+        stages = [(name, entry["stages"][name]) for name in STAGE_NAMES if name in entry["stages"]]
+        rows = [[name, "/".join(stage["status"]) + (f" ({stage['reason']})" if stage["reason"] else ""),
+                 spread(stage["seconds"], 2, " s"), spread(stage["share_of_training"], 1, "%", scale=100)]
+                for name, stage in stages]
+        out.append(f"**{entry['setup']}** at the {entry['budget']} budget: export + simplify + validate + INT8 "
+                   f"take {spread(entry['deploy_seconds'], 1, ' s')}, "
+                   f"{spread(entry['deploy_share_of_training'], 1, '%', scale=100)} of the "
+                   f"{entry['train_seconds']:.1f} s of training; every other stage of the first build together "
+                   f"(plan, exit scoring, selection, bundle included) {entry['first_run_other_seconds']:.1f} s.\n")
+        out.append(table(["stage", "status", "seconds", "of training time"], rows))
+    return "\n".join(out)
+
+
+register_comparison(Comparison(
+    name="pipeline_overhead", title="Pipeline overhead: export, simplify, validate and INT8 vs training",
+    question="How much time does turning the trained model into a validated ONNX + INT8 deliverable add "
+             "to training?",
+    run=run, render=render))

@@ -1,0 +1,118 @@
+"""What the suite runs: the models (setups), the budgets, the repeats, the schedule.
+
+Everything is a recipe: one base recipe owned here (not `recipes/quickstart.yaml`, so a change to
+the product's defaults never changes the benchmark silently), a setup's overrides on top, then each
+contender's overrides. The resolved recipes are written into the results file.
+
+Budgets are anchored on plain backprop: "stringent" is the peak that backprop measures at batch
+size 4, "moderate" at 32, "generous" at 128 (the block batch cap). On the CPU a measured peak is
+live tensor bytes, so the same anchors give the same budgets on any CPU with the same torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from nfcompile.core.results import Result
+
+# The product's own recipe schema validates this. The bundled digits (1257 training images) and
+# quarter-width models keep a full run under an hour on a 2-core CPU.
+BASE_RECIPE: dict = {
+    "name": "benchmarks",
+    "seed": 0,
+    "device": "cpu",
+    "model": {"arch": "resnet18", "width": 0.25, "small_input": True},
+    "data": {"dataset": "digits", "image_size": 16},
+    # The memory is replaced by every budget the suite measures. Not enforced: a block whose measured
+    # peak goes over the budget would stop the run; the suite keeps it and reports the overshoot.
+    "budget": {"memory": "64MiB", "enforce": False},
+    "train": {
+        "method": "neuroflux",
+        "epochs": 10,
+        # Every contender runs its whole schedule: at large batches the first epochs of a few steps
+        # each can look flat, and patience would stop a run that was about to learn.
+        "patience": 0,
+        # A block batch of 128 still leaves ten steps per epoch on the 1257 training digits.
+        "neuroflux": {"max_batch_size": 128},
+    },
+    "bench": {"warmup": 5, "repeats": 30, "batch_sizes": [1, 32]},
+    "select": {"policy": "smallest_within", "within_points": 1.0},
+    "quantize": {"calibration_samples": 128},
+    "tensorrt": {"enabled": False},
+}
+
+BUDGET_ANCHORS: tuple[tuple[str, int], ...] = (("stringent", 4), ("moderate", 32), ("generous", 128))
+
+
+@dataclass(frozen=True)
+class Setup(Result):
+    """One model on one dataset: recipe overrides on the base recipe."""
+
+    name: str
+    overrides: tuple[str, ...]
+    # A dataset that is not bundled: the setup runs only where this folder holds it.
+    needs_folder: str | None = None
+
+
+RESNET18_DIGITS = Setup("resnet18-digits", ("model.arch=resnet18", "model.width=0.25", "data.image_size=16"))
+# VGG downsamples five times: 32x32 is the smallest input it takes.
+VGG16_DIGITS = Setup("vgg16_bn-digits", ("model.arch=vgg16_bn", "model.width=0.25", "data.image_size=32"))
+
+
+def cifar10_setup(root: Path) -> Setup:
+    return Setup("resnet18-cifar10", ("model.arch=resnet18", "model.width=0.25", "data.dataset=cifar10",
+                                      f"data.root={root}", "data.image_size=32", "data.max_train_samples=2000",
+                                      "data.max_eval_samples=500", "data.augment.flip=true",
+                                      "data.augment.crop_padding=2"),
+                 needs_folder=str(root / "cifar-10-batches-py"))
+
+
+@dataclass(frozen=True)
+class SuiteConfig(Result):
+    mode: str  # full | quick | custom
+    device: str
+    seed: int
+    repeats: int  # every comparison runs its contenders this many times, alternating their order
+    setups: tuple[Setup, ...]
+    budget_anchors: tuple[tuple[str, int], ...]  # (label, backprop batch size whose peak is the budget)
+    overrides: tuple[str, ...] = ()  # on the base recipe, for every setup (the schedule)
+    target_cap: float = 0.95  # time to accuracy: the common target is at most this
+    target_step: float = 0.005  # ... and rounded down to this
+    # Where NeuroFlux has several blocks (with a larger budget every unit fits one block at one batch
+    # size, and per-block batches, the cache and early stop have nothing to act on).
+    ablation_budget: str = "stringent"
+    deliverable_budget: str = "stringent"
+    timing_rounds: int = 3  # deliverable: ONNX Runtime timings alternated between the two models
+    # Threads for torch and ONNX Runtime (None: their defaults). One by default: on a shared CPU,
+    # OpenMP threads that wait for each other at every op turn other processes' load into 10x
+    # swings in wall time; a single thread only slows down by the share of CPU it loses.
+    threads: int | None = 1
+    skipped: tuple[tuple[str, str], ...] = ()  # (setup, why) for setups whose data is missing
+    base_recipe: dict = field(default_factory=lambda: BASE_RECIPE)
+
+    def budget_labels(self) -> list[str]:
+        return [label for label, _ in self.budget_anchors]
+
+
+def full_config(*, device: str = "cpu", cifar_root: Path | None = None) -> SuiteConfig:
+    setups, skipped = _with_cifar([RESNET18_DIGITS, VGG16_DIGITS], cifar_root)
+    return SuiteConfig(mode="full", device=device, seed=0, repeats=3, setups=setups, budget_anchors=BUDGET_ANCHORS,
+                       skipped=skipped)
+
+
+def quick_config(*, device: str = "cpu", cifar_root: Path | None = None) -> SuiteConfig:
+    """One repeat, two budgets, half the training images and fewer epochs: the whole suite in about ten
+    minutes on 2 cores. CIFAR-10 is left to the full run."""
+    config = full_config(device=device, cifar_root=None)
+    skipped = ((cifar10_setup(cifar_root or Path("data")).name, "left to the full run (--quick)"),)
+    return replace(config, mode="quick", repeats=1, budget_anchors=(BUDGET_ANCHORS[0], BUDGET_ANCHORS[2]),
+                   overrides=("train.epochs=8", "data.max_train_samples=600"), timing_rounds=2, skipped=skipped)
+
+
+def _with_cifar(setups: list[Setup], root: Path | None) -> tuple[tuple[Setup, ...], tuple[tuple[str, str], ...]]:
+    cifar = cifar10_setup(root or Path("data"))
+    if Path(cifar.needs_folder).is_dir():
+        return (*setups, cifar), ()
+    return tuple(setups), ((cifar.name, f"CIFAR-10 not found at {cifar.needs_folder} "
+                                        "(pass --cifar-root to the folder that holds cifar-10-batches-py/)"),)

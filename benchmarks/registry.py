@@ -1,0 +1,60 @@
+"""The comparisons the suite runs, in the order it runs them.
+
+A comparison is three plain functions: ``run`` measures on a `Workbench` and returns JSON-ready
+data, ``render`` turns that data into a RESULTS.md section, and ``headlines`` picks the figures the
+report sets beside the published NeuroFlux ones. Registering a name twice is an error, as for the
+engine's adapters and datasets. `benchmarks/comparisons/__init__.py` lists the modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from benchmarks.workbench import Workbench
+
+@dataclass(frozen=True)
+class Headline:
+    """Our values of one published figure (keyed as in `benchmarks.report.PUBLISHED`), and the
+    measured conditions they come from (one line)."""
+
+    values: tuple[float, ...]
+    context: str = ""
+
+
+def _no_headlines(result: dict[str, Any]) -> dict[str, Headline]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str  # what `--only` takes
+    title: str
+    question: str  # what a reviewer asks that this answers; printed by --list and in RESULTS.md
+    run: Callable[["Workbench"], dict[str, Any]]
+    render: Callable[[dict[str, Any]], str]
+    headlines: Callable[[dict[str, Any]], dict[str, Headline]] = _no_headlines
+
+
+_COMPARISONS: dict[str, Comparison] = {}
+
+
+def register_comparison(comparison: Comparison) -> Comparison:
+    if comparison.name in _COMPARISONS:
+        raise ValueError(f"comparison {comparison.name!r} registered twice")
+    _COMPARISONS[comparison.name] = comparison
+    return comparison
+
+
+def list_comparisons() -> list[Comparison]:
+    import benchmarks.comparisons  # noqa: F401  (registers the suite's comparisons)
+
+    return list(_COMPARISONS.values())
+
+
+def get_comparison(name: str) -> Comparison:
+    known = {c.name: c for c in list_comparisons()}
+    if name not in known:
+        raise KeyError(f"unknown comparison {name!r}; choose from {', '.join(known)}")
+    return known[name]

@@ -1,0 +1,205 @@
+"""RESULTS.md, rendered from one results file: `python -m benchmarks.report [RESULTS_JSON]`.
+
+Every figure in it comes from the JSON; the only numbers typed here are the published NeuroFlux
+figures that ours are set beside (Saikumar & Varghese, EuroSys 2024, arXiv 2402.14139).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from nfcompile.core.io import read_json, write_text
+
+from benchmarks.markdown import DASH, mib, table
+from benchmarks.registry import Headline, list_comparisons
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+# (label, low, high) of the published ranges, keyed like the comparisons' headlines.
+PUBLISHED = {
+    "training_speedup": ("training speed-up over backprop under a tight budget (ours: the stringent one)", 2.3, 6.1),
+    "param_reduction": ("fewer parameters in the deliverable than the full model", 10.9, 29.4),
+    "throughput_gain": ("higher inference throughput than the full model", 1.6, 4.0),
+}
+
+
+def _why_different(document: dict[str, Any]) -> str:
+    """How these runs differ from the published setting, with this run's own figures."""
+    machine, setups = document["machine"], document["setups"]
+    widths = sorted({str(s["recipe"]["model"]["width"]) for s in setups})
+    datasets = sorted({s["recipe"]["data"]["dataset"] for s in setups})
+    train = sorted({s["samples"]["train"] for s in setups})
+    val = sorted({s["samples"]["val"] for s in setups})
+    test = sorted({s["samples"]["test"] for s in setups})
+    epochs = sorted({s["recipe"]["train"]["epochs"] for s in setups})
+    return (
+        "The published figures come from full-width CNNs (VGG, ResNet, MobileNet) on CIFAR-10/100 and larger "
+        "images, trained on GPUs. These runs differ in ways that move every ratio:\n\n"
+        + _hardware(machine) +
+        f"- **Models.** Width {'/'.join(widths)} (parameter counts in section 2). In these CNNs the parameters "
+        "sit mostly in the deep units and the multiply-accumulates are spread over all of them (the early "
+        "units run on the largest maps), so an exit saves far more parameters than compute: throughput "
+        "follows the MAC reduction in the table above, not the parameter reduction.\n"
+        f"- **Data and schedules.** {', '.join(datasets)}; {_values(train)} training images, {_values(epochs)} "
+        f"epochs (NeuroFlux: per block); accuracies from {_values(val)} validation and {_values(test)} test "
+        f"images (one test image is {100 / min(test):.2f} points); time to accuracy is read at the end of "
+        "each epoch.\n"
+        "- **Selection.** The deliverable is the exit `nfcompile build` selects (the smallest within the "
+        "recipe's margin of NeuroFlux's best exit); the parameter reduction is whatever that exit's depth gives "
+        "against the full backprop model, not a chosen operating point.\n"
+        "- **Noise.** The machine is shared with other work (load averages above); every ratio is paired "
+        "within a repeat to cancel that as far as possible, and the spread over repeats is shown."
+    )
+
+
+def _hardware(machine: dict[str, Any]) -> str:
+    if machine.get("gpu"):
+        return (f"- **Hardware.** {machine['gpu']}: a GPU, as in the paper, training far smaller models than the "
+                "published ones.\n")
+    return (f"- **Hardware.** {machine.get('cpu_count')} CPU cores, {machine.get('torch_threads')} torch "
+            "thread(s). On a GPU a small batch leaves most of the device idle, so the larger batches NeuroFlux's "
+            "blocks get come nearly free; on a CPU a step's cost grows almost linearly with the batch, and a "
+            "larger batch saves only the per-step overhead. A CPU speed-up measures that overhead, not idle "
+            "parallel hardware.\n")
+
+
+def _values(values: list[Any]) -> str:
+    return "/".join(str(v) for v in values)
+
+
+def render_results(document: dict[str, Any], results_file: str) -> str:
+    comparisons = {c.name: c for c in list_comparisons()}
+    parts = [
+        "# Benchmark results\n",
+        f"Rendered from `{results_file}` (again: `python -m benchmarks.report {results_file}`); regenerate "
+        "rather than edit.\n",
+        _header(document),
+        "## Setups\n",
+        _setups(document),
+        "## Against the published NeuroFlux figures\n",
+        _published(document, comparisons),
+    ]
+    for number, outcome in enumerate(document["comparisons"], start=1):
+        name = outcome["name"]
+        parts.append(f"## {number}. {outcome['title']}\n")
+        parts.append(f"_{outcome['question']}_ ({outcome['seconds'] / 60:.1f} min)\n")
+        if outcome["status"] != "ok":
+            parts.append(f"**{outcome['status']}:** {outcome['reason']}\n")
+        elif name in comparisons:
+            parts.append(comparisons[name].render(outcome["result"]))
+        else:
+            parts.append(f"(no renderer registered for `{name}` in this version of the suite)\n")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _header(document: dict[str, Any]) -> str:
+    machine = document["machine"]
+    config = document["config"]
+    versions = document["versions"]
+    cpus = machine.get("cpu_count")
+    start, end = machine.get("load_average", []), machine.get("load_average_end", [])
+    lines = [
+        f"- **Command:** `{document['command']}` ({config['mode']} mode: {config['repeats']} repeat(s), "
+        f"budgets {', '.join(label for label, _ in config['budget_anchors'])}; "
+        f"{document['seconds'] / 60:.0f} min, {document['started']} to {document['finished']})",
+        f"- **Machine:** {machine.get('processor')}, {cpus} CPUs, {mib(machine.get('memory_bytes'), 0) or '?'} "
+        f"RAM, {machine.get('platform')}" + (f"; GPU {machine['gpu']}" if machine.get("gpu") else "; training on "
+                                            "the CPU"),
+        f"- **Threads:** torch {machine.get('torch_threads')}, ONNX Runtime "
+        f"{config.get('threads') or 'its default'}" + (" (the suite's setting: see `threads` in "
+                                                      "benchmarks/config.py for why)" if config.get("threads") else ""),
+        f"- **Load average** (1/5/15 min) at the start {_loads(start)}, at the end {_loads(end)}"
+        + (f": above the {cpus} cores, so other processes competed for the CPU during the run"
+           if cpus and max([*start, *end], default=0) > cpus else ""),
+        "- **Libraries:** " + ", ".join(f"{name} {versions.get(name)}" for name in
+                                       ("torch", "onnxruntime", "onnx", "onnxsim", "numpy", "python")
+                                       if versions.get(name)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _loads(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "?"
+
+
+def _setups(document: dict[str, Any]) -> str:
+    labels = [label for label, _ in document["config"]["budget_anchors"]]
+    anchors = dict(document["config"]["budget_anchors"])
+    rows = []
+    for setup in document["setups"]:
+        recipe = setup["recipe"]
+        samples = setup["samples"]
+        rows.append([setup["name"], recipe["model"]["arch"], recipe["model"]["width"],
+                     f"{recipe['data']['image_size']}px {recipe['data']['dataset']}",
+                     f"{samples['train']}/{samples['val']}/{samples['test']}",
+                     recipe["train"]["epochs"],
+                     " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])
+    text = table(["setup", "model", "width", "input", "train/val/test images", "epochs",
+                  f"budgets ({' / '.join(labels)})"], rows)
+    text += ("\nBudgets are the peak memory plain backprop measures at batch size "
+             + ", ".join(f"{anchors[label]} ({label})" for label in labels) + ".\n")
+    for name, why in document["config"].get("skipped", []):
+        text += f"- Skipped **{name}**: {why}\n"
+    return text
+
+
+def _published(document: dict[str, Any], comparisons: dict[str, Any]) -> str:
+    ours: dict[str, list[Headline]] = {key: [] for key in PUBLISHED}
+    for outcome in document["comparisons"]:
+        if outcome["status"] == "ok" and outcome["name"] in comparisons:
+            for key, headline in comparisons[outcome["name"]].headlines(outcome["result"]).items():
+                ours.setdefault(key, []).append(headline)
+    rows = []
+    for key, (label, low, high) in PUBLISHED.items():
+        values = [v for headline in ours.get(key, []) for v in headline.values]
+        context = "; ".join(h.context for h in ours.get(key, []) if h.context) or None
+        if not values:
+            rows.append([label, f"{low}{DASH}{high}x", "not measured in this run", None, None])
+            continue
+        rows.append([label, f"{low}{DASH}{high}x", f"{min(values):.2f}{DASH}{max(values):.2f}x "
+                     f"({len(values)} figure(s))", _verdict(min(values), max(values), low, high), context])
+    return (table(["figure", "published", "ours (range of means)", "ours vs published", "measured on"], rows)
+            + "\n" + _why_different(document) + "\n")
+
+
+def _verdict(low: float, high: float, published_low: float, published_high: float) -> str:
+    if high < published_low:
+        return "below the published range"
+    if low > published_high:
+        return "above the published range"
+    if published_low <= low and high <= published_high:
+        return "within the published range"
+    return "overlaps the published range"
+
+
+def shown_path(results_file: Path, results_md: Path) -> str:
+    """How RESULTS.md names its results file: relative to the repository root for the default
+    locations (the Markdown file's folder's parent), else as given."""
+    try:
+        return results_file.resolve().relative_to(results_md.resolve().parent.parent).as_posix()
+    except ValueError:
+        return str(results_file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.results import latest_results
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", type=Path,
+                        help="results JSON (default: the newest in benchmarks/results)")
+    parser.add_argument("--out", type=Path, default=RESULTS_MD, help="the Markdown file to write")
+    args = parser.parse_args(argv)
+    path = args.results or latest_results()
+    if path is None:
+        print("no results file found in benchmarks/results; run python -m benchmarks.run first", file=sys.stderr)
+        return 2
+    write_text(args.out, render_results(read_json(path), shown_path(path, args.out)))
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The benchmark suite keeps working: its arithmetic on hand-made numbers, and every registered
+comparison run once, end to end, on a tiny model (a narrow ResNet-18 on 96 digits, one epoch, one
+budget). The end-to-end test asserts the structure of what the suite writes, never a timing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # `benchmarks` lives beside the package, not inside it
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import measures  # noqa: E402
+from benchmarks.config import SuiteConfig, Setup, full_config, quick_config  # noqa: E402
+from benchmarks.registry import Comparison, get_comparison, list_comparisons, register_comparison  # noqa: E402
+from benchmarks.results import machine_slug, results_path  # noqa: E402
+from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
+
+SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead"]
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def _block(index: int, accuracies: list[tuple[float, ...]], seconds: list[float], *, cache: float = 0.0,
+           trained: bool = True) -> BlockResult:
+    history = tuple(EpochRecord(epoch=i + 1, lr=0.1, train_loss=(1.0,) * len(acc), val_accuracy=acc, seconds=s)
+                    for i, (acc, s) in enumerate(zip(accuracies, seconds)))
+    return BlockResult(index=index, units=(index,), batch_size=8, trained=trained, stop_reason="epochs",
+                       epochs_run=len(history), best_val_accuracy=max(accuracies, default=()),
+                       measured_peak_bytes=100, predicted_peak_bytes=100, budget_bytes=200,
+                       seconds=sum(seconds) + 0.5, cache_placement="disk", cache_bytes=10, cache_seconds=cache,
+                       history=history)
+
+
+def test_accuracy_curve_chains_blocks_and_their_caching_passes():
+    result = TrainResult(method="neuroflux", device="cpu", budget_bytes=200, checkpoint="c", exit_units=(0, 1),
+                         exit_val_accuracy=(0.6, 0.8), seconds=9.0, blocks=(
+                             _block(0, [(0.3, 0.5), (0.4, 0.6)], [1.0, 2.0], cache=1.5),
+                             _block(1, [(0.55,), (0.8,)], [1.0, 1.0]),
+                             _block(2, [], [], trained=False)))
+    curve = measures.accuracy_curve(result)
+    # Block 1 starts after block 0's 3.5 s of training (epochs + bookkeeping) and 1.5 s of caching.
+    assert curve == ((1.0, 0.5), (3.0, 0.6), (6.0, 0.6), (7.0, 0.8))
+    assert measures.time_to_target(curve, 0.6) == 3.0
+    assert measures.time_to_target(curve, 0.8) == 7.0
+    assert measures.time_to_target(curve, 0.81) is None
+
+
+def test_common_target_is_reached_by_everyone_and_capped():
+    assert measures.common_target([0.974, 0.9889, 0.962], cap=0.95, step=0.005) == 0.95
+    assert measures.common_target([0.9444, 0.99], cap=0.95, step=0.005) == 0.94
+    assert measures.common_target([0.87, 0.99], cap=0.95, step=0.005) == 0.87  # exact multiples stay
+    with pytest.raises(ValueError):
+        measures.common_target([], cap=0.95, step=0.005)
+
+
+def test_spreads_and_paired_ratios_skip_what_was_not_measured():
+    value = measures.spread([2.0, None, 4.0])
+    assert (value.mean, value.min, value.max, value.values) == (3.0, 2.0, 4.0, (2.0, 4.0))
+    assert value.std == pytest.approx(2 ** 0.5)
+    assert measures.spread([None]) is None
+    ratios = measures.paired_ratios([6.0, 9.0, None], [2.0, 3.0, 1.0])
+    assert ratios["values"] == [3.0, 3.0] and ratios["std"] == 0.0
+    assert measures.relative_error(110, 100) == pytest.approx(0.1)
+    assert measures.relative_error(1, 0) is None
+
+
+# --------------------------------------------------------------------------- registry, config, files
+
+
+def test_registry_lists_the_suite_in_order_and_refuses_duplicates():
+    assert [c.name for c in list_comparisons()] == SUITE
+    first = list_comparisons()[0]
+    with pytest.raises(ValueError, match="registered twice"):
+        register_comparison(Comparison(first.name, "again", "?", first.run, first.render))
+    assert get_comparison("ablations").title.startswith("Ablations")
+    with pytest.raises(KeyError, match="choose from time_to_accuracy"):
+        get_comparison("gradient_filter")
+
+
+def test_quick_mode_is_smaller_than_the_full_run_and_its_budgets_exist(tmp_path):
+    full, quick = full_config(cifar_root=tmp_path), quick_config(cifar_root=tmp_path)
+    assert quick.repeats < full.repeats and len(quick.budget_anchors) < len(full.budget_anchors)
+    for config in (full, quick):
+        assert {config.ablation_budget, config.deliverable_budget} <= set(config.budget_labels())
+        assert {s.name for s in config.setups} == {"resnet18-digits", "vgg16_bn-digits"}
+    # No CIFAR-10 at the given root: skipped with a note that says where it looked.
+    assert any(name == "resnet18-cifar10" and str(tmp_path) in why for name, why in full.skipped)
+
+
+def test_results_files_are_named_by_date_and_machine_and_never_overwritten(tmp_path):
+    from datetime import datetime
+
+    slug = machine_slug({"processor": "AMD EPYC 7B13 64-Core Processor", "cpu_count": 2})
+    assert slug == "amd-epyc-7b13-64-core-2cpu"
+    assert machine_slug({"gpu": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
+    when = datetime(2025, 1, 2)
+    first = results_path(tmp_path, when, slug, "full")
+    assert first.name == f"2025-01-02-{slug}.json"
+    first.write_text("{}")
+    assert results_path(tmp_path, when, slug, "full").name == f"2025-01-02-{slug}-2.json"
+    assert results_path(tmp_path, when, slug, "quick").name == f"2025-01-02-{slug}-quick.json"
+
+
+# --------------------------------------------------------------------------- the whole suite, tiny
+
+
+TINY = Setup("tiny-resnet18", ("model.arch=resnet18", "model.width=0.125", "data.image_size=16"))
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    from benchmarks.run import run_suite
+
+    folder = tmp_path_factory.mktemp("bench")
+    config = SuiteConfig(
+        mode="test", device="cpu", seed=0, repeats=1, setups=(TINY,), budget_anchors=(("stringent", 4),),
+        overrides=("data.max_train_samples=96", "data.max_eval_samples=32", "train.epochs=1",
+                   "export.exporter=torchscript", "bench.warmup=1", "bench.repeats=3",
+                   "quantize.calibration_samples=16", "train.neuroflux.profile_batch_sizes=[2, 8]",
+                   # A model trained for one epoch may lose more than a point to INT8: that gate is the
+                   # product's, and its failure would only stop the pipeline this test times.
+                   "quantize.max_accuracy_drop=1.0"),
+        timing_rounds=1)
+    path, document = run_suite(config, list_comparisons(), command="pytest", results_dir=folder / "results",
+                               results_md=folder / "RESULTS.md", scratch=folder)
+    return folder, path, document
+
+
+def test_suite_writes_a_results_file_with_every_comparison(suite_run):
+    folder, path, document = suite_run
+    assert path.parent == folder / "results" and path.name.endswith("-test.json")
+    assert json.loads(path.read_text()) == document
+    assert document["format"] == "nfcompile.benchmarks/1" and document["command"] == "pytest"
+    assert {"processor", "cpu_count", "torch_threads", "load_average", "load_average_end"} <= set(document["machine"])
+    assert document["machine"]["torch_threads"] == 1
+    failed = {o["name"]: o["reason"] for o in document["comparisons"] if o["status"] != "ok"}
+    assert not failed
+    assert [o["name"] for o in document["comparisons"]] == SUITE
+    (setup,) = document["setups"]
+    assert setup["name"] == TINY.name and set(setup["budgets"]) == {"stringent"}
+    assert setup["samples"]["train"] == 96
+    # The scratch folder (checkpoints, caches, ONNX files) is gone: only the outputs remain.
+    assert sorted(p.name for p in folder.iterdir()) == ["RESULTS.md", "results"]
+
+
+def _results(document):
+    return {outcome["name"]: outcome["result"] for outcome in document["comparisons"]}
+
+
+def test_time_to_accuracy_reports_every_contender_against_the_budget(suite_run):
+    _, _, document = suite_run
+    (entry,) = _results(document)["time_to_accuracy"]["setups"]
+    (budget,) = entry["budgets"]
+    assert set(budget["contenders"]) == {"neuroflux", "backprop", "backprop+checkpointing"}
+    assert 0 < budget["target"] <= 0.95
+    for name, summary in budget["contenders"].items():
+        if not summary["fits"]:
+            assert summary["note"]
+            continue
+        assert summary["budget_bytes"] == budget["budget_bytes"] and summary["measured_peak_bytes"] > 0
+        assert summary["reached_target"] == summary["repeats"] == 1  # the target is one everyone reached
+        assert summary["seconds_to_target"]["mean"] > 0
+    assert set(budget["speedup"]) == {"backprop", "backprop+checkpointing"}
+    assert len(budget["runs"]) == 3
+
+
+def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_run):
+    _, _, document = suite_run
+    result = _results(document)
+    (deliverable,) = result["deliverable"]["setups"]
+    (repeat,) = deliverable["repeats"]
+    assert repeat["chosen"]["params"] < repeat["full_backprop"]["params"]
+    assert deliverable["summary"]["param_reduction"]["mean"] > 1
+    assert set(deliverable["summary"]["throughput_gain"]) == {"1", "32"}
+
+    (ablations,) = result["ablations"]["setups"]
+    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop"]
+    assert ablations["variants"]["fixed-width heads"]["head_filters"] == [64] * 9
+    assert len(set(ablations["variants"]["one global batch"]["batch_sizes"])) == 1
+    assert ablations["variants"]["recompute earlier blocks"]["cache_placements"][0] == "recompute"
+    assert ablations["variants"]["early stop on"]["chosen_exits"]
+
+    fidelity = result["profiler_fidelity"]
+    assert fidelity["summary"]["blocks"] >= 3 and fidelity["summary"]["abs_error"] is not None
+    assert {g["method"] for g in fidelity["groups"]} >= {"neuroflux", "backprop"}
+
+    (overhead,) = result["pipeline_overhead"]["setups"]
+    assert overhead["train_seconds"] > 0 and overhead["deploy_seconds"]["mean"] > 0
+    assert overhead["stages"]["export"]["status"] == ["ok"]
+    assert overhead["stages"]["engine"]["status"] == ["skipped"] and overhead["stages"]["engine"]["reason"]
+
+
+def test_results_md_is_rendered_from_the_file_and_can_be_regenerated(suite_run, tmp_path):
+    from benchmarks.report import main as report_main
+
+    folder, path, _ = suite_run
+    text = (folder / "RESULTS.md").read_text()
+    assert "`pytest`" in text and "## Against the published NeuroFlux figures" in text
+    for number, title in enumerate(["Time to accuracy", "The deliverable", "Ablations", "Profiler fidelity",
+                                    "Pipeline overhead"], start=1):
+        assert f"## {number}. {title}" in text
+    assert "2.3–6.1x" in text and "10.9–29.4x" in text and "1.6–4.0x" in text
+    out = tmp_path / "again.md"
+    assert report_main([str(path), "--out", str(out)]) == 0
+    assert out.read_text().split("\n", 3)[3] == text.split("\n", 3)[3]  # all but the line naming the file
+
+
+def test_cli_lists_the_comparisons(capsys):
+    from benchmarks.run import main
+
+    assert main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == SUITE
