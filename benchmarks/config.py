@@ -60,6 +60,12 @@ RESNET18_DIGITS = Setup("resnet18-digits", ("model.arch=resnet18", "model.width=
 VGG16_DIGITS = Setup("vgg16_bn-digits", ("model.arch=vgg16_bn", "model.width=0.25", "data.image_size=32"))
 
 
+# The quickstart recipe's model and data (recipes/quickstart.yaml): the seeds' other methods, gradient
+# filtering and DRIVE pruning, are measured on it.
+QUICKSTART_MODEL = Setup("resnet18-quickstart", ("model.arch=resnet18", "model.width=0.5", "data.image_size=16",
+                                                 "data.augment.crop_padding=1"))
+
+
 def cifar10_setup(root: Path) -> Setup:
     return Setup("resnet18-cifar10", ("model.arch=resnet18", "model.width=0.25", "data.dataset=cifar10",
                                       f"data.root={root}", "data.image_size=32", "data.max_train_samples=2000",
@@ -89,6 +95,8 @@ class SuiteConfig(Result):
     # swings in wall time; a single thread only slows down by the share of CPU it loses.
     threads: int | None = 1
     skipped: tuple[tuple[str, str], ...] = ()  # (setup, why) for setups whose data is missing
+    # Gradient filtering and DRIVE pruning are compared with their baselines on this one setup.
+    methods_setup: Setup = QUICKSTART_MODEL
     base_recipe: dict = field(default_factory=lambda: BASE_RECIPE)
 
     def budget_labels(self) -> list[str]:

@@ -84,7 +84,7 @@ def _run_all(bench: Workbench, comparisons: Sequence[Comparison], *, command: st
     machine["load_average_end"] = list(os.getloadavg())
     return results_document(
         command=command, started=started, finished=datetime.now(timezone.utc), machine=machine,
-        config=to_jsonable(bench.config), setups=[_setup_entry(bench, setup) for setup in bench.config.setups],
+        config=to_jsonable(bench.config), setups=[_setup_entry(bench, setup) for setup in _setups_shown(bench)],
         comparisons=outcomes, plans=bench.plans_made)
 
 
@@ -98,6 +98,14 @@ def _run_one(comparison: Comparison, bench: Workbench) -> dict:
         result, status, reason = None, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
     return {"name": comparison.name, "title": comparison.title, "question": comparison.question,
             "status": status, "reason": reason, "seconds": time.perf_counter() - started, "result": result}
+
+
+def _setups_shown(bench: Workbench) -> list:
+    """The suite's setups, then any other a comparison trained on (the methods' setup)."""
+    shown = {setup.name: setup for setup in bench.config.setups}
+    for name, setup in list(bench.setups_used.items()):
+        shown.setdefault(name, setup)
+    return list(shown.values())
 
 
 def _setup_entry(bench: Workbench, setup) -> dict:

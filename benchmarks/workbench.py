@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.device import resolve_device
@@ -103,6 +104,7 @@ class Workbench:
             torch.set_num_threads(config.threads)
         self.runs: list[TrainedRun] = []
         self.plans_made: list[dict] = []  # every plan made, with how long its profiling took
+        self.setups_used: dict[str, Setup] = {}  # every setup a recipe was made for, in order
         self._data: dict[str, DataBundle] = {}
         self._budgets: dict[str, dict[str, int]] = {}
         self._plans: dict[str, Plan | BudgetError] = {}
@@ -110,6 +112,7 @@ class Workbench:
     # -- recipes and data ---------------------------------------------------------------------------
 
     def recipe(self, setup: Setup, budget: str | None = None, overrides: tuple[str, ...] = ()) -> Recipe:
+        self.setups_used.setdefault(setup.name, setup)
         raw = copy.deepcopy(self.config.base_recipe)
         raw["device"] = self.config.device
         raw["seed"] = self.config.seed
@@ -132,6 +135,12 @@ class Workbench:
     def fresh_unit_net(self, recipe: Recipe, seed: int) -> UnitNet:
         seed_everything(seed)
         return build_unit_net(recipe.model, self.num_classes(recipe))
+
+    def fresh_full_model(self, recipe: Recipe, seed: int) -> nn.Module:
+        """The whole model (every unit, then its classifier) as one module, freshly initialized."""
+        unit_net = self.fresh_unit_net(recipe, seed)
+        last = len(unit_net.units) - 1
+        return MultiExitNet(unit_net, {last: unit_net.classifier}).exit_net(last)
 
     # -- budgets and plans --------------------------------------------------------------------------
 

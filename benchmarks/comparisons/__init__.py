@@ -1,9 +1,7 @@
 """The suite's comparisons, registered in the order they run (importing a module registers it).
 
 To add a comparison, write a module with `run`, `render` (and optionally `headlines`) and
-`register_comparison(...)`, then import it below. Two are planned, each from the work that builds
-its method: gradient filtering vs backprop on the same layers, and DRIVE pruning vs SNIP, SynFlow
-and magnitude pruning at the same sparsity; they belong after `ablations`.
+`register_comparison(...)`, then import it below.
 """
 
 from benchmarks.comparisons import time_to_accuracy  # noqa: F401
@@ -11,3 +9,5 @@ from benchmarks.comparisons import deliverable  # noqa: F401
 from benchmarks.comparisons import ablations  # noqa: F401
 from benchmarks.comparisons import profiler_fidelity  # noqa: F401
 from benchmarks.comparisons import pipeline_overhead  # noqa: F401
+from benchmarks.comparisons import gradient_filter  # noqa: F401
+from benchmarks.comparisons import pruning  # noqa: F401

@@ -20,7 +20,8 @@ from benchmarks.registry import Comparison, get_comparison, list_comparisons, re
 from benchmarks.results import machine_slug, results_path  # noqa: E402
 from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
 
-SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead"]
+SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
+         "pruning"]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -80,7 +81,7 @@ def test_registry_lists_the_suite_in_order_and_refuses_duplicates():
         register_comparison(Comparison(first.name, "again", "?", first.run, first.render))
     assert get_comparison("ablations").title.startswith("Ablations")
     with pytest.raises(KeyError, match="choose from time_to_accuracy"):
-        get_comparison("gradient_filter")
+        get_comparison("no_such_comparison")
 
 
 def test_quick_mode_is_smaller_than_the_full_run_and_its_budgets_exist(tmp_path):
@@ -126,7 +127,7 @@ def suite_run(tmp_path_factory):
                    # A model trained for one epoch may lose more than a point to INT8: that gate is the
                    # product's, and its failure would only stop the pipeline this test times.
                    "quantize.max_accuracy_drop=1.0"),
-        timing_rounds=1)
+        timing_rounds=1, methods_setup=TINY)
     path, document = run_suite(config, list_comparisons(), command="pytest", results_dir=folder / "results",
                                results_md=folder / "RESULTS.md", scratch=folder)
     return folder, path, document
@@ -196,6 +197,26 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert overhead["stages"]["engine"]["status"] == ["skipped"] and overhead["stages"]["engine"]["reason"]
 
 
+def test_gradient_filter_and_pruning_compare_with_their_baselines(suite_run):
+    _, _, document = suite_run
+    result = _results(document)
+    gradient_filter = result["gradient_filter"]
+    (repeat,) = gradient_filter["repeats"]
+    assert repeat["filtered"]["method"] == "gradient_filter" and repeat["backprop"]["method"] == "backprop"
+    assert repeat["filtered"]["layers"] == repeat["backprop"]["layers"]  # the same layers on both sides
+    # Saved activations are measured, not assumed: the filtered convs keep less than the plain ones.
+    assert gradient_filter["summary"]["layer_memory_reduction"]["mean"] > 1
+    assert gradient_filter["summary"]["step_speedup"]["mean"] > 0
+
+    pruning = result["pruning"]
+    (repeat,) = pruning["repeats"]
+    assert set(repeat["outcomes"]) == {"drive", "magnitude", "snip", "synflow", "dense"}
+    for method in ("drive", "magnitude", "snip", "synflow"):
+        assert abs(repeat["outcomes"][method]["sparsity_reached"] - pruning["sparsity"]) < 0.01
+        assert repeat["outcomes"][method]["deflated_onnx_bytes"] < repeat["outcomes"]["dense"]["deflated_onnx_bytes"]
+    assert set(pruning["summary"]["time_vs_drive"]) == {"magnitude", "snip", "synflow"}
+
+
 def test_results_md_is_rendered_from_the_file_and_can_be_regenerated(suite_run, tmp_path):
     from benchmarks.report import main as report_main
 
@@ -203,7 +224,7 @@ def test_results_md_is_rendered_from_the_file_and_can_be_regenerated(suite_run, 
     text = (folder / "RESULTS.md").read_text()
     assert "`pytest`" in text and "## Against the published NeuroFlux figures" in text
     for number, title in enumerate(["Time to accuracy", "The deliverable", "Ablations", "Profiler fidelity",
-                                    "Pipeline overhead"], start=1):
+                                    "Pipeline overhead", "Gradient filtering", "DRIVE pruning"], start=1):
         assert f"## {number}. {title}" in text
     assert "2.3–6.1x" in text and "10.9–29.4x" in text and "1.6–4.0x" in text
     out = tmp_path / "again.md"
