@@ -62,8 +62,7 @@ VGG16_DIGITS = Setup("vgg16_bn-digits", ("model.arch=vgg16_bn", "model.width=0.2
 
 # The quickstart recipe's model and data (recipes/quickstart.yaml): the seeds' other methods, gradient
 # filtering and DRIVE pruning, are measured on it.
-QUICKSTART_MODEL = Setup("resnet18-quickstart", ("model.arch=resnet18", "model.width=0.5", "data.image_size=16",
-                                                 "data.augment.crop_padding=1"))
+QUICKSTART_MODEL = Setup("resnet18-quickstart", ("model.arch=resnet18", "model.width=0.5", "data.image_size=16"))
 
 
 def cifar10_setup(root: Path) -> Setup:
