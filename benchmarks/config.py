@@ -4,9 +4,11 @@ Everything is a recipe: one base recipe owned here (not `recipes/quickstart.yaml
 the product's defaults never changes the benchmark silently), a setup's overrides on top, then each
 contender's overrides. The resolved recipes are written into the results file.
 
-Budgets are anchored on plain backprop: "stringent" is the peak that backprop measures at batch
-size 4, "moderate" at 32, "generous" at 128 (the block batch cap). On the CPU a measured peak is
-live tensor bytes, so the same anchors give the same budgets on any CPU with the same torch.
+Budgets are anchored on plain backprop: "stringent" is the budget under which the planner gives
+backprop batch size 4, "moderate" 32, "generous" 128 (the block batch cap): the peak backprop
+measures at that batch, over the share of the budget the planner plans against. On the CPU a
+measured peak is live tensor bytes, so the same anchors give the same budgets on any CPU with the
+same torch.
 """
 
 from __future__ import annotations

@@ -139,8 +139,9 @@ def _setups(document: dict[str, Any]) -> str:
                      " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])
     text = table(["setup", "model", "width", "input", "train/val/test images", "epochs",
                   f"budgets ({' / '.join(labels)})"], rows)
-    text += ("\nBudgets are the peak memory plain backprop measures at batch size "
-             + ", ".join(f"{anchors[label]} ({label})" for label in labels) + ".\n")
+    text += ("\nBudgets are the ones under which the planner gives plain backprop batch size "
+             + ", ".join(f"{anchors[label]} ({label})" for label in labels)
+             + " (the peak it measures at that batch, over the share of the budget the planner plans against).\n")
     for name, why in document["config"].get("skipped", []):
         text += f"- Skipped **{name}**: {why}\n"
     return text

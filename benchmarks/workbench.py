@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from nfcompile.errors import BudgetError, BudgetExceeded
 from nfcompile.models import MultiExitNet, UnitNet, build_unit_net
 from nfcompile.recipe import Recipe, fingerprint, recipe_dict, with_overrides
 from nfcompile.recipe.load import validate_recipe
-from nfcompile.stages.plan import plan_training
+from nfcompile.stages.plan import PLANNING_SHARE, plan_training
 from nfcompile.stages.score import score_exits
 from nfcompile.stages.select import select_exit
 from nfcompile.stages.plan.profile import profile_backprop_step
@@ -156,7 +157,10 @@ class Workbench:
                                         self.num_classes(recipe), batch_sizes=batches, budget=2**62,
                                         max_batch=max(batches), section=recipe.train, device=self.device)
             measured = dict(fit.measurements)
-            self._budgets[setup.name] = {label: int(measured[batch]) for label, batch in anchors.items()}
+            # The planner sizes batches against PLANNING_SHARE of the budget: divide, so that backprop's
+            # plan gets exactly the anchor batch.
+            self._budgets[setup.name] = {label: math.ceil(measured[batch] / PLANNING_SHARE)
+                                         for label, batch in anchors.items()}
             log.info("%s budgets: %s", setup.name, ", ".join(
                 f"{label} {format_bytes(b)} (backprop at batch {anchors[label]})"
                 for label, b in self._budgets[setup.name].items()))
