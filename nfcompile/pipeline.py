@@ -454,7 +454,8 @@ def _bundle(build: Build):
     inputs, _ = build.test_arrays(limit=64) if onnx is not None else (None, None)
     return write_bundle(build.run.path, BundleInputs(
         recipe=recipe_dict(build.recipe), recipe_sha256=recipe_hash(build.recipe), recipe_source=build.recipe_source,
-        overrides=list(build.overrides), run_id=build.run.run_id, versions=library_versions(),
+        overrides=list(build.overrides), run_id=build.run.run_id,
+        bundle_path=str(build.run.path.with_name(build.run.run_id)), versions=library_versions(),
         device=device_fingerprint(build.device), dataset=build.data.info.to_dict(),
         records=[build.records[name] for name in STAGE_NAMES if name in build.records],
         model=build.chosen_exit_model() if onnx is not None else None, reference_inputs=inputs,

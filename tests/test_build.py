@@ -64,6 +64,7 @@ def test_the_bundle_is_complete_and_validated(bundle):
     for heading in ("## Result", "## Memory plan", "## Training", "## Exits", "## Validation", "## Stages",
                     "## Reproduce"):
         assert heading in report
+    assert f"nfcompile verify {path}\n" in report  # where this bundle is, not where a default build would be
     result = run_cli("verify", str(path))
     assert result.returncode == 0, result.stderr
     assert "bundle intact" in result.stdout

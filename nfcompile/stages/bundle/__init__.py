@@ -41,6 +41,7 @@ class BundleInputs:
     recipe_source: str
     overrides: list[str]
     run_id: str
+    bundle_path: str  # where the finished bundle will be (the run folder without .partial)
     versions: dict[str, Any]
     device: dict[str, Any]
     dataset: dict[str, Any]  # DatasetInfo.to_dict(): class names, preprocessing
@@ -71,9 +72,9 @@ def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
     bundle_record = StageRecord("bundle", "ok", "", 0.0, (MANIFEST_FILE, "report.md"), "", None)
     records = [*inputs.records, bundle_record]
     write_text(root / "report.md", render_report(
-        recipe_name=inputs.recipe["name"], run_id=inputs.run_id, recipe_source=inputs.recipe_source,
-        recipe_sha256=inputs.recipe_sha256, overrides=inputs.overrides, versions=inputs.versions,
-        device=inputs.device, plan=inputs.plan, train=inputs.train, scores=inputs.scores,
+        recipe_name=inputs.recipe["name"], run_id=inputs.run_id, bundle_path=inputs.bundle_path,
+        recipe_source=inputs.recipe_source, recipe_sha256=inputs.recipe_sha256, overrides=inputs.overrides,
+        versions=inputs.versions, device=inputs.device, plan=inputs.plan, train=inputs.train, scores=inputs.scores,
         selection=inputs.selection, validations=inputs.validations, records=records, images=images,
         extra_sections=[*_finetune_section(inputs.train), *_prune_section(inputs.prune)]))
     manifest = _manifest(root, inputs, records, references)

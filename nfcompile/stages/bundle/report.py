@@ -22,10 +22,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + [""]
 
 
-def render_report(*, recipe_name: str, run_id: str, recipe_source: str, recipe_sha256: str, overrides: list[str],
-                  versions: dict[str, Any], device: dict[str, Any], plan: Plan | None, train: TrainResult | None,
-                  scores: ExitScores | None, selection: Selection | None, validations: dict[str, Validation],
-                  records: list[StageRecord], images: dict[str, str], extra_sections: list[str]) -> str:
+def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_source: str, recipe_sha256: str,
+                  overrides: list[str], versions: dict[str, Any], device: dict[str, Any], plan: Plan | None,
+                  train: TrainResult | None, scores: ExitScores | None, selection: Selection | None,
+                  validations: dict[str, Validation], records: list[StageRecord], images: dict[str, str],
+                  extra_sections: list[str]) -> str:
     lines = [f"# nfcompile build: {recipe_name}", "",
              f"Run `{run_id}` · recipe `{recipe_source or '(in memory)'}` (sha256 `{recipe_sha256[:16]}`) · "
              f"nfcompile {versions.get('nfcompile')} · torch {versions.get('torch')} · "
@@ -47,13 +48,9 @@ def render_report(*, recipe_name: str, run_id: str, recipe_source: str, recipe_s
     lines += ["## Reproduce", "", "```",
               "nfcompile build " + " ".join([recipe_source or "RECIPE", *(f"--set {o}" for o in overrides)]),
               "```", "", "The resolved recipe is in `state/recipe.json`. Check this bundle and time it on a device:",
-              "", "```", f"nfcompile verify {run_id_path(recipe_name, run_id)}",
-              f"nfcompile bench {run_id_path(recipe_name, run_id)} --max-latency-ms <limit>", "```", ""]
+              "", "```", f"nfcompile verify {bundle_path}",
+              f"nfcompile bench {bundle_path} --max-latency-ms <limit>", "```", ""]
     return "\n".join(lines)
-
-
-def run_id_path(recipe_name: str, run_id: str) -> str:
-    return f"artifacts/{recipe_name}/{run_id}"
 
 
 def _result_section(scores: ExitScores, selection: Selection) -> list[str]:
