@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from nfcompile.stages.prune.training import train_masked
-from nfcompile.stages.train.gradient_filter import accuracy, compare_gradient_filter
+from nfcompile.core.training import top1_accuracy
+from nfcompile.stages.train.gradient_filter import compare_gradient_filter
 
 from benchmarks.markdown import count, kib, spread, table
 from benchmarks.measures import spread_dict
@@ -37,7 +38,7 @@ def run(bench: Workbench) -> dict[str, Any]:
         # Plain backprop on every parameter, unmasked: the loop the pruning comparison trains with.
         train_masked(model, None, data, recipe.train, device=bench.device, seed=seed, epochs=range(PRETRAIN_EPOCHS),
                      total_epochs=PRETRAIN_EPOCHS)
-        start = accuracy(model, data.test, data.preprocessing, device=bench.device)
+        start = top1_accuracy(model, data.test, data.preprocessing, device=bench.device)
         result = compare_gradient_filter(model, data, recipe.train, device=bench.device, seed=seed)
         repeats.append({"seed": seed, "start_accuracy": start, **result.to_dict()})
     summary = {

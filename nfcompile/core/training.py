@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfcompile.data.batches import image_batches
+from nfcompile.data.datasets import ImageSet
+from nfcompile.data.preprocess import Preprocessing
 from nfcompile.recipe.schema import TrainSection
+
+EVAL_BATCH_SIZE = 256
 
 
 def scaled_lr(section: TrainSection, batch_size: int) -> float:
@@ -82,3 +87,18 @@ class CheckpointedUnits(nn.Module):
         for unit in self.units:
             x = checkpoint(unit, x, use_reentrant=False) if self.training and torch.is_grad_enabled() else unit(x)
         return self.classifier(x)
+
+
+@torch.inference_mode()
+def top1_accuracy(model: nn.Module, images: ImageSet, preprocessing: Preprocessing, *,
+                  device: torch.device) -> float:
+    """Share of ``images`` ``model`` classifies correctly, in eval mode; the model keeps its mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for x, y in image_batches(images, EVAL_BATCH_SIZE, preprocessing, device=device):
+            correct += int((model(x).argmax(dim=1) == y).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(1, len(images))

@@ -37,6 +37,7 @@ from torch import nn
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import derived_seed, seed_everything
 from nfcompile.core.results import PruneOutcome, PruneResult
+from nfcompile.core.training import top1_accuracy
 from nfcompile.data.batches import image_batches
 from nfcompile.data.datasets import DataBundle
 from nfcompile.recipe.schema import PruneSection, TrainSection
@@ -44,7 +45,7 @@ from nfcompile.stages.prune.masks import (Masks, apply_masks, exponential_schedu
                                           layer_sparsity, prunable_weights, weight_sparsity)
 from nfcompile.stages.prune.scores import (drive_scores, linearized_copy, magnitude_scores, mean_gradients,
                                            snip_scores, synflow_scores)
-from nfcompile.stages.prune.training import batch_size_for, top1, train_masked
+from nfcompile.stages.prune.training import batch_size_for, train_masked
 
 log = get_logger(__name__)
 
@@ -180,10 +181,10 @@ def prune_with(method: str, model: nn.Module, data: DataBundle, section: PruneSe
     zeros, total = weight_sparsity(model)
     outcome = PruneOutcome(
         method=method, sparsity_target=section.sparsity, sparsity_reached=zeros / total,
-        accuracy=top1(model, data.test, data.preprocessing, device=device), seconds=seconds,
+        accuracy=top1_accuracy(model, data.test, data.preprocessing, device=device), seconds=seconds,
         cpu_seconds=cpu_seconds, epochs=epochs, samples_processed=run.samples[0],
         prunable_weights=total, zero_weights=zeros,
-        val_accuracy=top1(model, data.val, data.preprocessing, device=device),
+        val_accuracy=top1_accuracy(model, data.val, data.preprocessing, device=device),
         layer_sparsity=layer_sparsity(model))
     log.info("%s: sparsity %.4f, test accuracy %.4f, %.1f s, %d epochs", method, outcome.sparsity_reached,
              outcome.accuracy, seconds, epochs)
@@ -200,7 +201,7 @@ def prune_model(model: nn.Module, data: DataBundle, section: PruneSection, train
     writes (see `compressed_size`).
     """
     model.to(device)
-    accuracy_before = top1(model, data.test, data.preprocessing, device=device)
+    accuracy_before = top1_accuracy(model, data.test, data.preprocessing, device=device)
     start = copy.deepcopy(model)
     options = dict(device=device, seed=seed, score_batches=score_batches, synflow_iterations=synflow_iterations)
     outcome = prune_with(section.method, model, data, section, train, **options)

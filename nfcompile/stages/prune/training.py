@@ -17,13 +17,9 @@ from torch import nn
 from nfcompile.core.repro import derived_seed
 from nfcompile.core.training import lr_factor, make_optimizer, scaled_lr, set_lr
 from nfcompile.data.batches import image_batches
-from nfcompile.data.datasets import DataBundle, ImageSet
-from nfcompile.data.preprocess import Preprocessing
+from nfcompile.data.datasets import DataBundle
 from nfcompile.recipe.schema import TrainSection
 from nfcompile.stages.prune.masks import Masks, apply_masks, prunable_weights
-
-EVAL_BATCH_SIZE = 256
-
 
 def batch_size_for(train: TrainSection, data: DataBundle) -> int:
     return min(train.batch_size or train.reference_batch_size, len(data.train))
@@ -71,14 +67,3 @@ def train_masked(model: nn.Module, masks: Masks | None, data: DataBundle, train:
             if masks is not None:
                 apply_masks(weights, masks)
     return masks
-
-
-@torch.inference_mode()
-def top1(model: nn.Module, images: ImageSet, preprocessing: Preprocessing, *, device: torch.device) -> float:
-    """Share of ``images`` classified correctly, in eval mode (the model keeps its mode)."""
-    was_training = model.training
-    model.eval()
-    hits = sum(int((model(x).argmax(1) == y).sum())
-               for x, y in image_batches(images, EVAL_BATCH_SIZE, preprocessing, device=device))
-    model.train(was_training)
-    return hits / max(1, len(images))

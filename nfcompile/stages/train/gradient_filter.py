@@ -51,16 +51,14 @@ from torch import nn
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import derived_seed, seed_everything
 from nfcompile.core.results import EpochRecord, Result
-from nfcompile.core.training import lr_factor, make_optimizer, scaled_lr, set_lr
+from nfcompile.core.training import lr_factor, make_optimizer, scaled_lr, set_lr, top1_accuracy
 from nfcompile.data.batches import Augment, image_batches
-from nfcompile.data.datasets import DataBundle, ImageSet
-from nfcompile.data.preprocess import Preprocessing
+from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import RecipeError
 from nfcompile.recipe.schema import TrainSection
 
 log = get_logger(__name__)
 
-EVAL_BATCH_SIZE = 256
 
 
 # --------------------------------------------------------------------------- the filtered op
@@ -371,20 +369,6 @@ class FineTuneOutcome:
     summary: FineTuneSummary
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, images: ImageSet, preprocessing: Preprocessing, *, device: torch.device) -> float:
-    """Top-1 accuracy in eval mode; the model keeps its mode."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        for x, y in image_batches(images, EVAL_BATCH_SIZE, preprocessing, device=device):
-            correct += int((model(x).argmax(dim=1) == y).sum())
-    finally:
-        model.train(was_training)
-    return correct / max(1, len(images))
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -452,7 +436,7 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
                 _sync(device)
                 step_times.append(time.perf_counter() - step_start)
                 losses.append(float(loss.detach()))
-            val = accuracy(model, data.val, data.preprocessing, device=device)
+            val = top1_accuracy(model, data.val, data.preprocessing, device=device)
             history.append(EpochRecord(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
                                        train_loss=(sum(losses) / len(losses),), val_accuracy=(val,),
                                        seconds=time.perf_counter() - epoch_start))
@@ -467,7 +451,7 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
         patch=options.patch if filtered else None, batch_size=batch_size, lr=base_lr,
         trainable_params=sum(p.numel() for p in trainable), epochs_run=len(history), stop_reason=stop_reason,
         history=tuple(history), val_accuracy=history[-1].val_accuracy[0],
-        test_accuracy=accuracy(model, data.test, data.preprocessing, device=device),
+        test_accuracy=top1_accuracy(model, data.test, data.preprocessing, device=device),
         seconds=time.perf_counter() - started, step_seconds=statistics.median(step_times),
         saved_activation_bytes=saved_bytes, layer_memory=layer_memory)
     return FineTuneOutcome(model, summary)
@@ -538,6 +522,6 @@ def compare_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSe
 
 
 __all__ = ["FilterComparison", "FilteredConv2d", "FilteredConv2dFunction", "FineTuneOutcome", "FineTuneSummary",
-           "LayerMemory", "accuracy", "compare_gradient_filter", "execution_order", "filtered_convs",
+           "LayerMemory", "compare_gradient_filter", "execution_order", "filtered_convs",
            "interleaved_step_seconds", "last_conv_layers", "last_linear_layer", "measure_layer_memory",
            "saved_tensor_bytes", "train_gradient_filter"]
