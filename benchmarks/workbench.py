@@ -139,9 +139,8 @@ class Workbench:
 
     def fresh_full_model(self, recipe: Recipe, seed: int) -> nn.Module:
         """The whole model (every unit, then its classifier) as one module, freshly initialized."""
-        unit_net = self.fresh_unit_net(recipe, seed)
-        last = len(unit_net.units) - 1
-        return MultiExitNet(unit_net, {last: unit_net.classifier}).exit_net(last)
+        net = MultiExitNet.single_exit(self.fresh_unit_net(recipe, seed))
+        return net.exit_net(net.exit_units[-1])
 
     # -- budgets and plans --------------------------------------------------------------------------
 

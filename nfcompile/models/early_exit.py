@@ -27,6 +27,11 @@ class MultiExitNet(nn.Module):
     classifier on the last unit.
     """
 
+    @classmethod
+    def single_exit(cls, unit_net: UnitNet) -> "MultiExitNet":
+        """The whole model with its own classifier as the one exit, on the last unit (backprop, fine-tuning)."""
+        return cls(unit_net, {len(unit_net.units) - 1: unit_net.classifier})
+
     def __init__(self, unit_net: UnitNet, heads: dict[int, nn.Module]):
         super().__init__()
         self.arch = unit_net.arch

@@ -47,7 +47,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                    augment: AugmentSection, budget: BudgetSection, device: torch.device, seed: int, out_dir: Path,
                    resume: bool, fingerprint: str) -> TrainOutcome:
     checkpoint = out_dir / "checkpoint.pt"
-    net = MultiExitNet(unit_net, {len(unit_net.units) - 1: unit_net.classifier})
+    net = MultiExitNet.single_exit(unit_net)
     num_classes = data.info.num_classes
     finished = restore_single_exit(checkpoint, fingerprint, net) if resume else None
     if finished is not None:

@@ -23,8 +23,8 @@ def finetune_gradient_filter(unit_net: UnitNet, plan: Plan | None, data: DataBun
                              train: TrainSection, augment: AugmentSection, budget: BudgetSection,
                              device: torch.device, seed: int, out_dir: Path, resume: bool,
                              fingerprint: str) -> TrainOutcome:
-    last = len(unit_net.units) - 1
-    net = MultiExitNet(unit_net, {last: unit_net.classifier})
+    net = MultiExitNet.single_exit(unit_net)
+    last = net.exit_units[-1]
     checkpoint = out_dir / "checkpoint.pt"
     finished = restore_single_exit(checkpoint, fingerprint, net) if resume else None
     if finished is not None:
