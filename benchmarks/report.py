@@ -102,7 +102,9 @@ def _header(document: dict[str, Any]) -> str:
     cpus = machine.get("cpu_count")
     start, end = machine.get("load_average", []), machine.get("load_average_end", [])
     lines = [
-        f"- **Command:** `{document['command']}` ({config['mode']} mode: {config['repeats']} repeat(s), "
+        f"- **Command:** `{document['command']}` ({config['mode']} mode: {config['repeats']} repeat(s)"
+        + (f", {config['pruning_repeats']} for pruning" if config.get("pruning_repeats") not in (None, config["repeats"])
+           else "") + ", "
         f"budgets {', '.join(label for label, _ in config['budget_anchors'])}; "
         f"{document['seconds'] / 60:.0f} min, {document['started']} to {document['finished']})",
         f"- **Machine:** {machine.get('processor')}, {cpus} CPUs, {mib(machine.get('memory_bytes'), 0) or '?'} "

@@ -43,7 +43,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one repeat, two budgets, shorter schedules (~10 min)")
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"run only these: {', '.join(names)}")
     parser.add_argument("--list", action="store_true", help="list the comparisons and exit")
-    parser.add_argument("--repeats", type=int, help="repeats per comparison (default: 3, or 1 with --quick)")
+    parser.add_argument("--repeats", type=int, help="repeats per comparison (default: 3, pruning 5; 1 with --quick)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     parser.add_argument("--cifar-root", type=Path, default=Path("data"),
                         help="folder holding cifar-10-batches-py/; CIFAR-10 is skipped with a note where absent")
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.repeats < 1:
             print("--repeats must be at least 1", file=sys.stderr)
             return 2
-        config = replace(config, repeats=args.repeats)
+        config = replace(config, repeats=args.repeats, pruning_repeats=args.repeats)
     for name, why in config.skipped:
         log.info("skipping %s: %s", name, why)
     chosen = [c for c in list_comparisons() if not args.only or c.name in args.only]

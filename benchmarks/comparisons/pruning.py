@@ -6,6 +6,10 @@ baselines are defined, and trains on the same batches under the same schedule; t
 one after another in a rotating order, so a change in the machine's load falls on each alike. A
 dense model trained on the same batches for the same epochs is the reference. Each pruned model is
 exported to ONNX (zeros stay in the graph) and its deflated size measured.
+
+The methods end a few test images apart, so one fixed split would measure those images more than
+the methods: each repeat draws its own train/val/test split from its seed (as well as the
+initialization and the batch order), and there are `SuiteConfig.pruning_repeats` of them.
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ REFERENCE = "dense"  # no pruning, same epochs and batches
 def run(bench: Workbench) -> dict[str, Any]:
     config = bench.config
     setup = config.methods_setup
-    recipe = bench.recipe(setup)
-    data = bench.data(recipe)
-    size = recipe.data.image_size
+    size = bench.recipe(setup).data.image_size
     methods = list(METHODS)  # drive first, then the baselines
     repeats = []
-    for repeat in range(config.repeats):
+    for repeat in range(config.pruning_repeats):
         seed = config.seed + repeat
+        recipe = bench.recipe(setup, overrides=(f"seed={seed}",))  # the data split follows the recipe's seed
+        data = bench.data(recipe)
         start = bench.fresh_full_model(recipe, seed)
         folder = bench.scratch / f"pruning-{repeat}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,10 +61,12 @@ def run(bench: Workbench) -> dict[str, Any]:
         outcomes[REFERENCE] = _dense_reference(dense, data, recipe, bench.device, seed, epochs=outcomes[DRIVE]["epochs"])
         outcomes[REFERENCE]["deflated_onnx_bytes"] = _deflated_onnx_bytes(dense, folder / "dense.onnx", size,
                                                                           recipe.export)
-        repeats.append({"seed": seed, "order": methods[shift:] + methods[:shift], "outcomes": outcomes})
+        repeats.append({"seed": seed, "order": methods[shift:] + methods[:shift], "test_images": len(data.test),
+                        "outcomes": outcomes})
     return {"setup": setup.name, "sparsity": recipe.prune.sparsity, "dense_epochs": recipe.prune.dense_epochs,
             "rounds": recipe.prune.rounds, "finetune_epochs": recipe.prune.finetune_epochs,
-            "test_images": len(data.test), "methods": [*methods, REFERENCE], "repeats": repeats,
+            "test_images": len(data.test), "split_per_repeat": True, "methods": [*methods, REFERENCE],
+            "repeats": repeats,
             "summary": _summary(repeats, methods)}
 
 
@@ -117,7 +123,9 @@ def render(result: dict[str, Any]) -> str:
             f"{result['finetune_epochs']} fine-tuning epochs between rounds; every method's final model trains "
             f"{first['epochs']} epochs (magnitude pruning retrains every round). Test accuracy over "
             f"{result['test_images']} images (one image is {100 / result['test_images']:.2f} points); repeats use "
-            "seeds " + ", ".join(str(r["seed"]) for r in repeats) + ".\n\n"
+            "seeds " + ", ".join(str(r["seed"]) for r in repeats)
+            + (", each seed drawing its own train/val/test split" if result.get("split_per_repeat") else "")
+            + ".\n\n"
             + table(["method", "sparsity reached", "test accuracy", "DRIVE minus this (repeats DRIVE ≥)",
                      "wall time", "wall time / DRIVE's", "CPU time / DRIVE's", "deflated ONNX (vs dense)"], rows)
             + "\nPer repeat, test accuracy: "

@@ -87,6 +87,7 @@ def test_registry_lists_the_suite_in_order_and_refuses_duplicates():
 def test_quick_mode_is_smaller_than_the_full_run_and_its_budgets_exist(tmp_path):
     full, quick = full_config(cifar_root=tmp_path), quick_config(cifar_root=tmp_path)
     assert quick.repeats < full.repeats and len(quick.budget_anchors) < len(full.budget_anchors)
+    assert quick.pruning_repeats < full.pruning_repeats
     for config in (full, quick):
         assert {config.ablation_budget, config.deliverable_budget} <= set(config.budget_labels())
         assert {s.name for s in config.setups} == {"resnet18-digits", "vgg16_bn-digits"}
@@ -127,7 +128,7 @@ def suite_run(tmp_path_factory):
                    # A model trained for one epoch may lose more than a point to INT8: that gate is the
                    # product's, and its failure would only stop the pipeline this test times.
                    "quantize.max_accuracy_drop=1.0"),
-        timing_rounds=1, methods_setup=TINY)
+        timing_rounds=1, methods_setup=TINY, pruning_repeats=2)
     path, document = run_suite(config, list_comparisons(), command="pytest", results_dir=folder / "results",
                                results_md=folder / "RESULTS.md", scratch=folder)
     return folder, path, document
@@ -209,11 +210,14 @@ def test_gradient_filter_and_pruning_compare_with_their_baselines(suite_run):
     assert gradient_filter["summary"]["step_speedup"]["mean"] > 0
 
     pruning = result["pruning"]
-    (repeat,) = pruning["repeats"]
-    assert set(repeat["outcomes"]) == {"drive", "magnitude", "snip", "synflow", "dense"}
-    for method in ("drive", "magnitude", "snip", "synflow"):
-        assert abs(repeat["outcomes"][method]["sparsity_reached"] - pruning["sparsity"]) < 0.01
-        assert repeat["outcomes"][method]["deflated_onnx_bytes"] < repeat["outcomes"]["dense"]["deflated_onnx_bytes"]
+    # Its own repeat count, each repeat with its own seed (and so its own data split).
+    assert [repeat["seed"] for repeat in pruning["repeats"]] == [0, 1] and pruning["split_per_repeat"]
+    for repeat in pruning["repeats"]:
+        assert set(repeat["outcomes"]) == {"drive", "magnitude", "snip", "synflow", "dense"}
+        for method in ("drive", "magnitude", "snip", "synflow"):
+            assert abs(repeat["outcomes"][method]["sparsity_reached"] - pruning["sparsity"]) < 0.01
+            assert (repeat["outcomes"][method]["deflated_onnx_bytes"]
+                    < repeat["outcomes"]["dense"]["deflated_onnx_bytes"])
     assert set(pruning["summary"]["time_vs_drive"]) == {"magnitude", "snip", "synflow"}
 
 
