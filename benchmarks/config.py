@@ -115,7 +115,7 @@ def full_config(*, device: str = "cpu", cifar_root: Path | None = None) -> Suite
 
 
 def quick_config(*, device: str = "cpu", cifar_root: Path | None = None) -> SuiteConfig:
-    """One repeat, two budgets, half the training images and fewer epochs: the whole suite in about ten
+    """One repeat, two budgets, half the training images and fewer epochs: the whole suite in about eight
     minutes on 2 cores. CIFAR-10 is left to the full run."""
     config = full_config(device=device, cifar_root=None)
     skipped = ((cifar10_setup(cifar_root or Path("data")).name, "left to the full run (--quick)"),)
