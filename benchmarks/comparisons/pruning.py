@@ -15,6 +15,7 @@ initialization and the batch order), and there are `SuiteConfig.pruning_repeats`
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,17 @@ def run(bench: Workbench) -> dict[str, Any]:
         outcomes[REFERENCE]["deflated_onnx_bytes"] = _deflated_onnx_bytes(dense, folder / "dense.onnx", size,
                                                                           recipe.export)
         repeats.append({"seed": seed, "order": methods[shift:] + methods[:shift], "test_images": len(data.test),
-                        "outcomes": outcomes})
+                        "test_split": _fingerprint(data.test.images), "outcomes": outcomes})
     return {"setup": setup.name, "sparsity": recipe.prune.sparsity, "dense_epochs": recipe.prune.dense_epochs,
             "rounds": recipe.prune.rounds, "finetune_epochs": recipe.prune.finetune_epochs,
             "test_images": len(data.test), "split_per_repeat": True, "methods": [*methods, REFERENCE],
             "repeats": repeats,
             "summary": _summary(repeats, methods)}
+
+
+def _fingerprint(images: torch.Tensor) -> str:
+    """Names a test split in the results, so that repeats on different splits can be told apart."""
+    return hashlib.sha256(images.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _dense_reference(model: nn.Module, data, recipe, device: torch.device, seed: int, *, epochs: int) -> dict[str, Any]:
