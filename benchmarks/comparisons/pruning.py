@@ -41,7 +41,8 @@ REFERENCE = "dense"  # no pruning, same epochs and batches
 def run(bench: Workbench) -> dict[str, Any]:
     config = bench.config
     setup = config.methods_setup
-    size = bench.recipe(setup).data.image_size
+    base = bench.recipe(setup)  # what every repeat shares: the prune settings and the input size
+    size = base.data.image_size
     methods = list(METHODS)  # drive first, then the baselines
     repeats = []
     for repeat in range(config.pruning_repeats):
@@ -53,7 +54,8 @@ def run(bench: Workbench) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         outcomes: dict[str, dict[str, Any]] = {}
         shift = repeat % len(methods)
-        for method in methods[shift:] + methods[:shift]:
+        order = methods[shift:] + methods[:shift]
+        for method in order:
             model = copy.deepcopy(start)
             outcome = prune_with(method, model, data, recipe.prune, recipe.train, device=bench.device, seed=seed)
             outcomes[method] = {**outcome.to_dict(), "deflated_onnx_bytes": _deflated_onnx_bytes(
@@ -62,13 +64,12 @@ def run(bench: Workbench) -> dict[str, Any]:
         outcomes[REFERENCE] = _dense_reference(dense, data, recipe, bench.device, seed, epochs=outcomes[DRIVE]["epochs"])
         outcomes[REFERENCE]["deflated_onnx_bytes"] = _deflated_onnx_bytes(dense, folder / "dense.onnx", size,
                                                                           recipe.export)
-        repeats.append({"seed": seed, "order": methods[shift:] + methods[:shift], "test_images": len(data.test),
+        repeats.append({"seed": seed, "order": order, "test_images": len(data.test),
                         "test_split": _fingerprint(data.test.images), "outcomes": outcomes})
-    return {"setup": setup.name, "sparsity": recipe.prune.sparsity, "dense_epochs": recipe.prune.dense_epochs,
-            "rounds": recipe.prune.rounds, "finetune_epochs": recipe.prune.finetune_epochs,
-            "test_images": len(data.test), "split_per_repeat": True, "methods": [*methods, REFERENCE],
-            "repeats": repeats,
-            "summary": _summary(repeats, methods)}
+    return {"setup": setup.name, "sparsity": base.prune.sparsity, "dense_epochs": base.prune.dense_epochs,
+            "rounds": base.prune.rounds, "finetune_epochs": base.prune.finetune_epochs,
+            "test_images": repeats[0]["test_images"], "split_per_repeat": True, "methods": [*methods, REFERENCE],
+            "repeats": repeats, "summary": _summary(repeats, methods)}
 
 
 def _fingerprint(images: torch.Tensor) -> str:

@@ -21,6 +21,7 @@ from nfcompile.data.datasets import DataBundle
 from nfcompile.recipe.schema import TrainSection
 from nfcompile.stages.prune.masks import Masks, apply_masks, prunable_weights
 
+
 def batch_size_for(train: TrainSection, data: DataBundle) -> int:
     return min(train.batch_size or train.reference_batch_size, len(data.train))
 

@@ -6,12 +6,11 @@ from typing import Sequence
 
 import torch
 
+from nfcompile.core.training import EVAL_BATCH_SIZE
 from nfcompile.data.batches import image_batches
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
 from nfcompile.models.early_exit import MultiExitNet
-
-EVAL_BATCH_SIZE = 256
 
 
 def exit_accuracies(net: MultiExitNet, units: Sequence[int], images: ImageSet, preprocessing: Preprocessing,

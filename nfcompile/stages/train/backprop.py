@@ -95,7 +95,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                 break
     unit_net.load_state_dict(best_state)
     measured = meter.reading.total
-    last = len(unit_net.units) - 1
+    last = net.exit_units[-1]
     block = BlockResult(index=0, units=tuple(range(last + 1)), batch_size=batch, trained=True, stop_reason=stop_reason,
                         epochs_run=len(history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=measured,
                         predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes,

@@ -60,7 +60,6 @@ from nfcompile.recipe.schema import TrainSection
 log = get_logger(__name__)
 
 
-
 # --------------------------------------------------------------------------- the filtered op
 
 
