@@ -1,14 +1,19 @@
-"""Datasets: the bundled digits, CIFAR-10/100 and image folders, split deterministically.
+"""Datasets: the bundled digits, the MNIST family (IDX files), CIFAR-10/100 and image folders.
 
 Every dataset becomes three `ImageSet`s (train, val, test) of uint8 RGB images already resized to
 the recipe's input size, plus `DatasetInfo` (class names, normalization) for the manifest.
 A dataset that is not where the recipe says raises `InputError` naming where it looked and what
 belongs there.
+
+Splits carved from one pool (a test split out of a dataset without one, the validation split out of
+every training set, the `max_*_samples` subsets) are stratified: each class keeps its share, and
+which images go where follows from the seed alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 
 from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.data.idx import idx_file, read_idx_pair
 from nfcompile.data.preprocess import Preprocessing, decode_image, resize_uint8, to_rgb3
 from nfcompile.errors import InputError, RecipeError
 from nfcompile.recipe.schema import DataSection
@@ -77,6 +83,7 @@ class _Raw:
     mean: tuple[float, float, float] | None  # None: measure on the training split
     std: tuple[float, float, float] | None
     source: str
+    color: str = "rgb"  # of the source images: "grayscale" ones are fed as three equal channels
 
 
 _Reader = Callable[[DataSection], _Raw]
@@ -126,18 +133,11 @@ def load_data(section: DataSection, seed: int) -> DataBundle:
         checker(section)
         raw = reader(section)
     generator = torch.Generator().manual_seed(seed)
-    n = len(raw.train_labels)
-    order = torch.randperm(n, generator=generator)
-    n_val = max(1, round(n * section.val_fraction))
-    if raw.test_images is None:
-        n_test = max(1, round(n * section.test_fraction))
-        test_idx, val_idx, train_idx = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-        test = ImageSet(raw.train_images[test_idx], raw.train_labels[test_idx])
-    else:
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        test = ImageSet(raw.test_images, raw.test_labels)
-    train = ImageSet(raw.train_images[train_idx], raw.train_labels[train_idx])
-    val = ImageSet(raw.train_images[val_idx], raw.train_labels[val_idx])
+    source = ImageSet(raw.train_images, raw.train_labels)
+    train_idx, val_idx, test_idx = _split_indices(raw.train_labels, section, generator,
+                                                  carve_test=raw.test_images is None)
+    train, val = source.subset(train_idx), source.subset(val_idx)
+    test = source.subset(test_idx) if test_idx is not None else ImageSet(raw.test_images, raw.test_labels)
     train = _limit(train, section.max_train_samples, generator)
     val = _limit(val, section.max_eval_samples, generator)
     test = _limit(test, section.max_eval_samples, generator)
@@ -149,7 +149,7 @@ def load_data(section: DataSection, seed: int) -> DataBundle:
         mean, std = _channel_stats(train.images)
     mean = tuple(section.mean) if section.mean is not None else mean
     std = tuple(section.std) if section.std is not None else std
-    preprocessing = Preprocessing(image_size=section.image_size, mean=mean, std=std)
+    preprocessing = Preprocessing(image_size=section.image_size, mean=mean, std=std, color=raw.color)
     info = DatasetInfo(section.dataset, raw.class_names, preprocessing, raw.source)
     log.info("data %s: %d train / %d val / %d test images, %d classes, %dx%d",
              section.dataset, len(train), len(val), len(test), info.num_classes,
@@ -157,18 +157,66 @@ def load_data(section: DataSection, seed: int) -> DataBundle:
     return DataBundle(train, val, test, info)
 
 
+def _split_indices(labels: torch.Tensor, section: DataSection, generator: torch.Generator, *,
+                   carve_test: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Positions of train, val and (when the dataset has no test set of its own) test in ``labels``."""
+    n = len(labels)
+    pool, test = torch.arange(n), None
+    if carve_test:
+        test, pool = stratified_take(labels, max(1, round(n * section.test_fraction)), generator)
+    val, train = stratified_take(labels[pool], max(1, round(n * section.val_fraction)), generator)
+    return pool[train], pool[val], test
+
+
+def stratified_take(labels: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``count`` items where each class keeps its share, and the positions left over.
+
+    Each class gets its share of ``count`` rounded down; the items still missing go to the classes
+    with the largest remainders (ties: the lower class). Within a class the items are drawn at
+    random; both results come in one random order (never grouped by class).
+    """
+    count = min(count, len(labels))
+    order = torch.randperm(len(labels), generator=generator)
+    if count == 0:
+        return order[:0], order
+    classes, sizes = torch.unique(labels, return_counts=True)
+    quotas = _largest_remainder(sizes, count)
+    shuffled = labels[order]
+    taken = torch.zeros(len(labels), dtype=torch.bool)
+    for cls, quota in zip(classes.tolist(), quotas.tolist()):
+        taken[order[shuffled == cls][:quota]] = True
+    return order[taken[order]], order[~taken[order]]
+
+
+def _largest_remainder(sizes: torch.Tensor, count: int) -> torch.Tensor:
+    exact = sizes.double() * count / int(sizes.sum())
+    quotas = exact.floor().long()
+    missing = count - int(quotas.sum())
+    by_remainder = torch.argsort(exact - quotas, descending=True, stable=True)
+    quotas[by_remainder[:missing]] += 1
+    return quotas
+
+
 def _limit(images: ImageSet, limit: int | None, generator: torch.Generator) -> ImageSet:
     if limit is None or len(images) <= limit:
         return images
-    keep = torch.randperm(len(images), generator=generator)[:limit].sort().values
-    return images.subset(keep)
+    keep, _ = stratified_take(images.labels, limit, generator)
+    return images.subset(keep.sort().values)
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    pixels = images.float().div_(255.0)
-    mean = pixels.mean(dim=(0, 2, 3))
-    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+    """Per-channel mean and (sample) std of pixel / 255, from each channel's histogram of the 256
+    levels: exact, and without a float copy of the whole training set."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for channel in range(images.shape[1]):
+        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).double()
+        total = counts.sum()
+        mean = (counts * levels).sum() / total
+        variance = (counts * (levels - mean) ** 2).sum() / (total - 1).clamp_min(1)
+        means.append(round(float(mean), 4))
+        stds.append(round(max(float(variance.sqrt()), 1e-3), 4))
+    return tuple(means), tuple(stds)
 
 
 # --------------------------------------------------------------------------- digits
@@ -190,7 +238,77 @@ def _read_digits(section: DataSection) -> _Raw:
     images = to_rgb3(resize_uint8(images, section.image_size))
     labels = torch.from_numpy(digits.target.astype(np.int64))
     return _Raw(images, labels, None, None, tuple(str(i) for i in range(10)), None, None,
-                "sklearn.datasets.load_digits (bundled)")
+                "sklearn.datasets.load_digits (bundled)", color="grayscale")
+
+
+# --------------------------------------------------------------------------- MNIST family (IDX files)
+
+
+@dataclass(frozen=True)
+class _IdxLayout:
+    label: str
+    class_names: tuple[str, ...]
+    default_root: Path | None  # where a null data.root looks
+    get_it: str  # how to put the files there
+
+
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+_IDX = {
+    "fashion_mnist": _IdxLayout(
+        "Fashion-MNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                          "Bag", "Ankle boot"), FASHION_MNIST_ROOT,
+        f"apt-get install -y dataset-fashion-mnist (it installs them in {FASHION_MNIST_ROOT}), or set data.root "
+        "to a folder holding the four files from https://github.com/zalandoresearch/fashion-mnist"),
+    "mnist": _IdxLayout("MNIST", tuple(str(i) for i in range(10)), None,
+                        "put the four MNIST IDX files (gzipped or not) there"),
+    "kmnist": _IdxLayout("KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"), None,
+                         "put the four KMNIST IDX files from https://github.com/rois-codh/kmnist "
+                         "(gzipped or not) there"),
+}
+
+
+def _idx_root(section: DataSection) -> Path:
+    layout = _IDX[section.dataset]
+    if section.root is not None:
+        return Path(section.root)
+    if layout.default_root is None:
+        raise RecipeError(f"{section.dataset} needs data.root: the folder holding the {layout.label} IDX files "
+                          f"({', '.join(name for pair in IDX_FILES.values() for name in pair)}, "
+                          "gzipped or not)", field="data.root")
+    return layout.default_root
+
+
+def _check_idx(section: DataSection) -> None:
+    root, layout = _idx_root(section), _IDX[section.dataset]
+    names = [name for pair in IDX_FILES.values() for name in pair]
+    missing = [name for name in names if idx_file(root, name) is None]
+    if missing:
+        raise InputError(f"{layout.label} not found: looked for {', '.join(f'{m}[.gz]' for m in missing)} in {root}",
+                         hint=layout.get_it)
+
+
+def _idx_split(root: Path, split: str, layout: _IdxLayout, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images_name, labels_name = IDX_FILES[split]
+    images, labels = read_idx_pair(idx_file(root, images_name), idx_file(root, labels_name),
+                                   len(layout.class_names))
+    grey = torch.from_numpy(images).unsqueeze(1)
+    return to_rgb3(resize_uint8(grey, size)), torch.from_numpy(labels.astype(np.int64))
+
+
+def _read_idx(section: DataSection) -> _Raw:
+    root, layout = _idx_root(section), _IDX[section.dataset]
+    train_images, train_labels = _idx_split(root, "train", layout, section.image_size)
+    test_images, test_labels = _idx_split(root, "test", layout, section.image_size)
+    return _Raw(train_images, train_labels, test_images, test_labels, layout.class_names, None, None,
+                str(root), color="grayscale")
+
+
+register_dataset("fashion_mnist", _check_idx)(_read_idx)
+register_dataset("mnist", _check_idx)(_read_idx)
+register_dataset("kmnist", _check_idx)(_read_idx)
 
 
 # --------------------------------------------------------------------------- CIFAR

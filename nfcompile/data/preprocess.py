@@ -18,6 +18,9 @@ from nfcompile.errors import InputError
 
 # A decoded image larger than this is refused before it fills memory (PIL's own guard is a warning).
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# The colour of the training images. A grayscale-trained model gets every image as grey (ITU-R 601-2
+# luma, PIL's "L") in three equal channels, exactly as its training images were fed.
+COLORS = ("rgb", "grayscale")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class Preprocessing:
     resize: str = "bilinear, antialiased, to image_size x image_size (aspect ratio not kept)"
     scale: str = "pixel / 255"
     dtype: str = "float32"
+    # Colour of the training images (absent from older manifests: they read as "rgb").
+    color: str = "rgb"
+
+    def __post_init__(self) -> None:
+        if self.color not in COLORS:
+            raise ValueError(f"Preprocessing.color {self.color!r} is not one of {', '.join(COLORS)}")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N,3,H,W) -> normalized float32."""

@@ -85,15 +85,18 @@ class AugmentSection(Section):
 
 
 class DataSection(Section):
-    dataset: str = Field("digits", description="digits | cifar10 | cifar100 | imagefolder.")
-    root: Path | None = Field(None, description="Where the dataset lives (cifar10/100, imagefolder).")
+    dataset: str = Field("digits", description="digits | fashion_mnist | mnist | kmnist | cifar10 | cifar100 | "
+                         "imagefolder.")
+    root: Path | None = Field(None, description="Where the dataset lives (the four IDX files of fashion_mnist/mnist/"
+                              "kmnist, gzipped or not; cifar10/100; imagefolder). null for fashion_mnist: "
+                              "/usr/share/datasets/fashion-mnist (`apt-get install -y dataset-fashion-mnist`).")
     download: bool = Field(False, description="Let torchvision download CIFAR into `root` (needs internet).")
     image_size: Annotated[int, Field(ge=8, le=1024)] = Field(32, description="Side of the square model input.")
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
         0.15, description="Share of the training data held out for early stopping.")
     test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
-        0.15, description="Share held out for scoring exits and validation (digits, imagefolder; "
-        "CIFAR uses its own test set).")
+        0.15, description="Share held out for scoring exits and validation (digits, imagefolder without a "
+        "test folder; the MNIST family and CIFAR use their own test sets). Carved splits keep each class's share.")
     max_train_samples: PositiveInt | None = Field(None, description="Use at most this many training samples.")
     max_eval_samples: PositiveInt | None = Field(None, description="Use at most this many val/test samples.")
     augment: AugmentSection = AugmentSection()

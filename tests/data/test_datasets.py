@@ -259,3 +259,12 @@ def test_imagefolder_test_classes_must_exist_in_train(tmp_path):
     write_images(tmp_path / "test", per_class=1, classes={"blue": (0, 0, 255), "purple": (90, 0, 90)})
     with pytest.raises(InputError, match="purple"):
         load_data(DataSection(dataset="imagefolder", root=tmp_path, image_size=16), seed=0)
+
+
+def test_digits_splits_keep_each_class_share(digits_seed0):
+    from sklearn.datasets import load_digits
+
+    counts = np.bincount(load_digits().target, minlength=10)
+    for split in (digits_seed0.train, digits_seed0.val, digits_seed0.test):
+        found = np.bincount(split.labels.numpy(), minlength=10)
+        assert np.abs(found - counts * len(split) / counts.sum()).max() < 1.0 + 1e-9

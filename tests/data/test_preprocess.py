@@ -72,3 +72,12 @@ def test_preprocessing_record():
     assert record["mean"] == (0.5, 0.5, 0.5) and record["std"] == (0.25, 0.25, 0.25)
     x = preprocessing.normalize(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2))
     assert x[0, :, 0].tolist() == [[-2.0, 2.0]] * 3
+
+
+def test_preprocessing_records_the_colour_and_old_records_read_as_rgb():
+    import json
+
+    record = Preprocessing(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3, color="grayscale").to_dict()
+    assert json.loads(json.dumps(record))["color"] == "grayscale"
+    old = {k: v for k, v in record.items() if k not in ("color", "input_shape")}
+    assert Preprocessing(**old).color == "rgb"
