@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -473,15 +474,72 @@ def _check_imagefolder(section: DataSection) -> None:
                          hint=f"lay the images out as {layout}")
 
 
-def _scan(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    from torchvision.datasets.folder import make_dataset
+def _scan(folder: Path, classes: list[str], seen: set[tuple[int, int]], tree: Path) -> list[tuple[Path, int]]:
+    """(image, label) pairs under ``folder/<class>/``, each real file once: a file already in ``seen``
+    (same device and inode: a second symlink or hard link to it, or one in the test split) is dropped.
+    Links to folders are followed only out of ``tree`` (the dataset root): one back into it or above it
+    would loop, or list images under a second class."""
+    items, empty, dropped, skipped = [], [], 0, 0
+    for label, name in enumerate(classes):
+        listed, skipped_here = _walk_files(folder / name, Path(os.path.realpath(tree)))
+        skipped += skipped_here
+        if not listed and (folder / name).is_dir():
+            empty.append(name)
+        for path in listed:
+            identity = _file_identity(path)
+            if identity in seen:
+                dropped += 1
+                continue
+            seen.add(identity)
+            items.append((path, label))
+    if empty:
+        raise InputError(f"{folder}: class folder(s) {', '.join(empty)} hold no image files "
+                         f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+    if skipped:
+        log.warning("%s: skipped %d link(s) to folders inside or above %s (a loop, or a second path to "
+                    "the same images)", folder, skipped, tree)
+    if dropped:
+        log.warning("%s: dropped %d duplicate image file(s): the same file reached again through a link, "
+                    "or already in the test split", folder, dropped)
+    return items
 
-    try:
-        found = make_dataset(str(folder), {name: i for i, name in enumerate(classes)},
-                             extensions=IMAGE_SUFFIXES)
-    except FileNotFoundError as exc:
-        raise InputError(f"{folder}: {exc}") from None
-    return [(Path(path), label) for path, label in found]
+
+def _walk_files(top: Path, tree: Path) -> tuple[list[Path], int]:
+    """Image files under ``top``, sorted, and how many links to folders were not followed. Every folder
+    is entered once, so a loop through folders outside ``tree`` ends where it closes too."""
+    files, skipped, entered = [], 0, set()
+    for where, dirs, names in os.walk(top, followlinks=True, onerror=_raise):
+        info = os.stat(where)
+        if (info.st_dev, info.st_ino) in entered:
+            dirs.clear()
+            skipped += 1
+            continue
+        entered.add((info.st_dev, info.st_ino))
+        followed = sorted(d for d in dirs if not _links_into(Path(where) / d, tree))
+        skipped += len(dirs) - len(followed)
+        dirs[:] = followed
+        files.extend(Path(where) / name for name in sorted(names) if name.lower().endswith(IMAGE_SUFFIXES))
+    return files, skipped
+
+
+def _links_into(path: Path, tree: Path) -> bool:
+    """Whether ``path`` is a link to ``tree``, to a folder inside it, or to one above it."""
+    if not path.is_symlink():
+        return False
+    target = Path(os.path.realpath(path))
+    return target == tree or tree in target.parents or target in tree.parents
+
+
+def _raise(error: OSError) -> None:
+    raise error  # os.walk would skip a folder it cannot read without a word
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of the file behind ``path`` (links followed)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):  # a pipe or device named like an image would block the decoder
+        raise InputError(f"{path}: not a regular file")
+    return info.st_dev, info.st_ino
 
 
 def _decode_all(items: list[tuple[Path, int]], size: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,15 +556,19 @@ def _read_imagefolder(section: DataSection) -> _Raw:
 
     train_root, test_root = _imagefolder_roots(section)
     classes, _ = find_classes(str(train_root))
-    train_items = _scan(train_root, classes)
-    train_images, train_labels = _decode_all(train_items, section.image_size, "train images")
-    test_images = test_labels = None
+    seen: set[tuple[int, int]] = set()  # files listed so far: one in the test folder stays there only
+    test_items = None
     if test_root is not None:
         test_classes, _ = find_classes(str(test_root))
         unknown = sorted(set(test_classes) - set(classes))
         if unknown:
             raise InputError(f"{test_root}: class folders {unknown} are not in {train_root}")
-        test_images, test_labels = _decode_all(_scan(test_root, classes), section.image_size, "test images")
+        test_items = _scan(test_root, classes, seen, Path(section.root))
+    train_items = _scan(train_root, classes, seen, Path(section.root))
+    train_images, train_labels = _decode_all(train_items, section.image_size, "train images")
+    test_images = test_labels = None
+    if test_items is not None:
+        test_images, test_labels = _decode_all(test_items, section.image_size, "test images")
     return _Raw(train_images, train_labels, test_images, test_labels, tuple(classes), None, None,
                 str(section.root))
 

@@ -7,6 +7,7 @@ a list of ints, under `cifar-10-batches-py/` or `cifar-100-python/`.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -268,3 +269,70 @@ def test_digits_splits_keep_each_class_share(digits_seed0):
     for split in (digits_seed0.train, digits_seed0.val, digits_seed0.test):
         found = np.bincount(split.labels.numpy(), minlength=10)
         assert np.abs(found - counts * len(split) / counts.sum()).max() < 1.0 + 1e-9
+
+
+# --------------------------------------------------------------------------- image folders and links
+
+
+@pytest.fixture
+def dataset_log(caplog):
+    """Warnings from the dataset module, whatever the CLI's logging setup did to propagation."""
+    logger = logging.getLogger("nfcompile.data.datasets")
+    logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.WARNING, logger="nfcompile.data.datasets"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def _decoded_files(bundle: DataBundle) -> int:
+    return len(bundle.train) + len(bundle.val) + len(bundle.test)
+
+
+def test_imagefolder_symlink_loop_lists_each_file_once(tmp_path, dataset_log):
+    write_images(tmp_path / "photos", per_class=4)
+    (tmp_path / "photos" / "red" / "again").symlink_to(tmp_path / "photos" / "red")  # a loop
+    (tmp_path / "photos" / "blue" / "up").symlink_to(tmp_path / "photos")  # a loop through the root
+    (tmp_path / "photos" / "green" / "reds").symlink_to(tmp_path / "photos" / "red")  # another class
+    bundle = load_data(DataSection(dataset="imagefolder", root=tmp_path / "photos", image_size=16), seed=0)
+    assert _decoded_files(bundle) == 12
+    for split in (bundle.train, bundle.val, bundle.test):  # no image listed under another class
+        _assert_colors_match_labels(split, bundle.info.class_names)
+    assert "skipped 3 link(s) to folders inside or above" in dataset_log.text
+    assert "duplicate" not in dataset_log.text  # nothing was listed twice
+
+
+def test_imagefolder_loop_outside_the_dataset_ends(tmp_path):
+    write_images(tmp_path / "elsewhere", per_class=3)
+    (tmp_path / "elsewhere" / "red" / "loop").symlink_to(tmp_path / "elsewhere" / "red")
+    (tmp_path / "photos").mkdir()
+    for name in COLORS:
+        (tmp_path / "photos" / name).symlink_to(tmp_path / "elsewhere" / name)
+    bundle = load_data(DataSection(dataset="imagefolder", root=tmp_path / "photos", image_size=16), seed=0)
+    assert _decoded_files(bundle) == 9
+
+
+def test_imagefolder_two_links_to_one_file_keep_one(tmp_path, dataset_log):
+    write_images(tmp_path / "photos", per_class=4)
+    (tmp_path / "photos" / "red" / "copy.png").symlink_to(tmp_path / "photos" / "red" / "0.png")
+    (tmp_path / "photos" / "red" / "copy2.png").symlink_to(tmp_path / "photos" / "red" / "0.png")
+    bundle = load_data(DataSection(dataset="imagefolder", root=tmp_path / "photos", image_size=16), seed=0)
+    assert _decoded_files(bundle) == 12
+    assert "dropped 2 duplicate image file(s)" in dataset_log.text
+
+
+def test_imagefolder_file_linked_into_train_and_test_stays_in_test_only(tmp_path, dataset_log):
+    write_images(tmp_path / "train", per_class=4)
+    write_images(tmp_path / "test", per_class=2)
+    (tmp_path / "train" / "green" / "leak.png").symlink_to(tmp_path / "test" / "green" / "1.png")
+    (tmp_path / "train" / "red" / "tests").symlink_to(tmp_path / "test" / "red")  # a folder link: not followed
+    bundle = load_data(DataSection(dataset="imagefolder", root=tmp_path, image_size=16), seed=0)
+    assert len(bundle.test) == 6 and len(bundle.train) + len(bundle.val) == 12
+    assert f"{tmp_path / 'train'}: dropped 1 duplicate" in dataset_log.text
+
+
+def test_imagefolder_class_without_images_is_named(tmp_path):
+    write_images(tmp_path, per_class=2)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError, match="class folder.*empty.*hold no image files"):
+        load_data(DataSection(dataset="imagefolder", root=tmp_path, image_size=16), seed=0)
