@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from nfcompile.core.registry import Registry
+
 if TYPE_CHECKING:
     from benchmarks.workbench import Workbench
 
@@ -37,24 +39,20 @@ class Comparison:
     headlines: Callable[[dict[str, Any]], dict[str, Headline]] = _no_headlines
 
 
-_COMPARISONS: dict[str, Comparison] = {}
+_COMPARISONS: Registry[Comparison] = Registry("comparison", unknown=lambda name, known: KeyError(
+    f"unknown comparison {name!r}; choose from {', '.join(known)}"))
 
 
 def register_comparison(comparison: Comparison) -> Comparison:
-    if comparison.name in _COMPARISONS:
-        raise ValueError(f"comparison {comparison.name!r} registered twice")
-    _COMPARISONS[comparison.name] = comparison
-    return comparison
+    return _COMPARISONS.register(comparison.name, comparison)
 
 
 def list_comparisons() -> list[Comparison]:
     import benchmarks.comparisons  # noqa: F401  (registers the suite's comparisons)
 
-    return list(_COMPARISONS.values())
+    return list(_COMPARISONS)
 
 
 def get_comparison(name: str) -> Comparison:
-    known = {c.name: c for c in list_comparisons()}
-    if name not in known:
-        raise KeyError(f"unknown comparison {name!r}; choose from {', '.join(known)}")
-    return known[name]
+    list_comparisons()
+    return _COMPARISONS.get(name)

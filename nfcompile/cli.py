@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 
 from nfcompile import __version__
-from nfcompile.errors import NfcompileError
+from nfcompile.errors import GateFailed, NfcompileError
+from nfcompile.formats import onnx_runtime_formats
+from nfcompile.runtime.backends import list_backends
 
 # readable=False: a file that cannot be read is reported by nfcompile in one `error:` line naming the
 # cause, not by click as a usage error.
@@ -58,21 +60,24 @@ def build(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool,
           as_json: bool) -> None:
     """Recipe to deployable bundle: plan, train, score exits, select, prune, export, validate, INT8,
     TensorRT, bundle."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.build(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir, as_json=as_json)
+    present.show_build(api.build(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir),
+                       as_json=as_json)
 
 
 @cli.command()
 @RECIPE
 @SET
 @JSON
-@click.option("--list-archs", is_flag=True, help="Also list the architectures and datasets available.")
+@click.option("--list-archs", is_flag=True,
+              help="Also list what recipes may name: architectures, datasets, bench backends, formats.")
 def check(recipe: Path, overrides: tuple[str, ...], as_json: bool, list_archs: bool) -> None:
     """Validate a recipe (schema, architecture, input size, dataset presence) and print it resolved."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.check(recipe, overrides, as_json=as_json, list_archs=list_archs)
+    present.show_check(recipe, api.check(recipe, overrides), api.available() if list_archs else None,
+                       as_json=as_json)
 
 
 @cli.command()
@@ -81,9 +86,9 @@ def check(recipe: Path, overrides: tuple[str, ...], as_json: bool, list_archs: b
 @JSON
 def plan(recipe: Path, overrides: tuple[str, ...], as_json: bool) -> None:
     """Profile every unit and print the memory plan: blocks, batch sizes, predicted peak vs budget."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.plan(recipe, overrides, as_json=as_json)
+    present.show_plan(api.plan(recipe, overrides), as_json=as_json)
 
 
 @cli.command()
@@ -96,9 +101,10 @@ def plan(recipe: Path, overrides: tuple[str, ...], as_json: bool) -> None:
 def train(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool, run_dir: Path | None,
           as_json: bool) -> None:
     """Plan and train (NeuroFlux, backprop or gradient filtering), checkpointing every block."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.train(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir, as_json=as_json)
+    present.show_train(api.train(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir), recipe,
+                       as_json=as_json)
 
 
 @cli.command()
@@ -109,9 +115,9 @@ def train(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool,
 @JSON
 def select(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Path | None, as_json: bool) -> None:
     """Score every exit of a finished training and pick one again, without retraining."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.select(recipe, overrides, out_dir=out_dir, run_dir=run_dir, as_json=as_json)
+    present.show_select(api.select(recipe, overrides, out_dir=out_dir, run_dir=run_dir), as_json=as_json)
 
 
 @cli.command()
@@ -122,16 +128,16 @@ def select(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Pat
 @JSON
 def export(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Path | None, as_json: bool) -> None:
     """Finish a trained run: export, simplify, validate, INT8, TensorRT and the bundle."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.export(recipe, overrides, out_dir=out_dir, run_dir=run_dir, as_json=as_json)
+    present.show_build(api.export(recipe, overrides, out_dir=out_dir, run_dir=run_dir), as_json=as_json)
 
 
 @cli.command()
 @ARTIFACT
-@click.option("--backend", type=click.Choice(["ort-cpu", "ort-cuda", "tensorrt"]), default=None,
+@click.option("--backend", type=click.Choice(list_backends()), default=None,
               help="Runtime to time; default: the recipe's bench.backend.")
-@click.option("--model", "which", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+@click.option("--model", "which", type=click.Choice(onnx_runtime_formats()), default="fp32", show_default=True,
               help="Which ONNX of the bundle to time (ONNX Runtime backends).")
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True,
               help="Batch sizes to time (repeatable); default: the recipe's bench.batch_sizes.")
@@ -146,10 +152,11 @@ def export(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Pat
 def bench(artifact: Path, backend: str | None, which: str, batch_sizes: tuple[int, ...], warmup: int | None,
           repeats: int | None, max_latency_ms: float | None, emit_table: Path | None, as_json: bool) -> None:
     """Time a bundle's model on this device; for CI on the target, with --max-latency-ms."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.bench(artifact, backend=backend, which=which, batch_sizes=batch_sizes, warmup=warmup,
-              repeats=repeats, max_latency_ms=max_latency_ms, emit_table=emit_table, as_json=as_json)
+    run_and_show(lambda: api.bench(artifact, backend=backend, model=which, batch_sizes=batch_sizes, warmup=warmup,
+                                   repeats=repeats, max_latency_ms=max_latency_ms, emit_table=emit_table),
+                 lambda result: present.show_bench(result, as_json=as_json))
 
 
 @cli.command()
@@ -159,23 +166,24 @@ def bench(artifact: Path, backend: str | None, which: str, batch_sizes: tuple[in
 def verify(artifact: Path, no_parity: bool, as_json: bool) -> None:
     """Check a bundle: every file's sha256 against the manifest, no file missing or extra, and the
     ONNX models still agree with the saved reference outputs."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.verify(artifact, parity=not no_parity, as_json=as_json)
+    run_and_show(lambda: api.verify(artifact, parity=not no_parity),
+                 lambda report: present.show_verify(report, as_json=as_json))
 
 
 @cli.command()
 @ARTIFACT
 @click.argument("images", nargs=-1, required=True, type=INPUT_PATH)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
-@click.option("--model", "which", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+@click.option("--model", "which", type=click.Choice(onnx_runtime_formats()), default="fp32", show_default=True,
               help="Which ONNX of the bundle to run.")
 @JSON
 def predict(artifact: Path, images: tuple[Path, ...], top_k: int, which: str, as_json: bool) -> None:
     """Classify image files with ONNX Runtime and the bundle's own preprocessing."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.predict(artifact, images, top_k=top_k, which=which, as_json=as_json)
+    present.show_predictions(api.predict(artifact, images, top_k=top_k, model=which), as_json=as_json)
 
 
 @cli.command()
@@ -186,9 +194,20 @@ def predict(artifact: Path, images: tuple[Path, ...], top_k: int, which: str, as
 def engine(artifact: Path, precision: str | None, as_json: bool) -> None:
     """Rebuild the TensorRT engine on this device from the bundle's ONNX (engines are tied to the
     TensorRT version and GPU that built them)."""
-    from nfcompile import api
+    from nfcompile import api, present
 
-    api.engine(artifact, precision=precision, as_json=as_json)
+    present.show_engine(api.engine(artifact, precision=precision), as_json=as_json)
+
+
+def run_and_show(call, show) -> None:
+    """Show what a command measured even when a gate fails on it (the table, then the error line)."""
+    try:
+        result = call()
+    except GateFailed as failed:
+        if failed.result is not None:
+            show(failed.result)
+        raise
+    show(result)
 
 
 def main() -> None:

@@ -66,10 +66,15 @@ class BudgetError(NfcompileError):
 
 
 class GateFailed(NfcompileError):
-    """A measured number failed the recipe's limit (validation, accuracy, latency, constraints)."""
+    """A measured number failed the recipe's limit (validation, accuracy, latency, constraints).
+    ``result`` carries what was measured, for callers of the Python API."""
 
     exit_code = 3
     multiline = True
+
+    def __init__(self, message: str, *, hint: str | None = None, result: object = None):
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class BudgetExceeded(GateFailed):

@@ -11,122 +11,27 @@ from its last finished block.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import cached_property
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from nfcompile.core.io import read_json, remove_scratch, write_json
+from nfcompile.core.io import remove_scratch, write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import seed_everything
 from nfcompile.core.results import (EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult, Result,
                                     Selection, StageRecord, TrainResult, Validation)
-from nfcompile.errors import InputError, NfcompileError, RunBusy, StageSkipped
+from nfcompile.errors import NfcompileError, StageSkipped
+from nfcompile.formats import FORMATS
 from nfcompile.recipe import Recipe, fingerprint, recipe_dict
+from nfcompile.runs import LOCK_FILE, RunFolder
 
 log = get_logger(__name__)
 
-PARTIAL_SUFFIX = ".partial"
-STATE_DIR = "state"
 CHECKPOINT_DIR = "checkpoint"
-LOCK_FILE = ".lock"
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-class RunFolder:
-    """``<out>/<recipe-name>/<run-id>[.partial]/`` and what lives in it."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    @property
-    def finished(self) -> bool:
-        return not self.path.name.endswith(PARTIAL_SUFFIX)
-
-    @property
-    def run_id(self) -> str:
-        return self.path.name.removesuffix(PARTIAL_SUFFIX)
-
-    @property
-    def state(self) -> Path:
-        return self.path / STATE_DIR
-
-    def record_path(self, stage: str) -> Path:
-        return self.state / f"{stage}.json"
-
-    @classmethod
-    def create(cls, out_dir: Path, recipe_name: str) -> "RunFolder":
-        parent = recipe_folder(out_dir, recipe_name)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        for _ in range(100):  # mkdir is atomic: two builds never share a run id
-            path = parent / f"{stamp}-{secrets.token_hex(2)}{PARTIAL_SUFFIX}"
-            try:
-                path.mkdir(parents=False)
-                return cls(path)
-            except FileExistsError:
-                continue
-            except OSError as exc:  # permissions changed since recipe_folder looked, a full disk...
-                raise InputError(f"cannot create a run folder in {parent}: {exc.strerror or exc}") from None
-        raise NfcompileError(f"could not create a run folder in {parent}")
-
-    @classmethod
-    def find(cls, out_dir: Path, recipe_name: str, *, unfinished_only: bool) -> "RunFolder | None":
-        """The most recent run of this recipe (by run id, which starts with the UTC time)."""
-        parent = Path(out_dir) / recipe_name
-        if not parent.is_dir():
-            return None
-        runs = [cls(p) for p in parent.iterdir() if p.is_dir() and (p / STATE_DIR).is_dir()]
-        runs = [r for r in runs if not (unfinished_only and r.finished)]
-        return max(runs, key=lambda r: r.run_id) if runs else None
-
-    def finish(self) -> "RunFolder":
-        target = self.path.with_name(self.run_id)
-        os.replace(self.path, target)  # one rename: the bundle appears complete or not at all
-        return RunFolder(target)
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One build per run folder at a time; a second one is refused, not interleaved."""
-        handle = open(self.path / LOCK_FILE, "a+")
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunBusy(f"{self.path} is being built by another nfcompile process",
-                              hint="wait for it, or start a new run without --resume") from None
-            yield
-        finally:
-            handle.close()
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / LOCK_FILE).unlink()
-
-
-def recipe_folder(out_dir: Path, recipe_name: str) -> Path:
-    out_dir = Path(out_dir)
-    try:
-        is_file = out_dir.exists() and not out_dir.is_dir()
-    except OSError as exc:  # a name too long, a folder we may not enter
-        raise InputError(f"--out {out_dir}: {exc.strerror or exc}") from None
-    if is_file:
-        raise InputError(f"--out {out_dir} is a file, not a folder")
-    parent = out_dir / recipe_name
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create {parent}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{parent} is not writable")
-    return parent
 
 
 # --------------------------------------------------------------------------- stages
@@ -230,8 +135,8 @@ class Build:
             previous = stage_fp
             reused = None if stage.always else self._reusable(stage, stage_fp)
             if reused is not None:
-                has_result = reused.result is not None and stage.result_type is not None
-                self.results[stage.name] = stage.result_type.from_dict(reused.result) if has_result else None
+                self.results[stage.name] = (reused.result_as(stage.result_type, source=str(self.run.record_path(stage.name)))
+                                            if stage.result_type is not None else None)
                 self.records[stage.name] = reused
                 log.info("[%d/%d] %s: reused (%s)", index, len(stages), stage.name,
                          "unchanged" if reused.status != "skipped" else f"skipped: {reused.reason}")
@@ -243,7 +148,7 @@ class Build:
     def _reusable(self, stage: Stage, stage_fp: str) -> StageRecord | None:
         if not self.resume or not self.run.record_path(stage.name).is_file():
             return None
-        record = StageRecord.from_dict(read_json(self.run.record_path(stage.name)))
+        record = self.run.read_record(stage.name)
         if record.fingerprint != stage_fp or record.status not in ("ok", "skipped", "reused"):
             return None
         if any(not (self.run.path / name).exists() for name in record.files):
@@ -450,7 +355,9 @@ def _bundle(build: Build):
 
     results = build.results
     typed = lambda name, kind: results.get(name) if isinstance(results.get(name), kind) else None
-    onnx = typed("export", OnnxExport)
+    exports = {f.name: results[f.produced_by] for f in FORMATS if isinstance(results.get(f.produced_by), Result)}
+    validations = {f.name: typed(f.validated_by, Validation) for f in FORMATS if typed(f.validated_by, Validation)}
+    onnx = exports.get("fp32")
     inputs, _ = build.test_arrays(limit=64) if onnx is not None else (None, None)
     return write_bundle(build.run.path, BundleInputs(
         recipe=recipe_dict(build.recipe), recipe_sha256=recipe_hash(build.recipe), recipe_source=build.recipe_source,
@@ -460,10 +367,8 @@ def _bundle(build: Build):
         records=[build.records[name] for name in STAGE_NAMES if name in build.records],
         model=build.chosen_exit_model() if onnx is not None else None, reference_inputs=inputs,
         plan=typed("plan", Plan), train=typed("train", TrainResult), scores=typed("score", ExitScores),
-        selection=typed("select", Selection), prune=typed("prune", PruneResult), onnx=onnx,
-        quant=typed("quantize", QuantResult), engine=typed("engine", EngineResult),
-        validations={v.format: v for v in (typed(name, Validation) for name in
-                                           ("validate_fp32", "validate_int8", "validate_engine")) if v}))
+        selection=typed("select", Selection), prune=typed("prune", PruneResult), exports=exports,
+        validations=validations))
 
 
 TRAINING_FIELDS = ("seed", "device", "model", "data", "budget", "train")

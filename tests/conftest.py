@@ -68,6 +68,27 @@ def make_tiny_data(train: int = 64, val: int = 32, test: int = 32) -> DataBundle
     return DataBundle(make_tiny_images(train, 1), make_tiny_images(val, 2), make_tiny_images(test, 3), info)
 
 
+def make_pretrained_tiny() -> tuple[UnitNet, DataBundle]:
+    """The tiny net trained with plain backprop, then given a fresh classifier: a fine-tuning task."""
+    import torch.nn.functional as F
+
+    from nfcompile.data import image_batches
+
+    data = make_tiny_data(train=64, val=32, test=32)
+    torch.manual_seed(0)
+    model = make_tiny_unit_net(seed=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for epoch in range(8):
+        generator = torch.Generator().manual_seed(epoch)
+        for x, y in image_batches(data.train, 16, data.preprocessing, device=torch.device("cpu"), shuffle=True,
+                                  generator=generator):
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.classifier[2].reset_parameters()
+    return model.eval(), data
+
+
 @pytest.fixture
 def tiny_unit_net() -> UnitNet:
     return make_tiny_unit_net()

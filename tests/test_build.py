@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from nfcompile.errors import GateFailed
-from nfcompile.pipeline import RunFolder, run_pipeline
+from nfcompile.pipeline import run_pipeline
+from nfcompile.runs import RunFolder
 from nfcompile.recipe import load_recipe
 from nfcompile.runtime.onnx_io import onnx_graph_signature
 from nfcompile.stages.bundle import verify_bundle

@@ -91,7 +91,7 @@ def test_real_process_bad_recipe_exits_2_with_one_line(tmp_path):
     pytest.param("name: q\nmodel: {arch: vgg11_bn, small_input: false}\ndata: {image_size: 16}\n", (),
                  "data.image_size", id="input-too-small"),
     pytest.param("name: q\ndata: {dataset: cifar10}\n", (), "data.root", id="cifar-without-root"),
-    pytest.param("name: q\ndata: {dataset: mnist}\n", (), "data.dataset", id="unknown-dataset"),
+    pytest.param("name: q\ndata: {dataset: imagenet22k}\n", (), "data.dataset", id="unknown-dataset"),
 ])
 def test_check_malformed_recipe(monkeypatch, capsys, tmp_path, text, overrides, field):
     path = write_recipe(tmp_path, text)

@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from nfcompile.pipeline import RunFolder, run_pipeline
+from nfcompile.pipeline import run_pipeline
+from nfcompile.runs import RunFolder
 from nfcompile.recipe import load_recipe
 from nfcompile.stages.bundle import verify_bundle
 

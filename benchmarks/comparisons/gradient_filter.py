@@ -11,11 +11,25 @@ step time is timed with the two alternating, step by step, on one batch.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nfcompile.core.results import Result
+from nfcompile.data import DataBundle, image_batches
+from nfcompile.data.sources import unaugmented
+from nfcompile.learning import top1_accuracy
+from nfcompile.recipe.schema import TrainSection
 from nfcompile.stages.prune.training import train_masked
-from nfcompile.core.training import top1_accuracy
-from nfcompile.stages.train.gradient_filter import compare_gradient_filter
+from nfcompile.stages.train.gradient_filter import (FineTuneSummary, filtered_convs, only_trainable, sync,
+                                                    train_gradient_filter)
 
 from benchmarks.markdown import count, kib, spread, table
 from benchmarks.measures import spread_dict
@@ -24,6 +38,67 @@ from benchmarks.workbench import Workbench
 
 PRETRAIN_EPOCHS = 2
 FINE_TUNE = ("train.epochs=3",)  # the layers and patch size are the recipe's defaults
+
+
+def interleaved_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: Sequence[str],
+                             classifier: str, patch: int, *, repeats: int = 20) -> tuple[float, float]:
+    """Median seconds of one forward+backward pass on ``(x, y)``: (gradient-filtered, plain backprop).
+
+    The two alternate step by step, so a busy machine slows both alike; step times taken in two
+    separate training runs minutes apart are not comparable on a shared CPU. Runs on a copy.
+    """
+    device = x.device
+    model = copy.deepcopy(model).to(device).eval()
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with only_trainable(model, [*layers, classifier]) as trainable:
+        for i in range(repeats + 2):  # the first round warms up both paths
+            for filtered in (True, False):
+                swap = filtered_convs(model, layers, patch) if filtered else contextlib.nullcontext()
+                with swap:
+                    sync(device)
+                    start = time.perf_counter()
+                    F.cross_entropy(model(x), y).backward()
+                    sync(device)
+                    if i >= 2:
+                        times[filtered].append(time.perf_counter() - start)
+                for p in trainable:
+                    p.grad = None
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
+@dataclass(frozen=True)
+class FilterComparison(Result):
+    """Gradient filtering vs plain backprop on the same layers, from the same weights and data order."""
+
+    filtered: FineTuneSummary
+    backprop: FineTuneSummary
+    accuracy_gap_points: float  # backprop test accuracy minus filtered, in percentage points
+    filtered_step_seconds: float  # forward+backward, median, timed interleaved with the other
+    backprop_step_seconds: float
+    step_speedup: float  # backprop_step_seconds / filtered_step_seconds
+    layer_memory_reduction: float  # summed over the trained convs: plain bytes / filtered bytes
+    model_memory_reduction: float  # whole training forward: plain bytes / filtered bytes
+
+
+def compare_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSection, *, device: torch.device,
+                            seed: int) -> FilterComparison:
+    """Fine-tune two copies of ``model`` (left untouched): gradient-filtered and plain backprop; then
+    time one step of each, interleaved, on the same batch."""
+    filtered = train_gradient_filter(copy.deepcopy(model), data, section, device=device, seed=seed).summary
+    backprop = train_gradient_filter(copy.deepcopy(model), data, section, device=device, seed=seed,
+                                     filtered=False).summary
+    x, y = next(image_batches(data.train, filtered.batch_size, data.preprocessing, device=device))
+    filtered_step, backprop_step = interleaved_step_seconds(model, x, y, filtered.layers,
+                                                            filtered.classifier, section.gradient_filter.patch)
+    plain = sum(layer.standard_bytes for layer in filtered.layer_memory)
+    reduced = sum(layer.filtered_bytes for layer in filtered.layer_memory)
+    return FilterComparison(
+        filtered=filtered, backprop=backprop,
+        accuracy_gap_points=100.0 * (backprop.test_accuracy - filtered.test_accuracy),
+        filtered_step_seconds=filtered_step, backprop_step_seconds=backprop_step,
+        step_speedup=backprop_step / filtered_step,
+        layer_memory_reduction=plain / max(1, reduced),
+        model_memory_reduction=backprop.saved_activation_bytes / max(1, filtered.saved_activation_bytes))
 
 
 def run(bench: Workbench) -> dict[str, Any]:
@@ -38,7 +113,7 @@ def run(bench: Workbench) -> dict[str, Any]:
         # Plain backprop on every parameter, unmasked: the loop the pruning comparison trains with.
         train_masked(model, None, data, recipe.train, device=bench.device, seed=seed, epochs=range(PRETRAIN_EPOCHS),
                      total_epochs=PRETRAIN_EPOCHS)
-        start = top1_accuracy(model, data.test, data.preprocessing, device=bench.device)
+        start = top1_accuracy(model, unaugmented(data.test, data.preprocessing, bench.device))
         result = compare_gradient_filter(model, data, recipe.train, device=bench.device, seed=seed)
         repeats.append({"seed": seed, "start_accuracy": start, **result.to_dict()})
     summary = {

@@ -16,7 +16,8 @@ from typing import Any
 from nfcompile.core.io import read_json
 from nfcompile.core.results import StageRecord
 from nfcompile.errors import GateFailed
-from nfcompile.pipeline import STAGE_NAMES, RunFolder, run_pipeline
+from nfcompile.pipeline import STAGE_NAMES, run_pipeline
+from nfcompile.runs import RunFolder
 from nfcompile.recipe import with_overrides
 
 from benchmarks.markdown import spread, table

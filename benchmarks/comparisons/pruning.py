@@ -26,7 +26,8 @@ from torch import nn
 from nfcompile.recipe.schema import ExportSection
 from nfcompile.runtime.onnx_io import export_onnx
 from nfcompile.stages.prune.prune import METHODS, compressed_size, prune_with
-from nfcompile.core.training import top1_accuracy
+from nfcompile.data.sources import unaugmented
+from nfcompile.learning import top1_accuracy
 from nfcompile.stages.prune.training import train_masked
 
 from benchmarks.markdown import count, kib, spread, table
@@ -80,7 +81,7 @@ def _fingerprint(images: torch.Tensor) -> str:
 def _dense_reference(model: nn.Module, data, recipe, device: torch.device, seed: int, *, epochs: int) -> dict[str, Any]:
     started, cpu_started = time.perf_counter(), time.process_time()
     train_masked(model, None, data, recipe.train, device=device, seed=seed, epochs=range(epochs), total_epochs=epochs)
-    return {"method": REFERENCE, "accuracy": top1_accuracy(model, data.test, data.preprocessing, device=device),
+    return {"method": REFERENCE, "accuracy": top1_accuracy(model, unaugmented(data.test, data.preprocessing, device)),
             "sparsity_reached": 0.0, "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu_started, "epochs": epochs}
 

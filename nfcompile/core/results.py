@@ -9,28 +9,49 @@ fractions in [0, 1].
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from nfcompile.errors import InputError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 T = TypeVar("T", bound="Result")
 
 
 class Result:
-    """Mixin: JSON round-trip for nested frozen dataclasses."""
+    """Mixin: JSON round-trip for nested frozen dataclasses, validated on the way back in.
+
+    `from_dict` checks the data against the class's fields with pydantic (types, nesting, nothing
+    missing, nothing unknown), so a stale or hand-edited state file is a clear error, never a
+    half-right object that a resumed build would trust.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name in data:
-                kwargs[f.name] = _build(hints[f.name], data[f.name])
-        return cls(**kwargs)
+    def from_dict(cls: type[T], data: Any, *, source: str | None = None) -> T:
+        """``source`` names where ``data`` was read from (a file) in the error."""
+        try:
+            return _adapter(cls).validate_python(data)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise InputError(f"{source or 'stored result'}: not a valid {cls.__name__}: {where}: "
+                             f"{error['msg']}{more}") from None
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
 
 
 def _plain(value: Any) -> Any:
@@ -40,27 +61,6 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def _build(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        candidates = [a for a in args if a is not type(None)]
-        return _build(candidates[0], value) if len(candidates) == 1 else value
-    if isinstance(hint, type) and issubclass(hint, Result):
-        return hint.from_dict(value)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_build(args[0], v) for v in value)
-        return tuple(_build(a, v) for a, v in zip(args, value))
-    if origin is list:
-        return [_build(args[0], v) for v in value]
-    if origin is dict:
-        return {k: _build(args[1], v) for k, v in value.items()}
     return value
 
 
@@ -162,6 +162,14 @@ class TrainResult(Result):
     exit_val_accuracy: tuple[float, ...]  # same order as exit_units
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)  # method-specific figures
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training method hands the pipeline: the trained network (a `MultiExitNet`) and its record."""
+
+    net: "nn.Module"
+    result: TrainResult
 
 
 # --------------------------------------------------------------------------- score / select
@@ -405,6 +413,10 @@ class StageRecord(Result):
     files: tuple[str, ...]
     fingerprint: str
     result: Optional[dict[str, Any]] = None
+
+    def result_as(self, kind: type[T], *, source: str | None = None) -> T | None:
+        """The stage's stored result as ``kind`` (validated); None where the stage left none."""
+        return None if self.result is None else kind.from_dict(self.result, source=source)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.core.registry import Registry
 from nfcompile.data.idx import idx_file, read_idx_pair
 from nfcompile.data.preprocess import Preprocessing, decode_image, resize_uint8, to_rgb3
 from nfcompile.errors import InputError, RecipeError
@@ -89,27 +90,23 @@ class _Raw:
 
 _Reader = Callable[[DataSection], _Raw]
 _Checker = Callable[[DataSection], None]
-_REGISTRY: dict[str, tuple[_Reader, _Checker]] = {}
+_REGISTRY: Registry[tuple[_Reader, _Checker]] = Registry("dataset", unknown=lambda name, known: RecipeError(
+    f"unknown dataset {name!r}; choose one of {', '.join(sorted(known))}", field="data.dataset"))
 
 
 def register_dataset(name: str, checker: _Checker) -> Callable[[_Reader], _Reader]:
     def wrap(reader: _Reader) -> _Reader:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} registered twice")
-        _REGISTRY[name] = (reader, checker)
+        _REGISTRY.register(name, (reader, checker))
         return reader
     return wrap
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY.names())
 
 
 def _entry(section: DataSection) -> tuple[_Reader, _Checker]:
-    if section.dataset not in _REGISTRY:
-        raise RecipeError(f"unknown dataset {section.dataset!r}; choose one of {', '.join(list_datasets())}",
-                          field="data.dataset")
-    return _REGISTRY[section.dataset]
+    return _REGISTRY.get(section.dataset)
 
 
 @contextlib.contextmanager

@@ -103,6 +103,11 @@ class ImageInput:
         return self.preprocessing.normalize(x.to(self.device)), self.labels[indices].to(self.device)
 
 
+def unaugmented(images: ImageSet, preprocessing: Preprocessing, device: torch.device) -> ImageInput:
+    """Images as evaluation reads them: normalized, never augmented."""
+    return ImageInput(images, preprocessing, Augment(), device)
+
+
 class CachedInput:
     """A later block's input: an earlier block's cached outputs, augmented at feature level."""
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from nfcompile.core.registry import Registry
 from nfcompile.errors import RecipeError
 
 
@@ -67,25 +68,20 @@ class Adapter:
     weights: Callable[[str], object]  # torchvision weight enum lookup
 
 
-_ADAPTERS: dict[str, Adapter] = {}
+_ADAPTERS: Registry[Adapter] = Registry("architecture", unknown=lambda name, known: RecipeError(
+    f"unknown architecture {name!r}; choose one of {', '.join(sorted(known))}", field="model.arch"))
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
-    if adapter.name in _ADAPTERS:
-        raise ValueError(f"adapter {adapter.name!r} registered twice")
-    _ADAPTERS[adapter.name] = adapter
-    return adapter
+    return _ADAPTERS.register(adapter.name, adapter)
 
 
 def list_adapters() -> list[str]:
-    return sorted(_ADAPTERS)
+    return sorted(_ADAPTERS.names())
 
 
 def get_adapter(arch: str) -> Adapter:
-    if arch not in _ADAPTERS:
-        raise RecipeError(f"unknown architecture {arch!r}; choose one of {', '.join(list_adapters())}",
-                          field="model.arch")
-    return _ADAPTERS[arch]
+    return _ADAPTERS.get(arch)
 
 
 def unit_net_from_torchvision(model: nn.Module, arch: str) -> UnitNet:

@@ -37,13 +37,13 @@ def compare_runners(reference: Runner, candidate: Runner, inputs: np.ndarray, la
         for runner in (reference, candidate):
             if not runner.active:
                 stack.enter_context(runner)
-        expected = _run_batched(reference, inputs, batch_size)
-        actual = _run_batched(candidate, inputs, batch_size)
+        expected = run_batched(reference, inputs, batch_size)
+        actual = run_batched(candidate, inputs, batch_size)
     return comparison_from_outputs(expected, actual, labels, atol=atol, rtol=rtol,
                                    reference=reference.name, candidate=candidate.name)
 
 
-def _run_batched(runner: Runner, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+def run_batched(runner: Runner, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     input_name, output_name = runner.input_names[0], runner.output_names[0]
     outputs = [runner.infer({input_name: np.ascontiguousarray(inputs[start:start + batch_size])})[output_name]
                for start in range(0, len(inputs), batch_size)]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nfcompile.core.memory import LiveTensorBytes, PeakMeter, fit_memory
-from nfcompile.core.training import local_step, make_optimizer
+from nfcompile.learning import local_step, make_optimizer
 from nfcompile.recipe.schema import TrainSection
 
 from conftest import make_tiny_multi_exit

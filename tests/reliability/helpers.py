@@ -28,7 +28,8 @@ import nfcompile.stages.export.onnx
 import nfcompile.stages.quantize.qdq
 from nfcompile.cli import main
 from nfcompile.core import log
-from nfcompile.pipeline import PARTIAL_SUFFIX, STAGE_NAMES, STATE_DIR
+from nfcompile.pipeline import STAGE_NAMES
+from nfcompile.runs import PARTIAL_SUFFIX, STATE_DIR
 
 from conftest import TINY_DIGITS_RECIPE
 

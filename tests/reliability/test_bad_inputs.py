@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nfcompile.pipeline import PARTIAL_SUFFIX
+from nfcompile.runs import PARTIAL_SUFFIX
 from nfcompile.stages.bundle import verify_bundle
 
 from conftest import write_cifar

@@ -27,7 +27,8 @@ import pytest
 from PIL import Image
 
 from nfcompile.core.io import load_checkpoint, remove_scratch
-from nfcompile.pipeline import PARTIAL_SUFFIX, STAGE_NAMES, STATE_DIR
+from nfcompile.pipeline import STAGE_NAMES
+from nfcompile.runs import PARTIAL_SUFFIX, STATE_DIR
 from nfcompile.runtime.onnx_io import onnx_graph_signature
 from nfcompile.stages.bundle import verify_bundle
 

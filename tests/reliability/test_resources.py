@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from nfcompile.pipeline import PARTIAL_SUFFIX, RunFolder
+from nfcompile.runs import PARTIAL_SUFFIX, RunFolder
 from nfcompile.runtime.onnx_io import onnx_graph_signature
 from nfcompile.stages.bundle import verify_bundle
 

@@ -16,8 +16,9 @@ import torch
 
 from nfcompile.core.io import sha256_file, write_json, write_text
 from nfcompile.core.log import get_logger
-from nfcompile.core.results import (Artifact, EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult,
+from nfcompile.core.results import (Artifact, EngineResult, ExitScores, OnnxExport, Plan, PruneResult, Result,
                                     Selection, StageRecord, TrainResult, Validation)
+from nfcompile.formats import FORMATS, get_format, onnx_runtime_formats
 from nfcompile.runtime import OrtRunner, TorchRunner
 from nfcompile.stages.bundle.manifest import MANIFEST_FILE, MANIFEST_FORMAT, hash_files, load_manifest, sealed
 from nfcompile.stages.bundle.plots import plot_memory_plan, plot_training
@@ -53,10 +54,12 @@ class BundleInputs:
     scores: ExitScores | None = None
     selection: Selection | None = None
     prune: PruneResult | None = None
-    onnx: OnnxExport | None = None
-    quant: QuantResult | None = None
-    engine: EngineResult | None = None
-    validations: dict[str, Validation] = field(default_factory=dict)
+    exports: dict[str, Result] = field(default_factory=dict)  # by format name (nfcompile/formats.py)
+    validations: dict[str, Validation] = field(default_factory=dict)  # by format name
+
+    @property
+    def onnx(self) -> OnnxExport | None:
+        return self.exports.get("fp32")
 
 
 def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
@@ -97,11 +100,10 @@ def _write_references(root: Path, inputs: BundleInputs) -> dict[str, Any]:
     outputs = {"inputs": x}
     with TorchRunner(inputs.model, input_name=inputs.onnx.input_name, output_name=inputs.onnx.output_name) as torch_run:
         outputs["pytorch"] = torch_run.infer({inputs.onnx.input_name: x})[inputs.onnx.output_name]
-    for key, result in (("fp32", inputs.onnx), ("int8", inputs.quant)):
-        if result is None:
-            continue
-        with OrtRunner(root / result.path) as runner:
-            outputs[key] = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
+    models = {name: inputs.exports[name].path for name in onnx_runtime_formats() if name in inputs.exports}
+    for name, path in models.items():
+        with OrtRunner(root / path) as runner:
+            outputs[name] = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
     files = {}
     for key, array in outputs.items():
         path = folder / f"{key}.npy"
@@ -109,8 +111,7 @@ def _write_references(root: Path, inputs: BundleInputs) -> dict[str, Any]:
             with open(tmp, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
         files[key] = f"{REFERENCE_DIR}/{path.name}"
-    return {"samples": int(len(x)), "files": files,
-            "models": {"fp32": inputs.onnx.path, **({"int8": inputs.quant.path} if inputs.quant else {})}}
+    return {"samples": int(len(x)), "files": files, "models": models}
 
 
 def _prune_section(prune: PruneResult | None) -> list[str]:
@@ -171,9 +172,8 @@ def _manifest(root: Path, inputs: BundleInputs, records: list[StageRecord], refe
         "labels": inputs.dataset.get("class_names"),
         "model": {"arch": inputs.recipe["model"]["arch"], "exit": selection.chosen if selection else None,
                   "unit": selection.unit if selection else None, "io": io_spec,
-                  "onnx": onnx.to_dict() if onnx else None,
-                  "int8": inputs.quant.to_dict() if inputs.quant else None,
-                  "engine": inputs.engine.to_dict() if inputs.engine else None,
+                  **{f.manifest_key: inputs.exports[f.name].to_dict() if f.name in inputs.exports else None
+                     for f in FORMATS},
                   "pruned": inputs.prune.outcome.to_dict() if inputs.prune else None},
         "metrics": {"exit": chosen.to_dict() if chosen else None,
                     "full_model": scores.full_model.to_dict() if scores else None,
@@ -191,8 +191,9 @@ def record_engine(root: Path, engine: EngineResult, validation: Validation, seco
     atomically, so the bundle stays verifiable."""
     root = Path(root)
     manifest = load_manifest(root)
-    manifest["model"]["engine"] = engine.to_dict()
-    manifest["validation"]["engine"] = validation.to_dict()
+    entry = get_format("engine")
+    manifest["model"][entry.manifest_key] = engine.to_dict()
+    manifest["validation"][entry.name] = validation.to_dict()
     manifest["stages"].append(StageRecord("engine (rebuilt on device)", "ok", f"TensorRT {engine.tensorrt_version} "
                                           f"on {engine.gpu}", seconds, (engine.path,), "", None).to_dict())
     manifest["files"] = hash_files(root)

@@ -15,7 +15,7 @@ from nfcompile.core.device import free_memory
 from nfcompile.core.log import get_logger, progress_bar
 from nfcompile.core.memory import MemoryFit
 from nfcompile.core.results import BlockPlan, Plan, UnitProfile
-from nfcompile.core.training import CheckpointedUnits
+from nfcompile.learning import CheckpointedUnits
 from nfcompile.errors import BudgetError, RecipeError
 from nfcompile.data.batches import Augment, feature_augment
 from nfcompile.data.datasets import ImageSet

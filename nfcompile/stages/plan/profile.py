@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nfcompile.core.memory import MemoryFit, PeakMeter, fit_memory
-from nfcompile.core.training import backprop_step, local_step, make_optimizer
+from nfcompile.learning import backprop_step, local_step, make_optimizer
 from nfcompile.recipe.schema import TrainSection
 
 # Two steps per batch size: the first creates the optimizer state (momentum buffers), the second

@@ -37,8 +37,9 @@ from torch import nn
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import derived_seed, seed_everything
 from nfcompile.core.results import PruneOutcome, PruneResult
-from nfcompile.core.training import top1_accuracy
 from nfcompile.data.batches import image_batches
+from nfcompile.data.sources import unaugmented
+from nfcompile.learning import top1_accuracy
 from nfcompile.data.datasets import DataBundle
 from nfcompile.recipe.schema import PruneSection, TrainSection
 from nfcompile.stages.prune.masks import (Masks, apply_masks, exponential_schedule, full_masks, global_masks,
@@ -181,10 +182,10 @@ def prune_with(method: str, model: nn.Module, data: DataBundle, section: PruneSe
     zeros, total = weight_sparsity(model)
     outcome = PruneOutcome(
         method=method, sparsity_target=section.sparsity, sparsity_reached=zeros / total,
-        accuracy=top1_accuracy(model, data.test, data.preprocessing, device=device), seconds=seconds,
+        accuracy=_accuracy(model, data.test, data, device), seconds=seconds,
         cpu_seconds=cpu_seconds, epochs=epochs, samples_processed=run.samples[0],
         prunable_weights=total, zero_weights=zeros,
-        val_accuracy=top1_accuracy(model, data.val, data.preprocessing, device=device),
+        val_accuracy=_accuracy(model, data.val, data, device),
         layer_sparsity=layer_sparsity(model))
     log.info("%s: sparsity %.4f, test accuracy %.4f, %.1f s, %d epochs", method, outcome.sparsity_reached,
              outcome.accuracy, seconds, epochs)
@@ -201,7 +202,7 @@ def prune_model(model: nn.Module, data: DataBundle, section: PruneSection, train
     writes (see `compressed_size`).
     """
     model.to(device)
-    accuracy_before = top1_accuracy(model, data.test, data.preprocessing, device=device)
+    accuracy_before = _accuracy(model, data.test, data, device)
     start = copy.deepcopy(model)
     options = dict(device=device, seed=seed, score_batches=score_batches, synflow_iterations=synflow_iterations)
     outcome = prune_with(section.method, model, data, section, train, **options)
@@ -209,6 +210,10 @@ def prune_model(model: nn.Module, data: DataBundle, section: PruneSection, train
                       for method in dict.fromkeys(section.baselines) if method != section.method)
     return model, PruneResult(method=section.method, target=section.target, accuracy_before=accuracy_before,
                               outcome=outcome, baselines=baselines)
+
+
+def _accuracy(model: nn.Module, images, data: DataBundle, device: torch.device) -> float:
+    return top1_accuracy(model, unaugmented(images, data.preprocessing, device))
 
 
 def compressed_size(path: str | Path) -> int:

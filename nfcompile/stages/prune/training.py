@@ -11,12 +11,11 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.training import lr_factor, make_optimizer, scaled_lr, set_lr
-from nfcompile.data.batches import image_batches
+from nfcompile.data.sources import unaugmented
+from nfcompile.learning import backprop_step, fit, lr_schedule, make_optimizer, set_lr
 from nfcompile.data.datasets import DataBundle
 from nfcompile.recipe.schema import TrainSection
 from nfcompile.stages.prune.masks import Masks, apply_masks, prunable_weights
@@ -24,13 +23,6 @@ from nfcompile.stages.prune.masks import Masks, apply_masks, prunable_weights
 
 def batch_size_for(train: TrainSection, data: DataBundle) -> int:
     return min(train.batch_size or train.reference_batch_size, len(data.train))
-
-
-def epoch_batches(data: DataBundle, train: TrainSection, *, device: torch.device, seed: int, epoch: int):
-    """The shuffled training batches of epoch ``epoch``: the same for every method and round."""
-    generator = torch.Generator().manual_seed(derived_seed(seed, "prune-epoch", epoch))
-    return image_batches(data.train, batch_size_for(train, data), data.preprocessing, device=device,
-                         shuffle=True, generator=generator)
 
 
 def train_masked(model: nn.Module, masks: Masks | None, data: DataBundle, train: TrainSection, *,
@@ -46,25 +38,30 @@ def train_masked(model: nn.Module, masks: Masks | None, data: DataBundle, train:
     """
     weights = prunable_weights(model)
     batch_size = batch_size_for(train, data)
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total_steps = total_epochs * steps_per_epoch
-    base_lr = scaled_lr(train, batch_size)
+    total_steps = total_epochs * math.ceil(len(data.train) / batch_size)
     model.to(device).train()
     optimizer = make_optimizer(model.parameters(), train, batch_size)
+    current = [masks]
     if masks is not None:
         apply_masks(weights, masks)
-    for epoch in epochs:
-        if before_epoch is not None:
-            new_masks = before_epoch(epoch)
-            if new_masks is not None:
-                masks = new_masks
-                apply_masks(weights, masks)
-            model.train()
-        for step, (x, y) in enumerate(epoch_batches(data, train, device=device, seed=seed, epoch=epoch)):
-            set_lr(optimizer, base_lr * lr_factor(epoch * steps_per_epoch + step, total_steps, 0, train.schedule))
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if masks is not None:
-                apply_masks(weights, masks)
-    return masks
+
+    def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
+        set_lr(optimizer, lr)
+        return (backprop_step(model, x, y, optimizer),)
+
+    def next_round(epoch: int) -> None:
+        new_masks = before_epoch(epoch) if before_epoch is not None else None
+        if new_masks is not None:
+            current[0] = new_masks
+            apply_masks(weights, new_masks)
+
+    def keep_masked() -> None:
+        if current[0] is not None:
+            apply_masks(weights, current[0])
+
+    # Epoch e of any run sees the same batches in the same order: the order comes from the seed and e.
+    fit(step, unaugmented(data.train, data.preprocessing, device), batch_size=batch_size, epochs=epochs,
+        lr_at=lr_schedule(train, batch_size, total_steps),
+        generator_for=lambda epoch: torch.Generator().manual_seed(derived_seed(seed, "prune-epoch", epoch)),
+        train_modules=[model], before_epoch=next_round, after_step=keep_masked, label="masked training")
+    return current[0]

@@ -116,7 +116,6 @@ def read_latency_table(path: Path) -> LatencyTable:
         raise InputError(f"{path}: not an nfcompile latency table (format {found!r}, expected {TABLE_FORMAT!r})",
                          hint="write one with `nfcompile bench RUN --emit-table FILE`")
     try:
-        return LatencyTable.from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"{path}: malformed latency table ({type(exc).__name__}: {exc})",
-                         hint="write it again with `nfcompile bench RUN --emit-table FILE`") from None
+        return LatencyTable.from_dict(data, source=f"{path} (a malformed latency table)")
+    except InputError as exc:
+        raise InputError(exc.message, hint="write it again with `nfcompile bench RUN --emit-table FILE`") from None

@@ -22,8 +22,9 @@ from nfcompile.data.preprocess import Preprocessing
 from nfcompile.errors import InputError
 from nfcompile.models.early_exit import ExitNet, MultiExitNet
 from nfcompile.recipe.schema import BenchSection, ExportSection, TensorRTSection
+from nfcompile.runtime.backends import get_backend
 from nfcompile.runtime.onnx_io import export_onnx
-from nfcompile.stages.score.accuracy import exit_accuracies
+from nfcompile.stages.score.accuracy import exits_top1
 from nfcompile.stages.score.cost import count_macs, count_params
 from nfcompile.stages.score.latency_table import LatencyTable, read_latency_table
 from nfcompile.stages.score.timing import check_backend, time_onnx
@@ -56,10 +57,10 @@ def score_exits(net: MultiExitNet, exit_units: Sequence[int], test: ImageSet, pr
     table = _table_for(bench)
     if table is None:
         check_backend(bench.backend)  # fail before minutes of exporting, not after
-        if bench.backend == "tensorrt" and tensorrt is None:
-            raise ValueError("bench.backend tensorrt: pass the recipe's tensorrt section")
+        if get_backend(bench.backend).needs_engine and tensorrt is None:
+            raise ValueError(f"bench.backend {bench.backend}: pass the recipe's tensorrt section")
     input_shape = (3, preprocessing.image_size, preprocessing.image_size)
-    accuracies = exit_accuracies(net, units, test, preprocessing, device=device)
+    accuracies = exits_top1(net, units, test, preprocessing, device=device)
     scorer = _ExitScorer(Path(out_dir), input_shape, bench, export, tensorrt, table)
     was_training, home = net.training, next(net.parameters()).device
     try:  # exporting moves the shared modules to the CPU in eval mode

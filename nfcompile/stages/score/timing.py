@@ -14,14 +14,11 @@ import torch
 from nfcompile.core.device import device_fingerprint
 from nfcompile.core.io import write_bytes
 from nfcompile.core.results import Latency
-from nfcompile.errors import InputError, StageSkipped
+from nfcompile.errors import InputError
 from nfcompile.recipe.schema import BenchSection, TensorRTSection
+from nfcompile.runtime.backends import get_backend
 from nfcompile.runtime.base import Runner
 from nfcompile.runtime.latency import measure_latency
-from nfcompile.runtime.ort_runner import OrtRunner, ort_providers
-
-ORT_DEVICES = {"ort-cpu": "cpu", "ort-cuda": "cuda"}
-
 
 @dataclass(frozen=True)
 class Timing:
@@ -32,16 +29,7 @@ class Timing:
 
 def check_backend(backend: str) -> None:
     """Fail before any work when ``backend`` cannot time models on this machine."""
-    if backend == "tensorrt":
-        from nfcompile.runtime import tensorrt as trt_runtime  # lazy: TensorRT is optional
-
-        reason = trt_runtime.tensorrt_unavailable_reason()
-    else:
-        try:
-            ort_providers(ORT_DEVICES[backend])
-            reason = None
-        except StageSkipped as exc:
-            reason = exc.reason
+    reason = get_backend(backend).unavailable()
     if reason:
         raise InputError(f"bench.backend {backend!r} cannot time exits on this machine: {reason}",
                          hint="set bench.backend: ort-cpu, or time the exits on the target with "
@@ -49,7 +37,7 @@ def check_backend(backend: str) -> None:
 
 
 def uses_gpu(backend: str) -> bool:
-    return backend in ("ort-cuda", "tensorrt")
+    return get_backend(backend).gpu
 
 
 def device_summary(fingerprint: dict[str, object]) -> str:
@@ -82,12 +70,13 @@ def time_onnx(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection
 
 def _runner(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection,
             tensorrt: TensorRTSection | None, engine_dir: Path | None) -> tuple[Runner, str]:
-    if bench.backend in ORT_DEVICES:
-        runner = OrtRunner(onnx_path, device=ORT_DEVICES[bench.backend], threads=bench.threads)
+    backend = get_backend(bench.backend)
+    if not backend.needs_engine:
+        runner = backend.runner(onnx_path, bench.threads)
         threads = f"{bench.threads} threads" if bench.threads else "default threads"
         return runner, f"{runner.name}, {threads}"
     if tensorrt is None or engine_dir is None:
-        raise ValueError("bench.backend tensorrt needs the recipe's tensorrt section and an engine folder")
+        raise ValueError(f"bench.backend {bench.backend} needs the recipe's tensorrt section and an engine folder")
     from nfcompile.runtime import tensorrt as trt_runtime  # lazy: TensorRT is optional
 
     # Exits are not quantized (only the chosen one gets a calibrated QDQ model), so an int8 recipe
@@ -102,7 +91,7 @@ def _runner(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection,
                                  min_shape=(low, *input_shape), opt_shape=(opt, *input_shape),
                                  max_shape=(high, *input_shape), workspace_bytes=int(tensorrt.workspace),
                                  timing_cache=_timing_cache(tensorrt, Path(engine_dir)))
-    runner = trt_runtime.TrtRunner(engine_path)
+    runner = backend.runner(engine_path, bench.threads)
     note = f" (recipe asks int8; exits timed at {precision})" if precision != tensorrt.precision else ""
     return runner, f"TensorRT {precision} engine, profile batch {low}..{opt}..{high}{note}"
 

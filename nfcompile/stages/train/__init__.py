@@ -10,20 +10,18 @@ from pathlib import Path
 
 import torch
 
-from nfcompile.core.results import Plan
+from nfcompile.core.results import Plan, TrainOutcome
 from nfcompile.data.datasets import DataBundle
 from nfcompile.models import UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.train.backprop import train_backprop
-from nfcompile.stages.train.budget import TrainOutcome
+
 from nfcompile.stages.train.finetune import finetune_gradient_filter
 from nfcompile.stages.train.neuroflux import train_neuroflux
 
 __all__ = ["TrainOutcome", "train_model"]
 
-
 TRAINERS = {"neuroflux": train_neuroflux, "backprop": train_backprop, "gradient_filter": finetune_gradient_filter}
-
 
 def train_model(unit_net: UnitNet, plan: Plan | None, data: DataBundle, *, model: ModelSection, train: TrainSection,
                 augment: AugmentSection, budget: BudgetSection, device: torch.device, seed: int, out_dir: Path,

@@ -4,7 +4,6 @@ end-to-end backprop at the largest batch that fits, and backprop with gradient c
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from pathlib import Path
@@ -12,18 +11,19 @@ from pathlib import Path
 import torch
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.core.log import get_logger
 from nfcompile.core.memory import PeakMeter, fit_memory
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import BlockResult, EpochRecord, Plan, TrainResult
-from nfcompile.core.training import CheckpointedUnits, backprop_step, lr_factor, make_optimizer, scaled_lr, set_lr
-from nfcompile.data.batches import Augment, batch_order
+from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
+from nfcompile.learning import (CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer, set_lr,
+                                top1_accuracy, warmup_steps)
+from nfcompile.data.batches import Augment
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetError, BudgetExceeded
 from nfcompile.models import MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.data.sources import ImageInput
-from nfcompile.stages.train.budget import TrainOutcome, memory_cap, tracked_steps, whole_run_meter
+from nfcompile.stages.train.budget import memory_cap, tracked_steps, whole_run_meter
 from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_exit
 
 log = get_logger(__name__)
@@ -33,14 +33,14 @@ def backprop_batch_size(plan: Plan, train: TrainSection) -> tuple[int, int]:
     """(batch size, predicted peak): the recipe's batch, or the largest the budget allows."""
     checkpointing = train.backprop.checkpointing
     measurements = plan.checkpointing_measurements if checkpointing else plan.backprop_measurements
-    fit = fit_memory(list(measurements))
+    memory = fit_memory(list(measurements))
     batch = train.batch_size or (plan.checkpointing_batch_size if checkpointing else plan.backprop_batch_size)
     if batch == 0:
         kind = "backprop with gradient checkpointing" if checkpointing else "backprop"
         raise BudgetError(f"{kind} does not fit budget.memory {format_bytes(plan.budget_bytes)} even at batch "
-                          f"size 1 (needs {format_bytes(fit.predicted(1))})",
+                          f"size 1 (needs {format_bytes(memory.predicted(1))})",
                           hint="raise budget.memory, or train with train.method: neuroflux")
-    return batch, fit.predicted(batch)
+    return batch, memory.predicted(batch)
 
 
 def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: ModelSection, train: TrainSection,
@@ -63,37 +63,24 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     torch.manual_seed(derived_seed(seed, "backprop-torch"))
     steps_per_epoch = math.ceil(len(train_in) / batch)
     total_steps = train.epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, max(1, total_steps // 10))
-    base_lr = scaled_lr(train, batch)
     meter = PeakMeter(device, [trainee], [optimizer])
     track_steps = tracked_steps(device, train)
-    history: list[EpochRecord] = []
-    best_accuracy, best_epoch, best_state, stop_reason, step = -1.0, 0, None, "epochs", 0
+
+    def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
+        set_lr(optimizer, lr)
+        return (backprop_step(trainee, x, y, optimizer),)
+
     started = time.perf_counter()
-    with memory_cap(device, plan.budget_bytes, budget.enforce), whole_run_meter(meter, device), \
-            progress_bar(f"{method} (batch {batch})", total_steps) as advance:
-        for epoch in range(train.epochs):
-            epoch_start = time.perf_counter()
-            trainee.train()
-            total_loss = 0.0
-            for indices in batch_order(len(train_in), batch, True, generator):
-                with meter.step() if step < track_steps else contextlib.nullcontext():
-                    x, y = train_in.fetch(indices, generator, train=True)
-                    set_lr(optimizer, base_lr * lr_factor(step, total_steps, warmup, train.schedule))
-                    total_loss += backprop_step(trainee, x, y, optimizer) * len(indices)
-                    del x, y
-                step += 1
-                advance(epoch=epoch + 1, loss=total_loss / len(train_in))
-            accuracy = _accuracy(unit_net, val_in, batch)
-            advance(0, epoch=epoch + 1, loss=total_loss / len(train_in), acc=accuracy)
-            history.append(EpochRecord(epoch=epoch + 1, lr=base_lr, train_loss=(total_loss / len(train_in),),
-                                       val_accuracy=(accuracy,), seconds=time.perf_counter() - epoch_start))
-            if accuracy > best_accuracy:
-                best_accuracy, best_epoch, best_state = accuracy, epoch + 1, copy.deepcopy(unit_net.state_dict())
-            elif train.patience and epoch + 1 - best_epoch >= train.patience:
-                stop_reason = "patience"
-                break
-    unit_net.load_state_dict(best_state)
+    with memory_cap(device, plan.budget_bytes, budget.enforce), whole_run_meter(meter, device):
+        outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
+                      lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
+                      generator_for=lambda epoch: generator, train_modules=[trainee],
+                      evaluate=lambda: (top1_accuracy(unit_net, val_in, batch),), patience=train.patience,
+                      keep_best=[unit_net],
+                      step_context=lambda s: meter.step() if s < track_steps else contextlib.nullcontext(),
+                      label=f"{method} (batch {batch})")
+    history, stop_reason = outcome.history, outcome.stop_reason
+    best_accuracy = outcome.best.val_accuracy[0]
     measured = meter.reading.total
     last = net.exit_units[-1]
     block = BlockResult(index=0, units=tuple(range(last + 1)), batch_size=batch, trained=True, stop_reason=stop_reason,
@@ -114,13 +101,3 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                          details={"batch_size": batch})
     save_single_exit(checkpoint, fingerprint, net, model, num_classes, result)
     return TrainOutcome(net, result)
-
-
-@torch.no_grad()
-def _accuracy(model: torch.nn.Module, source: ImageInput, batch: int) -> float:
-    model.eval()
-    correct = 0
-    for indices in batch_order(len(source), batch, False, None):
-        x, y = source.fetch(indices, None, train=False)
-        correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(source)

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from nfcompile.core.memory import PeakMeter
-from nfcompile.core.results import TrainResult
-from nfcompile.models import MultiExitNet
 from nfcompile.recipe.schema import TrainSection
-
-
-@dataclass
-class TrainOutcome:
-    net: MultiExitNet
-    result: TrainResult
 
 
 @contextlib.contextmanager

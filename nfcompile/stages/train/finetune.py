@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from nfcompile.core.results import BlockResult, Plan, TrainResult
+from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
 from nfcompile.data.batches import Augment
 from nfcompile.data.datasets import DataBundle
 from nfcompile.models import MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
-from nfcompile.stages.train.budget import TrainOutcome
+
 from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_exit
 from nfcompile.stages.train.gradient_filter import train_gradient_filter
 

@@ -37,7 +37,6 @@ it from the tensors autograd actually saves.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import statistics
 import time
@@ -51,7 +50,8 @@ from torch import nn
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import derived_seed, seed_everything
 from nfcompile.core.results import EpochRecord, Result
-from nfcompile.core.training import lr_factor, make_optimizer, scaled_lr, set_lr, top1_accuracy
+from nfcompile.data.sources import ImageInput, unaugmented
+from nfcompile.learning import fit, lr_schedule, make_optimizer, scaled_lr, set_lr, top1_accuracy
 from nfcompile.data.batches import Augment, image_batches
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import RecipeError
@@ -357,7 +357,7 @@ class FineTuneSummary(Result):
     val_accuracy: float  # after the last epoch
     test_accuracy: float
     seconds: float  # the whole run, evaluation included
-    step_seconds: float  # median training step during this run (forward, backward, optimizer step)
+    step_seconds: float  # median training step during this run (batch fetch, forward, backward, optimizer step)
     saved_activation_bytes: int  # saved for backward by one training forward of the whole model
     layer_memory: tuple[LayerMemory, ...]  # per trained conv: plain vs filtered, measured
 
@@ -368,13 +368,13 @@ class FineTuneOutcome:
     summary: FineTuneSummary
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
-def _only_trainable(model: nn.Module, names: Sequence[str]) -> Iterator[list[nn.Parameter]]:
+def only_trainable(model: nn.Module, names: Sequence[str]) -> Iterator[list[nn.Parameter]]:
     """Freeze everything but the named modules' parameters; restore the flags afterwards."""
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -408,7 +408,7 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
     classifier = last_linear_layer(model, probe)
     layer_memory = tuple(measure_layer_memory(model, convs, probe, options.patch))
     swap = filtered_convs(model, convs, options.patch) if filtered else contextlib.nullcontext()
-    with _only_trainable(model, [*convs, classifier]) as trainable, swap:
+    with only_trainable(model, [*convs, classifier]) as trainable, swap:
         with saved_tensor_bytes(list(model.parameters())) as saved:
             F.cross_entropy(model(probe), probe_labels)
         saved_bytes = saved()
@@ -416,111 +416,34 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
         base_lr = scaled_lr(section, batch_size)
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
         total_steps = section.epochs * steps_per_epoch
-        history: list[EpochRecord] = []
-        step_times: list[float] = []
-        best, stale, stop_reason = -1.0, 0, "epochs"
-        for epoch in range(section.epochs):
-            epoch_start = time.perf_counter()
-            generator = torch.Generator().manual_seed(derived_seed(seed, "fine-tune", epoch))
-            losses = []
-            for x, y in image_batches(data.train, batch_size, data.preprocessing, device=device,
-                                      shuffle=True, generator=generator, augment=augment):
-                set_lr(optimizer, base_lr * lr_factor(len(step_times), total_steps, 0, section.schedule))
-                _sync(device)
-                step_start = time.perf_counter()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                _sync(device)
-                step_times.append(time.perf_counter() - step_start)
-                losses.append(float(loss.detach()))
-            val = top1_accuracy(model, data.val, data.preprocessing, device=device)
-            history.append(EpochRecord(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                                       train_loss=(sum(losses) / len(losses),), val_accuracy=(val,),
-                                       seconds=time.perf_counter() - epoch_start))
-            log.info("%s epoch %d: loss %.4f, val accuracy %.4f", "gradient filter" if filtered else "backprop",
-                     epoch, history[-1].train_loss[0], val)
-            best, stale = (val, 0) if val > best else (best, stale + 1)
-            if section.patience and stale >= section.patience:
-                stop_reason = "patience"
-                break
+
+        def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
+            set_lr(optimizer, lr)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return (float(loss.detach()),)
+
+        val_in = unaugmented(data.val, data.preprocessing, device)
+        # The whole model stays in eval mode (BatchNorm frozen): no train_modules.
+        outcome = fit(step, ImageInput(data.train, data.preprocessing, augment, device), batch_size=batch_size,
+                      epochs=range(section.epochs), lr_at=lr_schedule(section, batch_size, total_steps),
+                      generator_for=lambda epoch: torch.Generator().manual_seed(derived_seed(seed, "fine-tune", epoch)),
+                      evaluate=lambda: (top1_accuracy(model, val_in),), patience=section.patience,
+                      sync=lambda: sync(device), label="gradient filter" if filtered else "backprop (same layers)")
+        history, stop_reason = outcome.history, outcome.stop_reason
     summary = FineTuneSummary(
         method="gradient_filter" if filtered else "backprop", layers=tuple(convs), classifier=classifier,
         patch=options.patch if filtered else None, batch_size=batch_size, lr=base_lr,
         trainable_params=sum(p.numel() for p in trainable), epochs_run=len(history), stop_reason=stop_reason,
         history=tuple(history), val_accuracy=history[-1].val_accuracy[0],
-        test_accuracy=top1_accuracy(model, data.test, data.preprocessing, device=device),
-        seconds=time.perf_counter() - started, step_seconds=statistics.median(step_times),
+        test_accuracy=top1_accuracy(model, unaugmented(data.test, data.preprocessing, device)),
+        seconds=time.perf_counter() - started, step_seconds=statistics.median(outcome.step_seconds),
         saved_activation_bytes=saved_bytes, layer_memory=layer_memory)
     return FineTuneOutcome(model, summary)
 
 
-# --------------------------------------------------------------------------- comparison
-
-
-def interleaved_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: Sequence[str],
-                             classifier: str, patch: int, *, repeats: int = 20) -> tuple[float, float]:
-    """Median seconds of one forward+backward pass on ``(x, y)``: (gradient-filtered, plain backprop).
-
-    The two alternate step by step, so a busy machine slows both alike; step times taken in two
-    separate training runs minutes apart are not comparable on a shared CPU. Runs on a copy.
-    """
-    device = x.device
-    model = copy.deepcopy(model).to(device).eval()
-    times: dict[bool, list[float]] = {True: [], False: []}
-    with _only_trainable(model, [*layers, classifier]) as trainable:
-        for i in range(repeats + 2):  # the first round warms up both paths
-            for filtered in (True, False):
-                swap = filtered_convs(model, layers, patch) if filtered else contextlib.nullcontext()
-                with swap:
-                    _sync(device)
-                    start = time.perf_counter()
-                    F.cross_entropy(model(x), y).backward()
-                    _sync(device)
-                    if i >= 2:
-                        times[filtered].append(time.perf_counter() - start)
-                for p in trainable:
-                    p.grad = None
-    return statistics.median(times[True]), statistics.median(times[False])
-
-
-@dataclass(frozen=True)
-class FilterComparison(Result):
-    """Gradient filtering vs plain backprop on the same layers, from the same weights and data order."""
-
-    filtered: FineTuneSummary
-    backprop: FineTuneSummary
-    accuracy_gap_points: float  # backprop test accuracy minus filtered, in percentage points
-    filtered_step_seconds: float  # forward+backward, median, timed interleaved with the other
-    backprop_step_seconds: float
-    step_speedup: float  # backprop_step_seconds / filtered_step_seconds
-    layer_memory_reduction: float  # summed over the trained convs: plain bytes / filtered bytes
-    model_memory_reduction: float  # whole training forward: plain bytes / filtered bytes
-
-
-def compare_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSection, *, device: torch.device,
-                            seed: int) -> FilterComparison:
-    """Fine-tune two copies of ``model`` (left untouched): gradient-filtered and plain backprop; then
-    time one step of each, interleaved, on the same batch."""
-    filtered = train_gradient_filter(copy.deepcopy(model), data, section, device=device, seed=seed).summary
-    backprop = train_gradient_filter(copy.deepcopy(model), data, section, device=device, seed=seed,
-                                     filtered=False).summary
-    x, y = next(image_batches(data.train, filtered.batch_size, data.preprocessing, device=device))
-    filtered_step, backprop_step = interleaved_step_seconds(model, x, y, filtered.layers,
-                                                            filtered.classifier, section.gradient_filter.patch)
-    plain = sum(layer.standard_bytes for layer in filtered.layer_memory)
-    reduced = sum(layer.filtered_bytes for layer in filtered.layer_memory)
-    return FilterComparison(
-        filtered=filtered, backprop=backprop,
-        accuracy_gap_points=100.0 * (backprop.test_accuracy - filtered.test_accuracy),
-        filtered_step_seconds=filtered_step, backprop_step_seconds=backprop_step,
-        step_speedup=backprop_step / filtered_step,
-        layer_memory_reduction=plain / max(1, reduced),
-        model_memory_reduction=backprop.saved_activation_bytes / max(1, filtered.saved_activation_bytes))
-
-
-__all__ = ["FilterComparison", "FilteredConv2d", "FilteredConv2dFunction", "FineTuneOutcome", "FineTuneSummary",
-           "LayerMemory", "compare_gradient_filter", "execution_order", "filtered_convs",
-           "interleaved_step_seconds", "last_conv_layers", "last_linear_layer", "measure_layer_memory",
-           "saved_tensor_bytes", "train_gradient_filter"]
+__all__ = ["FilteredConv2d", "FilteredConv2dFunction", "FineTuneOutcome", "FineTuneSummary", "LayerMemory",
+           "execution_order", "filtered_convs", "last_conv_layers", "last_linear_layer", "measure_layer_memory",
+           "only_trainable", "saved_tensor_bytes", "sync", "train_gradient_filter"]

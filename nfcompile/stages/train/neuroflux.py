@@ -10,7 +10,6 @@ activation cache the next block reads, and checkpointed, so `--resume` never red
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import replace
@@ -20,17 +19,18 @@ import torch
 from torch import nn
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.log import get_logger, progress_bar
+from nfcompile.core.log import get_logger
 from nfcompile.core.memory import PeakMeter
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import BlockPlan, BlockResult, EpochRecord, Plan, TrainResult
-from nfcompile.core.training import lr_factor, local_step, make_optimizer, scaled_lr, set_lr
+from nfcompile.core.results import BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult
+from nfcompile.learning import (eval_mode, fit, local_step, lr_schedule, make_optimizer, set_lr, top1_accuracies,
+                                warmup_steps)
 from nfcompile.data.batches import Augment, batch_order, feature_augment
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetExceeded
 from nfcompile.models import AuxHead, MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
-from nfcompile.stages.train.budget import TrainOutcome, memory_cap, tracked_steps, whole_run_meter
+from nfcompile.stages.train.budget import memory_cap, tracked_steps, whole_run_meter
 from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.stages.train.checkpoint import TrainCheckpoint
 
@@ -96,76 +96,55 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     heads = [net.heads[str(i)].to(device) for i in block.units]
     batch = block.batch_size
     optimizers = [make_optimizer([*u.parameters(), *h.parameters()], train, batch) for u, h in zip(units, heads)]
-    base_lr = scaled_lr(train, batch)
     steps_per_epoch = math.ceil(len(train_in) / batch)
     total_steps = train.epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, max(1, total_steps // 10))
     generator = torch.Generator().manual_seed(derived_seed(seed, "block", block.index))
     torch.manual_seed(derived_seed(seed, "block-torch", block.index))
     meter = PeakMeter(device, [*units, *heads], optimizers, resident=train_in.device_tensors())
     track_steps = tracked_steps(device, train)
-    history: list[EpochRecord] = []
-    best_accuracy, best_epoch, best_state = -1.0, 0, None
-    stop_reason = "epochs"
-    step = 0
+
+    def step(h: torch.Tensor, y: torch.Tensor, lr: float) -> list[float]:
+        losses = []
+        for unit, head, optimizer in zip(units, heads, optimizers):
+            set_lr(optimizer, lr)
+            h, loss = local_step(unit, head, h, y, optimizer)
+            losses.append(loss)
+        return losses
+
+    def evaluate() -> list[float]:
+        with eval_mode(*units, *heads):
+            return top1_accuracies(lambda x: block_exits(units, heads, x), val_in, batch)
+
     started = time.perf_counter()
     label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
-    with whole_run_meter(meter, device), progress_bar(label, total_steps) as advance:
-        for epoch in range(train.epochs):
-            epoch_start = time.perf_counter()
-            for m in (*units, *heads):
-                m.train()
-            losses = [0.0] * len(units)
-            for indices in batch_order(len(train_in), batch, True, generator):
-                with meter.step() if step < track_steps else contextlib.nullcontext():
-                    # Fetched inside the measured region: the batch counts against the budget.
-                    h, y = train_in.fetch(indices, generator, train=True)
-                    factor = lr_factor(step, total_steps, warmup, train.schedule)
-                    for i, (unit, head, optimizer) in enumerate(zip(units, heads, optimizers)):
-                        set_lr(optimizer, base_lr * factor)
-                        h, loss = local_step(unit, head, h, y, optimizer)
-                        losses[i] += loss * len(indices)
-                    del h, y
-                step += 1
-                advance(epoch=epoch + 1, loss=losses[-1] / max(1, len(train_in)))
-            accuracy = exit_accuracies(units, heads, val_in, batch)
-            advance(0, epoch=epoch + 1, loss=losses[-1] / len(train_in), acc=accuracy[-1])
-            history.append(EpochRecord(epoch=epoch + 1, lr=base_lr, train_loss=tuple(l / len(train_in) for l in losses),
-                                       val_accuracy=tuple(accuracy), seconds=time.perf_counter() - epoch_start))
-            # The block is judged by its last unit: that is what the next block learns from.
-            if accuracy[-1] > best_accuracy:
-                best_accuracy, best_epoch = accuracy[-1], epoch + 1
-                best_state = [copy.deepcopy(m.state_dict()) for m in (*units, *heads)]
-            elif train.patience and epoch + 1 - best_epoch >= train.patience:
-                stop_reason = "patience"
-                break
-    for module, state in zip((*units, *heads), best_state):
-        module.load_state_dict(state)
-    best = history[best_epoch - 1]
+    with whole_run_meter(meter, device):
+        # The block is judged by its last unit: that is what the next block learns from.
+        outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
+                      lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
+                      generator_for=lambda epoch: generator, train_modules=[*units, *heads], evaluate=evaluate,
+                      patience=train.patience, keep_best=[*units, *heads],
+                      step_context=lambda s: meter.step() if s < track_steps else contextlib.nullcontext(),
+                      label=label)
+    best = outcome.best
     measured = meter.reading.total
     log.info("%s: %d epoch(s) (%s), best exit accuracy %.4f at epoch %d, measured peak %s of %s",
-             label, len(history), stop_reason, max(best.val_accuracy), best_epoch, format_bytes(measured),
-             format_bytes(plan.budget_bytes))
+             label, len(outcome.history), outcome.stop_reason, max(best.val_accuracy), outcome.best_epoch,
+             format_bytes(measured), format_bytes(plan.budget_bytes))
     return BlockResult(index=block.index, units=block.units, batch_size=batch, trained=True,
-                       stop_reason=stop_reason, epochs_run=len(history), best_val_accuracy=best.val_accuracy,
-                       measured_peak_bytes=measured, predicted_peak_bytes=block.predicted_peak_bytes,
-                       budget_bytes=plan.budget_bytes, seconds=time.perf_counter() - started,
-                       cache_placement=block.cache_placement, cache_bytes=block.cache_bytes, cache_seconds=0.0,
-                       history=tuple(history))
+                       stop_reason=outcome.stop_reason, epochs_run=len(outcome.history),
+                       best_val_accuracy=best.val_accuracy, measured_peak_bytes=measured,
+                       predicted_peak_bytes=block.predicted_peak_bytes, budget_bytes=plan.budget_bytes,
+                       seconds=time.perf_counter() - started, cache_placement=block.cache_placement,
+                       cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history))
 
 
-@torch.no_grad()
-def exit_accuracies(units: list[nn.Module], heads: list[nn.Module], source, batch: int) -> list[float]:
-    """Top-1 accuracy of every exit in a block, from one pass over ``source``."""
-    for m in (*units, *heads):
-        m.eval()
-    correct = [0] * len(units)
-    for indices in batch_order(len(source), batch, False, None):
-        h, y = source.fetch(indices, None, train=False)
-        for i, (unit, head) in enumerate(zip(units, heads)):
-            h = unit(h)
-            correct[i] += int((head(h).argmax(1) == y).sum())
-    return [c / len(source) for c in correct]
+def block_exits(units: list[nn.Module], heads: list[nn.Module], h: torch.Tensor) -> list[torch.Tensor]:
+    """The logits of every exit in a block, from one pass through its units."""
+    logits = []
+    for unit, head in zip(units, heads):
+        h = unit(h)
+        logits.append(head(h))
+    return logits
 
 
 # --------------------------------------------------------------------------- caches

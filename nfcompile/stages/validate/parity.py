@@ -14,7 +14,7 @@ from torch import nn
 
 from nfcompile.core.results import Comparison
 from nfcompile.recipe.schema import ValidateSection
-from nfcompile.runtime.compare import compare_runners
+from nfcompile.runtime.compare import compare_runners, comparison_from_outputs, run_batched
 from nfcompile.runtime.ort_runner import OrtRunner
 from nfcompile.runtime.torch_runner import TorchRunner
 
@@ -40,23 +40,32 @@ def validate_onnx(model: nn.Module, onnx_path: str | Path, section: ValidateSect
                            batch_size=batch_size)
 
 
-def validate_engine(model: nn.Module, engine_path: str | Path, section: ValidateSection, *, inputs: np.ndarray,
-                    labels: np.ndarray | None, batch_size: int = BATCH_SIZE) -> Comparison:
+def validate_engine(reference: nn.Module | np.ndarray, engine_path: str | Path, section: ValidateSection, *,
+                    inputs: np.ndarray, labels: np.ndarray | None, batch_size: int = BATCH_SIZE) -> Comparison:
     """A TensorRT engine against PyTorch, at `validate.engine_atol` (FP16/INT8 engines round more).
 
+    ``reference`` is the exit, run by PyTorch now (the build), or the outputs PyTorch gave for
+    ``inputs`` at build time (`nfcompile engine` on the device, where the bundle holds no model).
     Batches stay inside the engine's optimization profile; samples of a last batch smaller than the
     profile's minimum are left out (`Comparison.samples` says how many were compared).
     Raises StageSkipped where TensorRT or CUDA is missing.
     """
     from nfcompile.runtime.tensorrt import TrtRunner
 
+    recorded = isinstance(reference, np.ndarray)
+    if recorded and len(reference) != len(inputs):
+        raise ValueError(f"{len(reference)} reference outputs for {len(inputs)} inputs")
     inputs, labels = _held_out(inputs, labels, section.samples)
     with TrtRunner(engine_path) as candidate:
         smallest, largest = candidate.batch_range
         batch = max(smallest, min(batch_size, largest))
         inputs, labels = _whole_batches(inputs, labels, batch, smallest=smallest)
-        return compare_runners(TorchRunner(model), candidate, inputs, labels, atol=section.engine_atol,
-                               rtol=section.rtol, batch_size=batch)
+        if not recorded:
+            return compare_runners(TorchRunner(reference), candidate, inputs, labels, atol=section.engine_atol,
+                                   rtol=section.rtol, batch_size=batch)
+        outputs = run_batched(candidate, inputs, batch)
+    return comparison_from_outputs(reference[:len(inputs)], outputs, labels, atol=section.engine_atol,
+                                   rtol=section.rtol, reference="PyTorch at build time", candidate=candidate.name)
 
 
 def _held_out(inputs: np.ndarray, labels: np.ndarray | None,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nfcompile.core.memory import PeakMeter, fit_memory
-from nfcompile.core.training import local_step, make_optimizer
+from nfcompile.learning import local_step, make_optimizer
 from nfcompile.errors import BudgetError
 from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, TrainSection

@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import make_tiny_data, make_tiny_unit_net
-from nfcompile.data import image_batches
+from conftest import make_pretrained_tiny, make_tiny_unit_net
 from nfcompile.errors import RecipeError
 from nfcompile.recipe.schema import GradientFilterSection, TrainSection
-from nfcompile.stages.train.gradient_filter import (FilterComparison, FilteredConv2dFunction,
-                                                    compare_gradient_filter,
+from nfcompile.stages.train.gradient_filter import (FilteredConv2dFunction,
                                                     execution_order, filtered_convs, last_conv_layers,
                                                     measure_layer_memory, train_gradient_filter)
 
@@ -142,20 +140,7 @@ def _section(epochs: int = 5, layers: int = 2, patch: int = 2) -> TrainSection:
 
 @pytest.fixture(scope="module")
 def pretrained_tiny():
-    """The tiny net trained with plain backprop, then given a fresh classifier: a fine-tuning task."""
-    data = make_tiny_data(train=64, val=32, test=32)
-    torch.manual_seed(0)
-    model = make_tiny_unit_net(seed=3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for epoch in range(8):
-        generator = torch.Generator().manual_seed(epoch)
-        for x, y in image_batches(data.train, 16, data.preprocessing, device=torch.device("cpu"), shuffle=True,
-                                  generator=generator):
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    model.classifier[2].reset_parameters()
-    return model.eval(), data
+    return make_pretrained_tiny()
 
 
 def test_fine_tuning_converges_and_trains_only_the_chosen_layers(pretrained_tiny):
@@ -176,18 +161,3 @@ def test_fine_tuning_converges_and_trains_only_the_chosen_layers(pretrained_tiny
     assert all(p.requires_grad for p in model.parameters())  # the flags are given back
     for layer in summary.layer_memory:
         assert layer.reduction == pytest.approx(layer.expected_reduction, rel=0.15)
-
-
-def test_comparison_with_backprop_on_the_same_layers(pretrained_tiny):
-    model, data = pretrained_tiny
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    result = compare_gradient_filter(model, data, _section(epochs=2), device=torch.device("cpu"), seed=0)
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the input is untouched
-    assert result.filtered.method == "gradient_filter" and result.backprop.method == "backprop"
-    assert result.filtered.layers == result.backprop.layers
-    assert result.filtered.saved_activation_bytes < result.backprop.saved_activation_bytes
-    assert result.model_memory_reduction > 1.0 and result.layer_memory_reduction > 3.0
-    assert result.step_speedup == result.backprop_step_seconds / result.filtered_step_seconds > 0
-    assert result.accuracy_gap_points == pytest.approx(
-        100 * (result.backprop.test_accuracy - result.filtered.test_accuracy))
-    assert FilterComparison.from_dict(result.to_dict()) == result

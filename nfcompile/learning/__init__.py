@@ -1,0 +1,15 @@
+"""Training primitives every method shares: the steps, the optimizers and their schedule, top-1
+accuracy over any input source, and the one epoch loop the methods parameterize.
+
+It sits above `data` and `recipe` (it reads their types) and below the stages: the profiler in
+`stages/plan` measures the very steps that `stages/train` and `stages/prune` run.
+"""
+
+from nfcompile.learning.evaluate import EVAL_BATCH_SIZE, eval_mode, top1_accuracies, top1_accuracy
+from nfcompile.learning.loop import FitOutcome, fit
+from nfcompile.learning.optim import lr_factor, lr_schedule, make_optimizer, scaled_lr, set_lr, warmup_steps
+from nfcompile.learning.steps import CheckpointedUnits, backprop_step, local_step
+
+__all__ = ["EVAL_BATCH_SIZE", "CheckpointedUnits", "FitOutcome", "backprop_step", "eval_mode", "fit", "local_step",
+           "lr_factor", "lr_schedule", "make_optimizer", "scaled_lr", "set_lr", "top1_accuracies", "top1_accuracy",
+           "warmup_steps"]

@@ -1,0 +1,54 @@
+"""Top-1 accuracy: the one evaluation loop, over any input source and any number of exits.
+
+A source is what the trainers read batches from (`data.sources`: images, an activation cache, or
+finished units recomputed): ``len(source)`` samples and ``source.fetch(indices, None, train=False)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from nfcompile.data.batches import batch_order
+
+EVAL_BATCH_SIZE = 256
+
+Forward = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode inside, every module's own mode back afterwards."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+@torch.no_grad()
+def top1_accuracies(forward: Forward, source, batch_size: int = EVAL_BATCH_SIZE) -> list[float]:
+    """Share of ``source`` each of ``forward``'s outputs classifies correctly; ``forward(x)`` returns
+    the logits of every exit it evaluates, always in the same order. The caller sets the modes."""
+    if len(source) == 0:
+        raise ValueError("no samples to evaluate on")
+    correct: list[int] = []
+    for indices in batch_order(len(source), batch_size, False, None):
+        x, y = source.fetch(indices, None, train=False)
+        for i, logits in enumerate(forward(x)):
+            if i == len(correct):
+                correct.append(0)
+            correct[i] += int((logits.argmax(dim=1) == y).sum())
+    return [c / len(source) for c in correct]
+
+
+def top1_accuracy(model: nn.Module, source, batch_size: int = EVAL_BATCH_SIZE) -> float:
+    """One model's accuracy on ``source``, in eval mode; the model keeps its mode."""
+    with eval_mode(model):
+        return top1_accuracies(lambda x: (model(x),), source, batch_size)[0]

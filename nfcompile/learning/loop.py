@@ -1,0 +1,112 @@
+"""The one epoch loop. Every training method runs through `fit` and says only what differs:
+what one step does, what is evaluated after an epoch, what is kept.
+
+- NeuroFlux, per block: the step runs every unit's local step; evaluation gives every exit of the
+  block; the best epoch (judged by the block's last exit) is restored.
+- Backprop: the step is one end-to-end step; the model's own exit is judged the same way.
+- Fine-tuning (gradient filtering) and masked training (pruning): their steps, their hooks (masks
+  re-applied after every step, pruning rounds before an epoch), no best-epoch restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Sequence
+
+import torch
+from torch import nn
+
+from nfcompile.core.log import progress_bar
+from nfcompile.core.results import EpochRecord
+from nfcompile.data.batches import batch_order
+
+# step(x, y, lr) -> the loss of every exit it trains (one for end-to-end training)
+Step = Callable[[torch.Tensor, torch.Tensor, float], Sequence[float]]
+
+
+@dataclass
+class FitOutcome:
+    history: list[EpochRecord]
+    stop_reason: str  # "epochs" | "patience"
+    best_epoch: int  # 1-based; 0 where nothing was evaluated
+    steps: int  # optimizer steps taken in this call
+    step_seconds: list[float]  # wall time of every step (fetch included)
+
+    @property
+    def best(self) -> EpochRecord | None:
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+
+def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[int], float],
+        generator_for: Callable[[int], torch.Generator], train_modules: Sequence[nn.Module] = (),
+        evaluate: Callable[[], Sequence[float]] | None = None, patience: int = 0,
+        keep_best: Sequence[nn.Module] = (), before_epoch: Callable[[int], None] | None = None,
+        after_step: Callable[[], None] | None = None,
+        step_context: Callable[[int], ContextManager] | None = None, sync: Callable[[], None] | None = None,
+        label: str | None = None) -> FitOutcome:
+    """Train over ``epochs`` (a window of a longer schedule: steps count from ``epochs.start``).
+
+    Every epoch draws its batch order, and the step's augmentation, from ``generator_for(epoch)``
+    (the same generator for a whole run, or a fresh one per epoch). ``train_modules`` go to train
+    mode before each epoch (``evaluate`` may switch them to eval). ``evaluate`` returns the
+    accuracy of every exit trained; the last one judges the epoch: the run stops after ``patience``
+    epochs without a better one (0: never early), and the ``keep_best`` modules are restored to the
+    best epoch's weights at the end. ``step_context(step)`` wraps a step (memory measurement);
+    ``sync`` makes step times true on asynchronous devices.
+    """
+    steps_per_epoch = math.ceil(len(source) / batch_size)
+    step_index = epochs.start * steps_per_epoch
+    history: list[EpochRecord] = []
+    step_seconds: list[float] = []
+    best_metric, best_epoch, best_state, stop_reason = -math.inf, 0, None, "epochs"
+    total = len(epochs) * steps_per_epoch
+    with progress_bar(label or "train", total) as advance:
+        for epoch in epochs:
+            if before_epoch is not None:
+                before_epoch(epoch)
+            for module in train_modules:
+                module.train()
+            epoch_start = time.perf_counter()
+            generator = generator_for(epoch)
+            losses: list[float] = []
+            seen = 0
+            lr = lr_at(step_index)
+            for indices in batch_order(len(source), batch_size, True, generator):
+                lr = lr_at(step_index)
+                started = time.perf_counter()
+                with step_context(step_index) if step_context else contextlib.nullcontext():
+                    # Fetched inside the step: preparing the batch counts against the budget.
+                    x, y = source.fetch(indices, generator, train=True)
+                    step_losses = step(x, y, lr)
+                    del x, y
+                if sync is not None:
+                    sync()
+                step_seconds.append(time.perf_counter() - started)
+                if after_step is not None:
+                    after_step()
+                losses = [a + b * len(indices) for a, b in
+                          zip(losses or [0.0] * len(step_losses), step_losses)]
+                seen += len(indices)
+                step_index += 1
+                advance(epoch=epoch + 1, loss=losses[-1] / seen)  # running mean over the epoch
+            accuracy = tuple(evaluate()) if evaluate is not None else ()
+            record = EpochRecord(epoch=epoch + 1, lr=lr, train_loss=tuple(loss / max(1, seen) for loss in losses),
+                                 val_accuracy=accuracy, seconds=time.perf_counter() - epoch_start)
+            history.append(record)
+            if accuracy:
+                advance(0, epoch=epoch + 1, loss=record.train_loss[-1], acc=accuracy[-1])
+                if accuracy[-1] > best_metric:
+                    best_metric, best_epoch = accuracy[-1], len(history)
+                    if keep_best:
+                        best_state = [copy.deepcopy(m.state_dict()) for m in keep_best]
+                elif patience and len(history) - best_epoch >= patience:
+                    stop_reason = "patience"
+                    break
+    if best_state is not None:
+        for module, state in zip(keep_best, best_state):
+            module.load_state_dict(state)
+    return FitOutcome(history, stop_reason, best_epoch, len(step_seconds), step_seconds)

@@ -1,0 +1,45 @@
+"""The training steps. The profiler measures these very functions, so its prediction holds for training."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def local_step(unit: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, float]:
+    """One NeuroFlux step for one unit: forward on a detached input, local loss, backward at once,
+    optimizer step. Only this unit's graph is ever alive. Returns the detached output for the next unit."""
+    h = unit(x.detach())
+    loss = F.cross_entropy(head(h), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return h.detach(), float(loss.detach())
+
+
+def backprop_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+    """One end-to-end step: every activation of the network stays alive until backward."""
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+class CheckpointedUnits(nn.Module):
+    """Units + classifier with gradient checkpointing at unit boundaries: only unit inputs are kept
+    during the forward pass; each unit's activations are recomputed during backward."""
+
+    def __init__(self, units: nn.ModuleList, classifier: nn.Module):
+        super().__init__()
+        self.units = units
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for unit in self.units:
+            x = checkpoint(unit, x, use_reentrant=False) if self.training and torch.is_grad_enabled() else unit(x)
+        return self.classifier(x)
