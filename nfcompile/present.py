@@ -47,25 +47,30 @@ def show_plan(plan, *, as_json: bool) -> None:
 
 
 def plan_table(plan, train=None) -> Table:
-    measured = {b.index: b.measured_peak_bytes for b in train.blocks} if train is not None else {}
+    """The memory plan; with a NeuroFlux training, what each block measured beside it."""
+    measured = {b.index: b for b in train.blocks} if train is not None and train.method == "neuroflux" else {}
     table = Table(title=f"Memory plan: budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}), "
                         f"device {plan.device}")
-    for column in ("block", "units", "batch", "predicted peak", *(("measured peak",) if measured else ()),
-                   "of budget", "output cache"):
-        table.add_column(column, justify="right" if column not in ("units", "output cache") else "left")
+    extra = ("tracked peak", "RSS rise") if measured else ()
+    for column in ("block", "units", "batch", "predicted peak", *extra, "of budget", "rest of network",
+                   "output cache"):
+        table.add_column(column, justify="left" if column in ("units", "output cache") else "right")
     for block in plan.blocks:
         names = f"{plan.units[block.units[0]].name} .. {plan.units[block.units[-1]].name}" \
             if len(block.units) > 1 else plan.units[block.units[0]].name
         row = [str(block.index), f"{block.units[0]}-{block.units[-1]} ({names})", str(block.batch_size),
                format_bytes(block.predicted_peak_bytes)]
         if measured:
-            row.append(format_bytes(measured.get(block.index)))
-        row += [f"{block.predicted_peak_bytes / plan.budget_bytes:.0%}",
+            result = measured.get(block.index)
+            row += [format_bytes(result.measured_peak_bytes if result else None),
+                    format_bytes(result.rss_rise_bytes if result else None)]
+        row += [f"{block.predicted_peak_bytes / plan.budget_bytes:.0%}", format_bytes(block.other_resident_bytes),
                 f"{block.cache_placement} {format_bytes(block.cache_bytes) if block.cache_bytes else ''}".strip()]
         table.add_row(*row)
     table.caption = (f"backprop at this budget: batch {plan.backprop_batch_size or 'none fits'}; with gradient "
                      f"checkpointing: batch {plan.checkpointing_batch_size or 'none fits'}; "
-                     f"batch 1 needs {format_bytes(plan.min_budget_bytes)}")
+                     f"batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
+                     f"{plan.accounting or 'its own units and heads'}.")
     return table
 
 
@@ -84,12 +89,16 @@ def show_train(result, source: Path, *, as_json: bool) -> None:
 
 def training_table(train) -> Table:
     table = Table(title=f"Training ({train.method}, {train.seconds:.1f} s)")
-    for column in ("block", "units", "batch", "epochs", "stopped", "best val. accuracy", "measured peak", "seconds"):
+    for column in ("block", "units", "batch", "epochs", "stopped", "best val. accuracy", "predicted peak",
+                   "tracked peak", "RSS rise", "seconds"):
         table.add_column(column)
     for b in train.blocks:
         table.add_row(str(b.index), f"{b.units[0]}-{b.units[-1]}", str(b.batch_size), str(b.epochs_run),
                       b.stop_reason, f"{max(b.best_val_accuracy) * 100:.2f}%" if b.best_val_accuracy else "-",
-                      format_bytes(b.measured_peak_bytes), f"{b.seconds + b.cache_seconds:.1f}")
+                      format_bytes(b.predicted_peak_bytes or None), format_bytes(b.measured_peak_bytes),
+                      format_bytes(b.rss_rise_bytes), f"{b.seconds + b.cache_seconds:.1f}")
+    if train.blocks and train.blocks[0].measurement:
+        table.caption = f"Peaks measured by {train.blocks[0].measurement}."
     return table
 
 

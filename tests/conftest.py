@@ -117,7 +117,7 @@ seed: 0
 device: cpu
 model: {arch: resnet18, width: 0.25}
 data: {dataset: digits, image_size: 16, max_train_samples: 400, max_eval_samples: 120}
-budget: {memory: 6MiB}
+budget: {memory: 9MiB}
 train:
   epochs: 6
   lr: 0.2

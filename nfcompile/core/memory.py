@@ -1,40 +1,77 @@
 """Measured peak memory of live tensors on the training device.
 
-CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`.
-CPU: `LiveTensorBytes`, a TorchDispatchMode that sees every tensor an operator returns while it is
+Two kinds of measurement, for two purposes:
+
+- `PeakMeter`, for the profiler: the peak of one training step on copies of a unit, which the
+  planner fits its memory lines with.
+- `BlockMeter`, for training: the peak over a whole block, from something independent of the plan.
+  CUDA: `torch.cuda.max_memory_allocated` over every step, evaluation and the caching pass (every
+  allocation on the device counts, whoever made it). CPU: `LiveTensorBytes` active over the whole
+  block and seeded from a scan of every tensor alive in the process (`gc`), not a list of what the
+  plan thinks is resident; beside it, the rise of the process's anonymous resident memory (psutil,
+  sampled every few milliseconds), an outside cross-check that also sees allocator caching and
+  library buffers.
+
+`LiveTensorBytes` is a TorchDispatchMode that sees every tensor an operator returns while it is
 active, counts each storage once while it lives (a weakref finalizer subtracts it when freed), and
-starts from the tensors that already exist (parameters, buffers, gradients, optimizer state).
-torch ships a richer tracker (`torch.distributed._tools.mem_tracker.MemTracker`) that reports the
-same peaks (tests/core/test_memory.py checks that) but keeps per-module statistics on every
-allocation, which made whole-network profiling ten times slower; torch.profiler's CPU memory events
-miss most allocations. Neither sees scratch memory a kernel allocates internally.
+files each under a category: the one it was seeded with, or the phase of training that allocated it
+(`memory_phase`), so an overshoot can say what took the memory. torch ships a richer tracker
+(`torch.distributed._tools.mem_tracker.MemTracker`) that reports the same peaks
+(tests/core/test_memory.py checks that, over a whole block) but keeps per-module statistics on
+every allocation, which made whole-network profiling ten times slower; torch.profiler's CPU memory
+events miss most allocations. Neither sees scratch memory a kernel allocates internally.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import gc
+import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+import psutil
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak of live tensor storage bytes while active (CPU)."""
+_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("nfcompile_memory_phase", default="training step: activations, gradients")
 
-    def __init__(self, existing: Iterable[torch.Tensor] = ()):
+
+@contextlib.contextmanager
+def memory_phase(name: str) -> Iterator[None]:
+    """Tensors allocated inside are filed under ``name`` ("batch", "evaluation", "caching pass", ...)."""
+    token = _PHASE.set(name)
+    try:
+        yield
+    finally:
+        _PHASE.reset(token)
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak of live tensor storage bytes while active (CPU), with what held them at the peak."""
+
+    def __init__(self, existing: Iterable[torch.Tensor] = (), *,
+                 seeded: dict[str, Iterable[torch.Tensor]] | None = None):
+        """``existing`` are counted from the start as "resident"; ``seeded`` the same, by category."""
         super().__init__()
-        self._live: dict[int, int] = {}
+        self._live: dict[int, tuple[int, str]] = {}
         self.current = 0
         self.peak = 0
+        self.by_category: dict[str, int] = {}
+        self.peak_breakdown: dict[str, int] = {}
+        for category, tensors in (seeded or {}).items():
+            for tensor in tensors:
+                self._count(tensor, category)
         for tensor in existing:
-            self._count(tensor)
+            self._count(tensor, "resident")
 
-    def _count(self, tensor: object) -> None:
+    def _count(self, tensor: object, category: str | None = None) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or tensor.is_meta:
             return
         storage = tensor.untyped_storage()
@@ -42,19 +79,138 @@ class LiveTensorBytes(TorchDispatchMode):
         if key in self._live:
             return
         size = storage.nbytes()
-        self._live[key] = size
+        category = category or _PHASE.get()
+        self._live[key] = (size, category)
         self.current += size
-        self.peak = max(self.peak, self.current)
+        self.by_category[category] = self.by_category.get(category, 0) + size
+        if self.current > self.peak:
+            self.peak = self.current
+            self.peak_breakdown = dict(self.by_category)
         weakref.finalize(storage, self._release, key)
 
     def _release(self, key: int) -> None:
-        self.current -= self._live.pop(key, 0)
+        size, category = self._live.pop(key, (0, ""))
+        self.current -= size
+        if category:
+            self.by_category[category] -= size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_flatten(out)[0]:
             self._count(tensor)
         return out
+
+
+def live_tensors(device: torch.device, exclude: Iterable[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """Every tensor alive in the process on ``device`` (a scan of the garbage collector's objects, after
+    a collection), except those sharing storage with ``exclude``."""
+    gc.collect()
+    skip = {t.untyped_storage()._cdata for t in exclude}
+    found = []
+    with warnings.catch_warnings():  # isinstance on some of torch's deprecated module objects warns
+        warnings.simplefilter("ignore")
+        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in objects:
+        try:
+            if obj.device != device or obj.is_meta or obj.layout != torch.strided:
+                continue
+            if obj.untyped_storage()._cdata not in skip:
+                found.append(obj)
+        except (RuntimeError, ReferenceError):  # tensor subclasses and wrappers without a plain storage
+            continue
+    return found
+
+
+class RssRise:
+    """Peak rise of the process's anonymous resident memory (RSS minus file-backed pages) above its
+    level at the start, sampled every ``interval`` seconds in a thread: an outside view of the same
+    block, which also sees what the tensor tracker cannot (allocator caching, library buffers)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.rise = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._process = psutil.Process()
+
+    def _anon(self) -> int:
+        info = self._process.memory_info()
+        return int(info.rss - getattr(info, "shared", 0))
+
+    def __enter__(self) -> "RssRise":
+        self._start = self._anon()
+        self._thread = threading.Thread(target=self._sample, name="nfcompile-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.rise = max(self.rise, self._anon() - self._start)
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rise = max(self.rise, self._anon() - self._start)
+
+
+@dataclass(frozen=True)
+class BlockMemory:
+    """What `BlockMeter` measured over one block."""
+
+    peak: int  # tracked peak bytes on the training device
+    breakdown: dict[str, int]  # by category at that peak (CPU); {} on CUDA
+    rss_rise: int | None  # anonymous RSS rise over the block (CPU training); None on CUDA
+    method: str  # how it was measured, in words
+
+
+class BlockMeter:
+    """The independent peak over a whole block (see the module docstring).
+
+    >>> with BlockMeter(device, seeded={"block weights": [...]}, exclude=images) as meter: train_block()
+    >>> meter.reading.peak, meter.reading.breakdown
+
+    ``seeded`` names categories of the tensors alive at the start (block weights, optimizer state,
+    activation cache); every other live tensor the scan finds is "other resident tensors".
+    ``exclude`` are the read-only training images, which on CPU the budget leaves out.
+    """
+
+    def __init__(self, device: torch.device, *, seeded: dict[str, list[torch.Tensor]] | None = None,
+                 exclude: Iterable[torch.Tensor] = ()):
+        self.device = device
+        self.seeded = seeded or {}
+        self.exclude = list(exclude)
+        self.reading: BlockMemory | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "BlockMeter":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        known = {t.untyped_storage()._cdata for tensors in self.seeded.values() for t in tensors
+                 if isinstance(t, torch.Tensor)}
+        others = [t for t in live_tensors(self.device, self.exclude) if t.untyped_storage()._cdata not in known]
+        self._scanned = len(others)
+        self._tracker = LiveTensorBytes(seeded={**self.seeded, "other resident tensors": others})
+        self._rss = self._stack.enter_context(RssRise())
+        self._stack.enter_context(self._tracker)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.reading = BlockMemory(int(torch.cuda.max_memory_allocated(self.device)), {}, None,
+                                       "torch.cuda.max_memory_allocated over every step, evaluation and caching pass")
+            return
+        self._stack.close()
+        breakdown = {k: v for k, v in sorted(self._tracker.peak_breakdown.items(), key=lambda kv: -kv[1]) if v}
+        self.reading = BlockMemory(
+            self._tracker.peak, breakdown, self._rss.rise,
+            f"live-tensor tracker over every step, evaluation, snapshot and caching pass, seeded from a scan of "
+            f"every live tensor ({self._scanned} besides the block's own; training images excluded); "
+            f"RSS sampled {self._rss.samples} times")
 
 
 def module_state_tensors(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.Tensor]:

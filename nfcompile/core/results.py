@@ -86,6 +86,9 @@ class UnitProfile(Result):
     seconds_per_sample: float  # one training step's time divided by its batch size
     max_batch_size: int  # largest batch that fits the budget for this unit alone
     fetch_bytes_per_sample: int = 0  # preparing this unit's input batch when it starts a block
+    state_bytes: int = 0  # parameters and buffers of the unit and its head (resident wherever they live)
+    head_pool: int = 1  # the head's pooling kernel (1: none)
+    head_depth: int = 1  # conv layers in the head
 
     def predicted_bytes(self, batch_size: int) -> int:
         return int(self.fixed_bytes + batch_size * self.bytes_per_sample)
@@ -96,9 +99,11 @@ class BlockPlan(Result):
     index: int
     units: tuple[int, ...]
     batch_size: int
-    predicted_peak_bytes: int  # training step peak + input cache when it lives on the device
+    predicted_peak_bytes: int  # everything resident on the device while the block trains (see `Plan`)
     cache_placement: str  # where this block's output is cached: device | host | disk | none
     cache_bytes: int  # size of that cache (train + validation splits)
+    other_resident_bytes: int = 0  # the rest of the network's weights, resident on the device meanwhile
+    caching_peak_bytes: int = 0  # predicted peak of the pass that fills this block's output cache
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ class Plan(Result):
     checkpointing_measurements: tuple[tuple[int, int], ...]
     train_samples: int
     val_samples: int
+    network_state_bytes: int = 0  # parameters and buffers of every unit, head and the classifier
+    # What a block's predicted peak counts, in words (it differs between CPU and CUDA).
+    accounting: str = ""
 
 
 # --------------------------------------------------------------------------- train
@@ -149,6 +157,10 @@ class BlockResult(Result):
     cache_bytes: int
     cache_seconds: float
     history: tuple[EpochRecord, ...] = ()
+    # The independent measurement (`core.memory.BlockMeter`): measured_peak_bytes is its tracked peak.
+    rss_rise_bytes: int | None = None  # CPU: rise of the process's anonymous resident memory over the block
+    peak_breakdown: dict[str, int] = field(default_factory=dict)  # what held the memory at the peak (CPU)
+    measurement: str = ""  # how the peak was measured, in words
 
 
 @dataclass(frozen=True)

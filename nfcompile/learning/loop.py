@@ -11,7 +11,6 @@ what one step does, what is evaluated after an epoch, what is kept.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ from torch import nn
 
 from nfcompile.core.log import progress_bar
 from nfcompile.core.results import EpochRecord
+from nfcompile.core.memory import memory_phase
 from nfcompile.data.batches import batch_order
+from nfcompile.learning.snapshot import BestWeights
 
 # step(x, y, lr) -> the loss of every exit it trains (one for end-to-end training)
 Step = Callable[[torch.Tensor, torch.Tensor, float], Sequence[float]]
@@ -44,7 +45,7 @@ class FitOutcome:
 def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[int], float],
         generator_for: Callable[[int], torch.Generator], train_modules: Sequence[nn.Module] = (),
         evaluate: Callable[[], Sequence[float]] | None = None, patience: int = 0,
-        keep_best: Sequence[nn.Module] = (), before_epoch: Callable[[int], None] | None = None,
+        keep_best: BestWeights | None = None, before_epoch: Callable[[int], None] | None = None,
         after_step: Callable[[], None] | None = None,
         step_context: Callable[[int], ContextManager] | None = None, sync: Callable[[], None] | None = None,
         label: str | None = None) -> FitOutcome:
@@ -54,15 +55,15 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
     (the same generator for a whole run, or a fresh one per epoch). ``train_modules`` go to train
     mode before each epoch (``evaluate`` may switch them to eval). ``evaluate`` returns the
     accuracy of every exit trained; the last one judges the epoch: the run stops after ``patience``
-    epochs without a better one (0: never early), and the ``keep_best`` modules are restored to the
-    best epoch's weights at the end. ``step_context(step)`` wraps a step (memory measurement);
+    epochs without a better one (0: never early), and ``keep_best`` keeps the best epoch's weights
+    and restores them at the end. ``step_context(step)`` wraps a step (memory measurement);
     ``sync`` makes step times true on asynchronous devices.
     """
     steps_per_epoch = math.ceil(len(source) / batch_size)
     step_index = epochs.start * steps_per_epoch
     history: list[EpochRecord] = []
     step_seconds: list[float] = []
-    best_metric, best_epoch, best_state, stop_reason = -math.inf, 0, None, "epochs"
+    best_metric, best_epoch, stop_reason = -math.inf, 0, "epochs"
     total = len(epochs) * steps_per_epoch
     with progress_bar(label or "train", total) as advance:
         for epoch in epochs:
@@ -80,7 +81,8 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
                 started = time.perf_counter()
                 with step_context(step_index) if step_context else contextlib.nullcontext():
                     # Fetched inside the step: preparing the batch counts against the budget.
-                    x, y = source.fetch(indices, generator, train=True)
+                    with memory_phase("batch"):
+                        x, y = source.fetch(indices, generator, train=True)
                     step_losses = step(x, y, lr)
                     del x, y
                 if sync is not None:
@@ -93,7 +95,8 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
                 seen += len(indices)
                 step_index += 1
                 advance(epoch=epoch + 1, loss=losses[-1] / seen)  # running mean over the epoch
-            accuracy = tuple(evaluate()) if evaluate is not None else ()
+            with memory_phase("evaluation"):
+                accuracy = tuple(evaluate()) if evaluate is not None else ()
             record = EpochRecord(epoch=epoch + 1, lr=lr, train_loss=tuple(loss / max(1, seen) for loss in losses),
                                  val_accuracy=accuracy, seconds=time.perf_counter() - epoch_start)
             history.append(record)
@@ -101,12 +104,11 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
                 advance(0, epoch=epoch + 1, loss=record.train_loss[-1], acc=accuracy[-1])
                 if accuracy[-1] > best_metric:
                     best_metric, best_epoch = accuracy[-1], len(history)
-                    if keep_best:
-                        best_state = [copy.deepcopy(m.state_dict()) for m in keep_best]
+                    if keep_best is not None:
+                        keep_best.keep()
                 elif patience and len(history) - best_epoch >= patience:
                     stop_reason = "patience"
                     break
-    if best_state is not None:
-        for module, state in zip(keep_best, best_state):
-            module.load_state_dict(state)
+    if keep_best is not None:
+        keep_best.restore()
     return FitOutcome(history, stop_reason, best_epoch, len(step_seconds), step_seconds)

@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfcompile.core.memory import memory_phase
+
+# Momentum and moment buffers are made by the first step, with its scratch: filed under this name.
+OPTIMIZER_PHASE = "optimizer step and state"
+
 
 def local_step(unit: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
                optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, float]:
@@ -14,7 +19,8 @@ def local_step(unit: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tenso
     h = unit(x.detach())
     loss = F.cross_entropy(head(h), y)
     loss.backward()
-    optimizer.step()
+    with memory_phase(OPTIMIZER_PHASE):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return h.detach(), float(loss.detach())
 
@@ -23,7 +29,8 @@ def backprop_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
     """One end-to-end step: every activation of the network stays alive until backward."""
     loss = F.cross_entropy(model(x), y)
     loss.backward()
-    optimizer.step()
+    with memory_phase(OPTIMIZER_PHASE):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
 

@@ -106,7 +106,7 @@ def head_specs(net: MultiExitNet) -> dict[str, dict[str, Any]]:
         if head is net.classifier:
             specs[key] = {"kind": "classifier"}
         elif isinstance(head, AuxHead):
-            specs[key] = {"kind": "aux", "filters": head.filters}
+            specs[key] = {"kind": "aux", "filters": head.filters, "pool": head.pool_kernel, "depth": head.depth}
         else:
             raise TypeError(f"head {key} is a {type(head).__name__}: not one nfcompile can rebuild")
     return specs
@@ -130,7 +130,9 @@ def attach_heads(unit_net: UnitNet, specs: dict[str, dict[str, Any]], num_classe
         if spec["kind"] == "classifier":
             heads[unit] = unit_net.classifier
         else:
-            heads[unit] = AuxHead(shapes[unit][1][0], int(spec["filters"]), num_classes)
+            # Checkpoints from before pooled and deeper heads hold only the filters.
+            heads[unit] = AuxHead(shapes[unit][1][0], int(spec["filters"]), num_classes,
+                                  pool=int(spec.get("pool", 1)), depth=int(spec.get("depth", 1)))
     return MultiExitNet(unit_net, heads)
 
 

@@ -16,21 +16,45 @@ FLOAT_BYTES = 4
 
 
 class AuxHead(nn.Module):
-    """Conv3x3(C->F) + BN + ReLU + global average pool + Linear(F->classes)."""
+    """[AvgPool(k)] + depth x (Conv3x3 -> BN -> ReLU) + global average pool + Linear(F->classes).
 
-    def __init__(self, in_channels: int, filters: int, num_classes: int):
+    The optional pooling (kernel = stride = ``pool``, ceil mode) shrinks a large early map before the
+    head's convs, so a head on a 28x28 unit can afford many filters without taking the batch size:
+    its activations scale with the pooled map. A second conv gives the local loss more capacity than
+    a linear probe of one conv (the deep-supervision heads of DGL and InfoPro are two to three layers).
+    """
+
+    def __init__(self, in_channels: int, filters: int, num_classes: int, *, pool: int = 1, depth: int = 1):
         super().__init__()
-        self.filters = filters
-        self.conv = nn.Conv2d(in_channels, filters, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(filters)
-        self.relu = nn.ReLU()
+        self.filters, self.pool_kernel, self.depth = filters, pool, depth
+        layers: list[nn.Module] = [nn.AvgPool2d(pool, stride=pool, ceil_mode=True)] if pool > 1 else []
+        channels = in_channels
+        for _ in range(depth):
+            conv = nn.Conv2d(channels, filters, kernel_size=3, padding=1, bias=False)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            layers += [conv, nn.BatchNorm2d(filters), nn.ReLU()]
+            channels = filters
+        self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d((1, 1))
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(filters, num_classes)
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
-        return self.fc(self.flatten(self.pool(self.relu(self.bn(self.conv(x))))))
+        return self.fc(self.flatten(self.pool(self.body(x))))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before pooled and deeper heads name the one conv and BN `conv.` and `bn.`.
+        for old, new in (("conv.", "body.0."), ("bn.", "body.1.")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def head_pool_kernel(section: HeadSection, spatial_side: int) -> int:
+    """The pooling kernel that brings a map of ``spatial_side`` to at most ``section.pool_to`` per side."""
+    if section.pool_to is None or spatial_side <= section.pool_to:
+        return 1
+    return math.ceil(spatial_side / section.pool_to)
 
 
 def head_bytes_per_sample(filters: int, spatial: int) -> int:
@@ -41,14 +65,17 @@ def choose_head_filters(section: HeadSection, out_shape: tuple[int, ...], unit_b
     """Filters for the head on a unit with output ``out_shape`` (C, H, W).
 
     fixed: ``section.filters`` everywhere. adaptive: the widest power of two in
-    [min_filters, filters] whose activations stay within ``memory_ratio`` of the unit's own
-    per-sample activations. Early units have large maps and get narrow heads; deep units have
-    small maps and get wide ones, so no head shrinks its block's batch size by much.
+    [min_filters, filters] whose activations (on the pooled map, every conv of the head) stay within
+    ``memory_ratio`` of the unit's own per-sample activations. Early units have large maps and get
+    narrow heads, or, pooled first, wide heads at little cost; deep units have small maps and get
+    wide ones, so no head shrinks its block's batch size by much.
     """
     if section.policy == "fixed":
         return section.filters
-    spatial = math.prod(out_shape[1:]) if len(out_shape) > 1 else 1
-    affordable = section.memory_ratio * unit_bytes_per_sample / head_bytes_per_sample(1, spatial)
+    side = out_shape[-1] if len(out_shape) > 1 else 1
+    pooled = math.ceil(side / head_pool_kernel(section, side))
+    spatial = pooled * pooled if len(out_shape) > 1 else 1
+    affordable = section.memory_ratio * unit_bytes_per_sample / (section.depth * head_bytes_per_sample(1, spatial))
     if affordable < section.min_filters:
         return section.min_filters
     widest = 2 ** int(math.floor(math.log2(affordable)))

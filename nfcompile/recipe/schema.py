@@ -144,6 +144,10 @@ class HeadSection(Section):
     memory_ratio: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
         0.25, description="Adaptive rule: a head's activations per sample stay within this share of its "
         "unit's, so the head barely shrinks the batch size.")
+    pool_to: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None, description="Average-pool a unit's output to at most this side before the head's convs "
+        "(null: no pooling): wide heads on large early maps at little memory.")
+    depth: Annotated[int, Field(ge=1, le=3)] = Field(1, description="Conv + BN + ReLU layers in each head.")
 
     @model_validator(mode="after")
     def _range(self) -> "HeadSection":
@@ -182,9 +186,6 @@ class NeuroFluxSection(Section):
         False, description="Skip the remaining blocks once a block's best exit fails to beat the earlier "
         "exits by `stall_delta`.")
     stall_delta: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.002, description="Accuracy gain that counts.")
-    track_steps: PositiveInt = Field(
-        3, description="CPU only: training steps per block observed by the allocation tracker to measure "
-        "the block's peak (CUDA measures every step).")
 
     @field_validator("profile_batch_sizes")
     @classmethod
@@ -253,6 +254,9 @@ class SelectSection(Section):
     max_latency_ms: Annotated[float, Field(gt=0)] | None = Field(None, description="Constraint: p50 latency at most.")
     max_size_mb: Annotated[float, Field(gt=0)] | None = Field(None, description="Constraint: ONNX size at most (MB).")
     max_params: PositiveInt | None = Field(None, description="Constraint: parameters at most.")
+    latency_format: Literal["fp32", "int8"] = Field(
+        "fp32", description="Which model's latency the front and `max_latency_ms` use: the FP32 graph that ships, "
+        "or its INT8 QDQ version.")
 
 
 class PruneSection(Section):
@@ -274,6 +278,8 @@ class ExportSection(Section):
     opset: Annotated[int, Field(ge=13, le=23)] = Field(18, description="ONNX opset.")
     dynamic_batch: bool = Field(True, description="Dynamic batch dimension.")
     simplify: bool = Field(True, description="Run onnxsim; kept only if it re-validates.")
+    ort_format: bool = Field(False, description="Also write model.ort (ONNX Runtime's mobile format, by its own "
+                             "converter) with its mobile usability check.")
 
 
 class QuantizeSection(Section):
@@ -321,6 +327,11 @@ class ValidateSection(Section):
     samples: PositiveInt | None = Field(None, description="Held-out samples to compare on; null: the whole test split.")
 
 
+class LogSection(Section):
+    tensorboard: bool = Field(True, description="TensorBoard event files in the run folder (`tensorboard/`): "
+                              "losses, accuracies, learning rate and memory per block and epoch; exit scores.")
+
+
 class Recipe(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
         ..., description="Names the artifact folder: letters, digits, `_`, `.`, `-`.")
@@ -338,6 +349,7 @@ class Recipe(Section):
     # `validate` is the YAML key; the attribute is `validation` (pydantic owns `validate`).
     validation: ValidateSection = Field(ValidateSection(), alias="validate")
     bench: BenchSection = BenchSection()
+    log: LogSection = LogSection()
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
                               validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)

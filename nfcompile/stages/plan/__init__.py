@@ -4,6 +4,8 @@ budget, place the activation caches, and size the backprop baselines with the sa
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 import psutil
@@ -22,6 +24,7 @@ from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
 from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.models import AuxHead, UnitNet, choose_head_filters, unit_shapes_for
+from nfcompile.models.heads import head_pool_kernel
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
 from nfcompile.stages.plan.profile import profile_backprop_step, profile_input_fetch, profile_local_step
@@ -49,17 +52,22 @@ def saved_activation_bytes_per_sample(unit: nn.Module, in_shape: tuple[int, ...]
     two batch sizes (the difference removes the weights, which are saved too)."""
     def saved_at(batch: int) -> int:
         seen: dict[int, int] = {}
+        alive: list[torch.Tensor] = []  # held while measuring, so no address is reused meanwhile
 
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
+        def pack(tensor: torch.Tensor) -> int:
             storage = tensor.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
-            return tensor
+            alive.append(tensor)
+            # Never backpropagated: the graph keeps a size, not the tensor. Returning the tensor itself
+            # ties it to its own graph in a cycle through C++ that no garbage collector frees.
+            return storage.nbytes()
 
         module = unit.to(device).train()
         x = torch.randn((batch, *in_shape), device=device, requires_grad=True)
         state = {k: v.clone() for k, v in module.state_dict().items()}  # BN running stats
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             module(x)
+        alive.clear()  # the graph holds `pack` too: a list it reaches must not keep the tensors alive
         module.load_state_dict(state)
         return sum(seen.values())
 
@@ -96,9 +104,11 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     fits: list[MemoryFit] = []
     with progress_bar("profile units", len(shapes)) as advance:
         for index, (unit, (in_shape, out_shape)) in enumerate(zip(unit_net.units, shapes)):
+            started = time.perf_counter()
             unit_bytes = saved_activation_bytes_per_sample(unit, in_shape, device)
             filters = choose_head_filters(section.head, out_shape, unit_bytes)
-            head = AuxHead(out_shape[0], filters, num_classes)
+            pool = head_pool_kernel(section.head, out_shape[-1])
+            head = AuxHead(out_shape[0], filters, num_classes, pool=pool, depth=section.head.depth)
             fit = profile_local_step(unit, head, in_shape, num_classes, batch_sizes=section.profile_batch_sizes,
                                      budget=usable, max_batch=cap, section=train, device=device)
             fits.append(fit)
@@ -113,10 +123,16 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                 bytes_per_sample=fit.bytes_per_sample, measurements=fit.measurements, fit_error=fit.fit_error,
                 cache_bytes_per_sample=math.prod(out_shape) * CACHE_DTYPE_BYTES[section.cache.dtype],
                 seconds_per_sample=fit.seconds_per_sample, fetch_bytes_per_sample=fetch,
-                max_batch_size=block_max_batch([fit], usable, cap, fetch)))
+                max_batch_size=block_max_batch([fit], usable, cap, fetch),
+                state_bytes=state_bytes(unit) + state_bytes(head), head_pool=pool, head_depth=section.head.depth))
             advance(unit=profiles[-1].name)
-    _refuse_budget_below_minimum(profiles, fits, budget_bytes)
-    blocks = _blocks_with_caches(profiles, fits, usable, train_samples + val_samples, section, device,
+            log.info("profiled unit %d/%d %s: head %d filters, memory %s + b x %s, alone batch %d (%.1f s)",
+                     index + 1, len(shapes), profiles[-1].name, filters, format_bytes(fit.fixed_bytes),
+                     format_bytes(fit.bytes_per_sample), profiles[-1].max_batch_size, time.perf_counter() - started)
+    network = sum(p.state_bytes for p in profiles) + state_bytes(unit_net.classifier)
+    resident = Resident(device.type, network, profiles)
+    _refuse_budget_below_minimum(profiles, fits, budget_bytes, resident)
+    blocks = _blocks_with_caches(profiles, fits, usable, train_samples + val_samples, section, device, resident,
                                  recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size, image_augment,
                                                                                section, device))
     backprop = profile_backprop_step(unit_net, (3, image_size, image_size), num_classes,
@@ -129,8 +145,7 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     bp_batch, ck_batch = backprop.max_batch(usable, cap), checkpointed.max_batch(usable, cap)
     plan = Plan(
         device=str(device), budget_bytes=budget_bytes, budget_source=budget_source,
-        min_budget_bytes=math.ceil(max(block_peak([f], 1, p.fetch_bytes_per_sample)
-                                       for f, p in zip(fits, profiles)) / PLANNING_SHARE),
+        min_budget_bytes=_minimum_budget(profiles, fits, resident)[0],
         head_policy=section.head.policy,
         units=tuple(profiles), blocks=tuple(blocks),
         backprop_batch_size=bp_batch, backprop_predicted_peak_bytes=backprop.predicted(max(bp_batch, 1)),
@@ -138,21 +153,67 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
         checkpointing_batch_size=ck_batch,
         checkpointing_predicted_peak_bytes=checkpointed.predicted(max(ck_batch, 1)),
         checkpointing_measurements=checkpointed.measurements,
-        train_samples=train_samples, val_samples=val_samples)
+        train_samples=train_samples, val_samples=val_samples, network_state_bytes=network,
+        accounting=resident.accounting)
     log.info("plan: %d units in %d blocks, batch sizes %s under %s; backprop batch %s, checkpointed %s",
              len(profiles), len(blocks), [b.batch_size for b in blocks], format_bytes(budget_bytes),
              bp_batch or "none fits", ck_batch or "none fits")
     return plan
 
 
-def _refuse_budget_below_minimum(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int) -> None:
-    needs = [block_peak([f], 1, p.fetch_bytes_per_sample) for f, p in zip(fits, profiles)]
+@dataclass(frozen=True)
+class Resident:
+    """What else lives on the training device while a block trains, besides its own units and heads.
+
+    CPU: host RAM is the device, and the whole network (every unit, head and the classifier) lives
+    there from start to end, so the rest of it counts against every block. CUDA: a unit moves to the
+    GPU when its block starts and back to the host when its block is done (its output cached), so
+    nothing else of the network is on the device (placement `recompute` keeps the earlier units there:
+    `_recomputing_block` counts them). Either way the best-epoch snapshot is off the device (a file
+    on CPU, host RAM on CUDA) and the read-only training images are not counted (on CPU they are the
+    dataset in host memory, read, never written; a batch made from them counts)."""
+
+    device_type: str
+    network_bytes: int
+    profiles: list[UnitProfile]
+
+    def besides(self, units: list[int]) -> int:
+        if self.device_type == "cuda":
+            return 0
+        return self.network_bytes - sum(self.profiles[i].state_bytes for i in units)
+
+    @property
+    def accounting(self) -> str:
+        common = ("its units' and heads' weights, gradients and optimizer state, one unit's activations at a time, "
+                  "preparing the batch, and its input cache when that lives on the device")
+        if self.device_type == "cuda":
+            return (f"{common}; finished blocks go back to host RAM and the best-epoch snapshot is kept there; "
+                    "the pass that fills the output cache is planned to fit too")
+        return (f"{common}; plus the rest of the network's weights ({format_bytes(self.network_bytes)} in all), "
+                "which live in host RAM throughout; the best-epoch snapshot goes to a file; the training "
+                "images are not counted; the pass that fills the output cache is planned to fit too")
+
+
+def state_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _minimum_budget(profiles: list[UnitProfile], fits: list[MemoryFit], resident: Resident) -> tuple[int, int]:
+    """(what batch size 1 needs, with the planning margin; the unit that needs it)."""
+    needs = [block_peak([f], 1, p.fetch_bytes_per_sample) + resident.besides([p.index])
+             for f, p in zip(fits, profiles)]
     hungriest = max(range(len(needs)), key=needs.__getitem__)
-    minimum = math.ceil(needs[hungriest] / PLANNING_SHARE)  # what batch 1 needs, with the planning margin
+    return math.ceil(needs[hungriest] / PLANNING_SHARE), hungriest
+
+
+def _refuse_budget_below_minimum(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int,
+                                 resident: Resident) -> None:
+    minimum, hungriest = _minimum_budget(profiles, fits, resident)
     if minimum > budget:
+        rest = " and the rest of the network's weights" if resident.device_type == "cpu" else ""
         raise BudgetError(
             f"budget.memory {format_bytes(budget)} is below the {format_bytes(minimum)} that batch size 1 "
-            f"needs for unit {profiles[hungriest].name!r} (its weights, gradients, optimizer state and head, "
+            f"needs for unit {profiles[hungriest].name!r} (its weights, gradients, optimizer state and head{rest}, "
             f"plus a {1 - PLANNING_SHARE:.0%} planning margin)",
             hint=f"set budget.memory to at least {math.ceil(minimum / 2**20)}MiB, or use a narrower "
             "model (model.width)")
@@ -175,57 +236,79 @@ def _recompute_fetch(unit_net: UnitNet, first: int, image_size: int, image_augme
 
 
 def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int, cached_samples: int,
-                        section, device: torch.device, *,
+                        section, device: torch.device, resident: Resident, *,
                         recompute_fetch: Callable[[int], tuple[int, int]]) -> list[BlockPlan]:
     cap = min(section.max_batch_size, max(p.max_batch_size for p in profiles))
     fetch = [p.fetch_bytes_per_sample for p in profiles]
-    groups = partition_blocks(fits, budget, split_ratio=section.block_split_ratio, cap=cap,
+    # Grouping only needs comparable batch sizes: it plans against the budget less the whole network
+    # (an upper bound of what else is resident); every block's batch is then sized exactly.
+    groups = partition_blocks(fits, budget - resident.besides([]), split_ratio=section.block_split_ratio, cap=cap,
                               fetch_bytes_per_sample=fetch)
     host_limit = section.cache.max_host_bytes or psutil.virtual_memory().available // 2
     blocks: list[BlockPlan] = []
     input_cache_on_device = 0
-    for k, (units, batch) in enumerate(groups):
+    for k, (units, _) in enumerate(groups):
         block_fits = [fits[i] for i in units]
+        others = resident.besides(units)
         if section.cache.placement == "recompute":
-            blocks.append(_recomputing_block(k, units, batch, block_fits, budget, fetch[units[0]], last=k == len(groups) - 1,
-                                             recompute_fetch=recompute_fetch))
+            blocks.append(_recomputing_block(k, units, block_fits, budget - others, cap, fetch[units[0]], others,
+                                             device, last=k == len(groups) - 1, recompute_fetch=recompute_fetch))
             continue
-        if input_cache_on_device:  # the cache this block reads shares the budget with its training
-            batch = block_max_batch(block_fits, budget - input_cache_on_device, batch, fetch[units[0]])
-            if batch == 0:
-                raise BudgetError(f"block {k}: its input cache ({format_bytes(input_cache_on_device)}, "
-                                  "train.neuroflux.cache.placement: device) leaves no room to train",
-                                  hint="use cache placement auto or disk, or a larger budget")
+        # The cache this block reads, and the rest of the network, share the budget with its training.
+        batch = block_max_batch(block_fits, budget - others - input_cache_on_device, cap, fetch[units[0]])
+        if batch == 0:
+            raise BudgetError(f"block {k} (units {units[0]}-{units[-1]}): its input cache "
+                              f"({format_bytes(input_cache_on_device)}) and the rest of the network "
+                              f"({format_bytes(others)}) leave no room to train at batch size 1",
+                              hint="use cache placement auto or disk, or a larger budget")
         last = k == len(groups) - 1
         cache_bytes = 0 if last else cached_samples * profiles[units[-1]].cache_bytes_per_sample
+        caching = _caching_peak(units, block_fits, batch, fetch[units[0]], profiles, others, input_cache_on_device)
         headroom = 0
         if not last:
-            next_units, next_batch = groups[k + 1]
-            next_peak = block_peak([fits[i] for i in next_units], next_batch, fetch[next_units[0]])
-            resident = sum(f.persistent_bytes for f in block_fits)
+            next_units = groups[k + 1][0]
+            next_fits = [fits[i] for i in next_units]
+            next_batch = block_max_batch(next_fits, budget - resident.besides(next_units), cap, fetch[next_units[0]])
+            next_peak = block_peak(next_fits, next_batch, fetch[next_units[0]]) + resident.besides(next_units)
             # While caching, this block's weights, its input cache and the growing output cache coexist;
             # while the next block trains, its peak and the cache do.
-            headroom = min(budget - next_peak, budget - resident - input_cache_on_device)
+            headroom = min(budget - next_peak, budget - caching)
         placement = place_cache(cache_bytes, device_type=device.type, requested=section.cache.placement,
                                 device_headroom=headroom, host_limit=host_limit)
+        on_device = placement.bytes if placement.placement == "device" else 0
         blocks.append(BlockPlan(index=k, units=tuple(units), batch_size=batch,
                                 predicted_peak_bytes=block_peak(block_fits, batch, fetch[units[0]])
-                                + input_cache_on_device,
-                                cache_placement=placement.placement, cache_bytes=placement.bytes))
-        input_cache_on_device = placement.bytes if placement.placement == "device" else 0
+                                + input_cache_on_device + others,
+                                cache_placement=placement.placement, cache_bytes=placement.bytes,
+                                other_resident_bytes=others, caching_peak_bytes=caching + on_device if not last else 0))
+        input_cache_on_device = on_device
     return blocks
 
 
-def _recomputing_block(k: int, units: list[int], batch: int, block_fits: list[MemoryFit], budget: int,
-                       image_fetch: int, *, last: bool, recompute_fetch: Callable[[int], tuple[int, int]]) -> BlockPlan:
-    """A block with no input cache: the earlier units' weights stay resident and run forward on every batch."""
+def _caching_peak(units: list[int], fits: list[MemoryFit], batch: int, image_fetch: int,
+                  profiles: list[UnitProfile], others: int, input_cache: int) -> int:
+    """The pass that runs a finished block over the data to fill its output cache: the block's weights
+    (its optimizers are gone), the rest of the network, the input cache, and one batch's forward pass,
+    bounded by what a training step of its hungriest unit holds. The output cache comes on top where
+    it lives on the device."""
+    weights = sum(profiles[i].state_bytes for i in units)
+    forward = max(max(f.predicted(batch) - f.persistent_bytes for f in fits), batch * image_fetch)
+    return others + weights + input_cache + forward
+
+
+def _recomputing_block(k: int, units: list[int], block_fits: list[MemoryFit], budget: int, cap: int,
+                       image_fetch: int, others: int, device: torch.device, *, last: bool,
+                       recompute_fetch: Callable[[int], tuple[int, int]]) -> BlockPlan:
+    """A block with no input cache: the earlier units run forward on every batch. On CUDA their weights
+    stay on the device for it (on CPU they are part of the resident network already)."""
     resident, fetch = recompute_fetch(units[0]) if k else (0, image_fetch)
-    if k:
-        batch = block_max_batch(block_fits, budget - resident, batch, fetch)
-        if batch == 0:
-            raise BudgetError(f"block {k}: recomputing units 0-{units[0] - 1} for every batch leaves no room to "
-                              "train (train.neuroflux.cache.placement: recompute)",
-                              hint="use cache placement auto, or a larger budget")
+    if device.type != "cuda":
+        resident = 0
+    batch = block_max_batch(block_fits, budget - resident, cap, fetch)
+    if batch == 0:
+        raise BudgetError(f"block {k}: recomputing units 0-{units[0] - 1} for every batch leaves no room to "
+                          "train (train.neuroflux.cache.placement: recompute)",
+                          hint="use cache placement auto, or a larger budget")
     return BlockPlan(index=k, units=tuple(units), batch_size=batch,
-                     predicted_peak_bytes=block_peak(block_fits, batch, fetch) + resident,
-                     cache_placement="none" if last else "recompute", cache_bytes=0)
+                     predicted_peak_bytes=block_peak(block_fits, batch, fetch) + resident + others,
+                     cache_placement="none" if last else "recompute", cache_bytes=0, other_resident_bytes=others)

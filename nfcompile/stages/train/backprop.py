@@ -3,7 +3,6 @@ end-to-end backprop at the largest batch that fits, and backprop with gradient c
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -12,18 +11,18 @@ import torch
 
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
-from nfcompile.core.memory import PeakMeter, fit_memory
+from nfcompile.core.memory import fit_memory
 from nfcompile.core.repro import derived_seed
 from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
-from nfcompile.learning import (CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer, set_lr,
-                                top1_accuracy, warmup_steps)
+from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer,
+                                set_lr, top1_accuracy, warmup_steps)
 from nfcompile.data.batches import Augment
 from nfcompile.data.datasets import DataBundle
-from nfcompile.errors import BudgetError, BudgetExceeded
+from nfcompile.errors import BudgetError
 from nfcompile.models import MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.data.sources import ImageInput
-from nfcompile.stages.train.budget import memory_cap, tracked_steps, whole_run_meter
+from nfcompile.stages.train.budget import block_meter, check_budget, memory_cap, with_memory
 from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_exit
 
 log = get_logger(__name__)
@@ -63,38 +62,33 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     torch.manual_seed(derived_seed(seed, "backprop-torch"))
     steps_per_epoch = math.ceil(len(train_in) / batch)
     total_steps = train.epochs * steps_per_epoch
-    meter = PeakMeter(device, [trainee], [optimizer])
-    track_steps = tracked_steps(device, train)
 
     def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
         set_lr(optimizer, lr)
         return (backprop_step(trainee, x, y, optimizer),)
 
     started = time.perf_counter()
-    with memory_cap(device, plan.budget_bytes, budget.enforce), whole_run_meter(meter, device):
-        outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                      lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
-                      generator_for=lambda epoch: generator, train_modules=[trainee],
-                      evaluate=lambda: (top1_accuracy(unit_net, val_in, batch),), patience=train.patience,
-                      keep_best=[unit_net],
-                      step_context=lambda s: meter.step() if s < track_steps else contextlib.nullcontext(),
-                      label=f"{method} (batch {batch})")
-    history, stop_reason = outcome.history, outcome.stop_reason
+    best = BestWeights([unit_net], device, out_dir)
+    with memory_cap(device, plan.budget_bytes, budget.enforce), block_meter(device, [trainee], data) as meter:
+        try:
+            outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
+                          lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
+                          generator_for=lambda epoch: generator, train_modules=[trainee],
+                          evaluate=lambda: (top1_accuracy(unit_net, val_in, batch),), patience=train.patience,
+                          keep_best=best, label=f"{method} (batch {batch})")
+        finally:
+            best.close()
     best_accuracy = outcome.best.val_accuracy[0]
-    measured = meter.reading.total
     last = net.exit_units[-1]
-    block = BlockResult(index=0, units=tuple(range(last + 1)), batch_size=batch, trained=True, stop_reason=stop_reason,
-                        epochs_run=len(history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=measured,
-                        predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes,
-                        seconds=time.perf_counter() - started, cache_placement="none", cache_bytes=0,
-                        cache_seconds=0.0, history=tuple(history))
-    log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s", method, len(history), best_accuracy,
-             format_bytes(measured), format_bytes(plan.budget_bytes))
-    if measured > plan.budget_bytes:
-        message = f"{method} at batch {batch}: measured peak {format_bytes(measured)} exceeds the budget"
-        if budget.enforce:
-            raise BudgetExceeded(message)
-        log.warning(message)
+    block = with_memory(BlockResult(
+        index=0, units=tuple(range(last + 1)), batch_size=batch, trained=True, stop_reason=outcome.stop_reason,
+        epochs_run=len(outcome.history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=None,
+        predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes, seconds=time.perf_counter() - started,
+        cache_placement="none", cache_bytes=0, cache_seconds=0.0, history=tuple(outcome.history)), meter.reading)
+    log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s (predicted %s)", method,
+             len(outcome.history), best_accuracy, format_bytes(block.measured_peak_bytes),
+             format_bytes(plan.budget_bytes), format_bytes(predicted))
+    check_budget(block, f"{method} at batch {batch}", enforce=budget.enforce)
     result = TrainResult(method=method, device=str(device), budget_bytes=plan.budget_bytes,
                          checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),
                          exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - started,

@@ -1,14 +1,23 @@
-"""How training holds to the memory budget: the CUDA allocator cap and where peaks are measured."""
+"""How training holds to the memory budget: the CUDA allocator cap, the independent measurement of
+every block (`core.memory.BlockMeter`), and the check that fails a block over its budget."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import dataclasses
+from typing import Iterable, Iterator
 
 import torch
+from torch import nn
 
-from nfcompile.core.memory import PeakMeter
-from nfcompile.recipe.schema import TrainSection
+from nfcompile.core.bytesize import format_bytes
+from nfcompile.core.log import get_logger
+from nfcompile.core.memory import BlockMeter, BlockMemory
+from nfcompile.core.results import BlockResult
+from nfcompile.data.datasets import DataBundle
+from nfcompile.errors import BudgetExceeded
+
+log = get_logger(__name__)
 
 
 @contextlib.contextmanager
@@ -25,16 +34,30 @@ def memory_cap(device: torch.device, budget: int, enforce: bool) -> Iterator[Non
         torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
-def tracked_steps(device: torch.device, train: TrainSection) -> int:
-    """CUDA measures every step at no cost (one meter around the whole run); on CPU the allocation
-    tracker observes the first steps, which have the same shapes as the rest."""
-    return 0 if device.type == "cuda" else train.neuroflux.track_steps
+def block_meter(device: torch.device, modules: Iterable[nn.Module], data: DataBundle,
+                caches: Iterable[torch.Tensor] = ()) -> BlockMeter:
+    """The meter for one block: its own weights and the activation cache it reads named as such, every
+    other live tensor found by the scan, the read-only training images left out."""
+    weights = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    images = [split.images for split in (data.train, data.val, data.test)]
+    return BlockMeter(device, seeded={"block weights": weights, "activation cache": list(caches)}, exclude=images)
 
 
-@contextlib.contextmanager
-def whole_run_meter(meter: PeakMeter, device: torch.device) -> Iterator[None]:
-    if device.type == "cuda":
-        with meter.step():
-            yield
-    else:
-        yield
+def with_memory(result: BlockResult, memory: BlockMemory) -> BlockResult:
+    return dataclasses.replace(result, measured_peak_bytes=memory.peak, rss_rise_bytes=memory.rss_rise,
+                               peak_breakdown=dict(memory.breakdown), measurement=memory.method)
+
+
+def check_budget(result: BlockResult, what: str, *, enforce: bool) -> None:
+    """Fail (or, with budget.enforce off, warn about) a block whose measured peak is over its budget,
+    naming what held the memory at the peak."""
+    peak, budget = result.measured_peak_bytes, result.budget_bytes
+    if not peak or budget is None or peak <= budget:
+        return
+    held = ", ".join(f"{name} {format_bytes(size)}" for name, size in result.peak_breakdown.items())
+    message = (f"{what}: measured peak {format_bytes(peak)} exceeds budget.memory {format_bytes(budget)}"
+               + (f" (at the peak: {held})" if held else ""))
+    if enforce:
+        raise BudgetExceeded(message, hint="finished blocks are checkpointed; raise the budget or set "
+                             "budget.enforce: false, then --resume")
+    log.warning("%s (budget.enforce is off)", message)

@@ -265,21 +265,27 @@ def saved_tensor_bytes(exclude: Sequence[torch.Tensor] = ()) -> Iterator[Callabl
     """Count the bytes of the tensors autograd saves for backward inside this block.
 
     Yields a callable giving the running total. Tensors in ``exclude`` (parameters: they are
-    resident anyway) are left out; a tensor saved twice counts once.
+    resident anyway) are left out; a tensor saved twice counts once. What runs inside is measured,
+    never backpropagated: the graph keeps a size, not the tensor (a tensor saved as itself would be
+    tied to its own graph in a cycle through C++ that no garbage collector frees).
     """
     excluded = {t.untyped_storage().data_ptr() for t in exclude}
     seen: set[tuple] = set()
     total = [0]
+    alive: list[torch.Tensor] = []
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> int:
+        alive.append(t)  # held while measuring (no address reused), cleared after: the graph holds `pack` too
         key = _tensor_key(t)
+        size = t.numel() * t.element_size()
         if t.untyped_storage().data_ptr() not in excluded and key not in seen:
             seen.add(key)
-            total[0] += t.numel() * t.element_size()
-        return t
+            total[0] += size
+        return size
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield lambda: total[0]
+    alive.clear()
 
 
 @dataclass(frozen=True)

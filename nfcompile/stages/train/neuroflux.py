@@ -20,30 +20,26 @@ from torch import nn
 
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
-from nfcompile.core.memory import PeakMeter
+from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
 from nfcompile.core.results import BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult
-from nfcompile.learning import (eval_mode, fit, local_step, lr_schedule, make_optimizer, set_lr, top1_accuracies,
-                                warmup_steps)
+from nfcompile.learning import (BestWeights, eval_mode, fit, local_step, lr_schedule, make_optimizer, set_lr,
+                                top1_accuracies, warmup_steps)
 from nfcompile.data.batches import Augment, batch_order, feature_augment
 from nfcompile.data.datasets import DataBundle
-from nfcompile.errors import BudgetExceeded
 from nfcompile.models import AuxHead, MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
-from nfcompile.stages.train.budget import memory_cap, tracked_steps, whole_run_meter
+from nfcompile.stages.train.budget import block_meter, check_budget, memory_cap, with_memory
 from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.stages.train.checkpoint import TrainCheckpoint
 
 log = get_logger(__name__)
 
-# Batches of the caching pass observed by the CPU tracker (the cache itself is allocated inside).
-CACHE_TRACKED_BATCHES = 2
-
-
 def attach_aux_heads(unit_net: UnitNet, plan: Plan, num_classes: int, seed: int) -> MultiExitNet:
     """One auxiliary head per unit, of the width the plan chose, initialized from the seed."""
     torch.manual_seed(derived_seed(seed, "heads"))
-    heads = {u.index: AuxHead(u.out_shape[0], u.head_filters, num_classes) for u in plan.units}
+    heads = {u.index: AuxHead(u.out_shape[0], u.head_filters, num_classes, pool=u.head_pool, depth=u.head_depth)
+             for u in plan.units}
     return MultiExitNet(unit_net, heads)
 
 
@@ -68,15 +64,25 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             if stalled:
                 results.append(_skipped(block, plan.budget_bytes))
                 continue
-            result = _train_block(block, net, train_in, val_in, plan=plan, train=train, device=device,
-                                  seed=seed, enforce=budget.enforce)
-            if block.index < len(plan.blocks) - 1:
-                cache_start = time.perf_counter()
-                train_in, val_in, cache_peak = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
-                                                            image_augment=image_augment, device=device,
-                                                            folder=cache_folder)
-                result = _with_cache(result, block, time.perf_counter() - cache_start, cache_peak)
-            _check_budget(result, enforce=budget.enforce)
+            modules = [*(net.units[i] for i in block.units), *(net.heads[str(i)] for i in block.units)]
+            caches = [*train_in.device_tensors(), *val_in.device_tensors()]
+            # One meter over the whole block: every step, evaluation, the snapshot and the caching pass.
+            with block_meter(device, modules, data, caches) as meter:
+                result = _train_block(block, net, train_in, val_in, plan=plan, train=train, device=device,
+                                      seed=seed, snapshot_folder=out_dir)
+                if block.index < len(plan.blocks) - 1:
+                    cache_start = time.perf_counter()
+                    train_in, val_in = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
+                                                    image_augment=image_augment, device=device, folder=cache_folder)
+                    result = replace(result, cache_seconds=time.perf_counter() - cache_start)
+            result = with_memory(result, meter.reading)
+            log.info("block %d: measured peak %s of %s (predicted %s)%s", block.index,
+                     format_bytes(result.measured_peak_bytes), format_bytes(plan.budget_bytes),
+                     format_bytes(block.predicted_peak_bytes),
+                     f", process RSS rose {format_bytes(result.rss_rise_bytes)}" if result.rss_rise_bytes else "")
+            check_budget(result, f"block {block.index} (units {block.units[0]}-{block.units[-1]}, batch "
+                                 f"{block.batch_size})", enforce=budget.enforce)
+            _off_device(block, modules, device)
             results.append(result)
             checkpoint.save(net, model, num_classes, results)
             if section.stop_stalled_blocks:
@@ -87,11 +93,19 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
     return TrainOutcome(net, _train_result(results, plan, device, time.perf_counter() - start, resumed=len(done)))
 
 
+def _off_device(block: BlockPlan, modules: list[nn.Module], device: torch.device) -> None:
+    """On CUDA a finished block goes back to host RAM (the plan counts nothing of it on the GPU), unless
+    later blocks recompute through it."""
+    if device.type == "cuda" and block.cache_placement != "recompute":
+        for module in modules:
+            module.to("cpu")
+
+
 # --------------------------------------------------------------------------- one block
 
 
 def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan: Plan, train: TrainSection,
-                 device: torch.device, seed: int, enforce: bool) -> BlockResult:
+                 device: torch.device, seed: int, snapshot_folder: Path) -> BlockResult:
     units = [net.units[i].to(device) for i in block.units]
     heads = [net.heads[str(i)].to(device) for i in block.units]
     batch = block.batch_size
@@ -100,8 +114,6 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     total_steps = train.epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(derived_seed(seed, "block", block.index))
     torch.manual_seed(derived_seed(seed, "block-torch", block.index))
-    meter = PeakMeter(device, [*units, *heads], optimizers, resident=train_in.device_tensors())
-    track_steps = tracked_steps(device, train)
 
     def step(h: torch.Tensor, y: torch.Tensor, lr: float) -> list[float]:
         losses = []
@@ -117,22 +129,21 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
 
     started = time.perf_counter()
     label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
-    with whole_run_meter(meter, device):
+    best = BestWeights([*units, *heads], device, snapshot_folder)
+    try:
         # The block is judged by its last unit: that is what the next block learns from.
         outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
                       lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
                       generator_for=lambda epoch: generator, train_modules=[*units, *heads], evaluate=evaluate,
-                      patience=train.patience, keep_best=[*units, *heads],
-                      step_context=lambda s: meter.step() if s < track_steps else contextlib.nullcontext(),
-                      label=label)
-    best = outcome.best
-    measured = meter.reading.total
-    log.info("%s: %d epoch(s) (%s), best exit accuracy %.4f at epoch %d, measured peak %s of %s",
-             label, len(outcome.history), outcome.stop_reason, max(best.val_accuracy), outcome.best_epoch,
-             format_bytes(measured), format_bytes(plan.budget_bytes))
+                      patience=train.patience, keep_best=best, label=label)
+    finally:
+        best.close()
+    record = outcome.best
+    log.info("%s: %d epoch(s) (%s), best exit accuracy %.4f at epoch %d", label, len(outcome.history),
+             outcome.stop_reason, max(record.val_accuracy), outcome.best_epoch)
     return BlockResult(index=block.index, units=block.units, batch_size=batch, trained=True,
                        stop_reason=outcome.stop_reason, epochs_run=len(outcome.history),
-                       best_val_accuracy=best.val_accuracy, measured_peak_bytes=measured,
+                       best_val_accuracy=record.val_accuracy, measured_peak_bytes=None,
                        predicted_peak_bytes=block.predicted_peak_bytes, budget_bytes=plan.budget_bytes,
                        seconds=time.perf_counter() - started, cache_placement=block.cache_placement,
                        cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history))
@@ -151,17 +162,15 @@ def block_exits(units: list[nn.Module], heads: list[nn.Module], h: torch.Tensor)
 
 
 @torch.no_grad()
-def _fill_cache(units: list[nn.Module], source, cache: ActivationCache, batch: int,
-                meter: PeakMeter | None = None) -> None:
+def _fill_cache(units: list[nn.Module], source, cache: ActivationCache, batch: int) -> None:
     for m in units:
         m.eval()
     start = 0
-    for n, indices in enumerate(batch_order(len(source), batch, False, None)):
-        with meter.step() if meter is not None and n < CACHE_TRACKED_BATCHES else contextlib.nullcontext():
-            h, _ = source.fetch(indices, None, train=False)
-            for unit in units:
-                h = unit(h)
-            cache.write(start, h)
+    for indices in batch_order(len(source), batch, False, None):
+        h, _ = source.fetch(indices, None, train=False)
+        for unit in units:
+            h = unit(h)
+        cache.write(start, h)
         start += len(indices)
 
 
@@ -169,33 +178,30 @@ def _cache_block_outputs(block: BlockPlan, net: MultiExitNet, train_in, val_in, 
                          image_augment: Augment, device: torch.device, folder: Path):
     units = [net.units[i] for i in block.units]
     out_shape = plan.units[block.units[-1]].out_shape
-    meter = PeakMeter(device, units, [], resident=[*train_in.device_tensors(), *val_in.device_tensors()])
     caches = []
-    for name, source in (("train", train_in), ("val", val_in)):
-        make = lambda: ActivationCache(block.cache_placement, len(source), out_shape, section.cache.dtype,
-                                       device=device, folder=folder, name=f"block{block.index}.{name}")
-        with meter.step() if device.type == "cpu" else contextlib.nullcontext():
-            cache = make()  # allocated inside the measured region: a device cache counts
-        meter.resident.extend(cache.device_tensors())
-        _fill_cache(units, source, cache, block.batch_size, meter if device.type == "cpu" else None)
-        caches.append(cache)
+    with memory_phase("caching pass"):
+        for name, source in (("train", train_in), ("val", val_in)):
+            with memory_phase("activation cache (being filled)"):
+                cache = ActivationCache(block.cache_placement, len(source), out_shape, section.cache.dtype,
+                                        device=device, folder=folder, name=f"block{block.index}.{name}")
+            _fill_cache(units, source, cache, block.batch_size)
+            caches.append(cache)
     augment = feature_augment(image_augment, plan.units[0].in_shape[-1], out_shape[-1], section.cache.feature_augment)
     train_cache, val_cache = caches
-    return (CachedInput(train_cache, train_in.labels, augment), CachedInput(val_cache, val_in.labels, Augment()),
-            meter.reading.total)
+    return CachedInput(train_cache, train_in.labels, augment), CachedInput(val_cache, val_in.labels, Augment())
 
 
 def _next_inputs(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan: Plan, section,
                  image_augment: Augment, device: torch.device, folder: Path):
     """What the block after ``block`` reads: a cache of its outputs, or (placement `recompute`) its
-    units run again on every batch. Returns (train input, validation input, measured peak)."""
+    units run again on every batch. Returns (train input, validation input)."""
     if block.cache_placement == "recompute":
         units = [net.units[i] for i in block.units]
-        return RecomputedInput(train_in, units), RecomputedInput(val_in, units), 0
-    next_train, next_val, peak = _cache_block_outputs(block, net, train_in, val_in, plan=plan, section=section,
-                                                      image_augment=image_augment, device=device, folder=folder)
+        return RecomputedInput(train_in, units), RecomputedInput(val_in, units)
+    next_train, next_val = _cache_block_outputs(block, net, train_in, val_in, plan=plan, section=section,
+                                                image_augment=image_augment, device=device, folder=folder)
     _close(train_in, val_in)
-    return next_train, next_val, peak
+    return next_train, next_val
 
 
 def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundle, image_augment: Augment,
@@ -207,10 +213,10 @@ def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundl
     val_in = ImageInput(data.val, data.preprocessing, Augment(), device)
     started = time.perf_counter()
     for block in plan.blocks[:index]:
-        for i in block.units:
-            net.units[i].to(device)
-        train_in, val_in, _ = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
-                                           image_augment=image_augment, device=device, folder=folder)
+        units = [net.units[i].to(device) for i in block.units]
+        train_in, val_in = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
+                                        image_augment=image_augment, device=device, folder=folder)
+        _off_device(block, units, device)
     if index:
         log.info("resumed after block %d: rebuilt its cache (%s) in %.1f s", index - 1,
                  plan.blocks[index - 1].cache_placement, time.perf_counter() - started)
@@ -224,21 +230,6 @@ def _close(*inputs) -> None:
 
 
 # --------------------------------------------------------------------------- bookkeeping
-
-
-def _with_cache(result: BlockResult, block: BlockPlan, seconds: float, cache_peak: int) -> BlockResult:
-    return replace(result, cache_seconds=seconds, measured_peak_bytes=max(result.measured_peak_bytes or 0, cache_peak))
-
-
-def _check_budget(result: BlockResult, *, enforce: bool) -> None:
-    if result.measured_peak_bytes and result.measured_peak_bytes > result.budget_bytes:
-        message = (f"block {result.index} (units {result.units[0]}-{result.units[-1]}, batch {result.batch_size}): "
-                   f"measured peak {format_bytes(result.measured_peak_bytes)} exceeds budget.memory "
-                   f"{format_bytes(result.budget_bytes)}")
-        if enforce:
-            raise BudgetExceeded(message, hint="the finished blocks are checkpointed; raise the budget or set "
-                                 "budget.enforce: false, then --resume")
-        log.warning("%s (budget.enforce is off)", message)
 
 
 def _stalled(results: list[BlockResult], delta: float) -> bool:

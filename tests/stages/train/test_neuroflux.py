@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from nfcompile.core.results import Plan, TrainResult
 from nfcompile.errors import BudgetError, BudgetExceeded
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.plan import plan_training
@@ -14,6 +16,7 @@ from nfcompile.stages.train import train_model
 from nfcompile.stages.train import neuroflux
 
 from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_data, make_tiny_unit_net
+from isolated import run_isolated
 
 CPU = torch.device("cpu")
 BUDGET = BudgetSection(memory="1MiB")
@@ -42,19 +45,33 @@ def data():
     return make_tiny_data(train=96, val=32, test=32)
 
 
-def test_blocks_stay_under_the_budget_as_measured(data, tmp_path):
-    train = _train_section()
-    plan = _plan(train, data)
+def trained_in_this_process(out_dir: str, method: str = "neuroflux", budget: str = "1MiB",
+                            cache: str = "auto") -> dict:
+    """Plan and train the tiny net (run by `isolated.run_isolated` in a fresh process: the measured
+    peak counts every tensor alive in the process, as in a build)."""
+    data = make_tiny_data(train=96, val=32, test=32)
+    train = _train_section(cache={"placement": cache}).model_copy(update={"method": method})
+    plan = _plan(train, data, BudgetSection(memory=budget))
+    outcome = _train(plan, train, data, Path(out_dir), budget=BudgetSection(memory=budget))
+    return {"plan": plan, "result": outcome.result, "train_samples": len(data.train)}
+
+
+def _fresh(tmp_path, **kwargs):
+    measured = run_isolated(__file__, "trained_in_this_process", out_dir=str(tmp_path), **kwargs)
+    return Plan.from_dict(measured["plan"]), TrainResult.from_dict(measured["result"]), measured["train_samples"]
+
+
+def test_blocks_stay_under_the_budget_as_measured(tmp_path):
+    plan, result, _ = _fresh(tmp_path)
     assert len(plan.blocks) >= 2, "the tiny budget should split the units"
-    outcome = _train(plan, train, data, tmp_path)
-    for block in outcome.result.blocks:
+    for block in result.blocks:
         assert block.trained
         assert block.measured_peak_bytes <= plan.budget_bytes
         assert abs(block.predicted_peak_bytes - block.measured_peak_bytes) <= 0.15 * block.measured_peak_bytes
-    assert outcome.result.exit_units == (0, 1, 2)
+    assert result.exit_units == (0, 1, 2)
     assert (tmp_path / "checkpoint.pt").is_file()
     # Learning happened: the deepest exit beats chance (0.25) on validation.
-    assert outcome.result.exit_val_accuracy[-1] > 0.5
+    assert result.exit_val_accuracy[-1] > 0.5
 
 
 def test_disk_cache_is_used_and_cleaned_up(data, tmp_path):
@@ -67,12 +84,9 @@ def test_disk_cache_is_used_and_cleaned_up(data, tmp_path):
     assert not list((tmp_path / "cache").glob("*.bin")), "cache files must be deleted after training"
 
 
-def test_device_cache_counts_against_the_measured_peak(data, tmp_path):
-    train = _train_section(cache={"placement": "device"})
-    budget = BudgetSection(memory="2MiB")
-    plan = _plan(train, data, budget)
-    outcome = _train(plan, train, data, tmp_path, budget=budget)
-    first, second = outcome.result.blocks[:2]
+def test_device_cache_counts_against_the_measured_peak(tmp_path):
+    plan, result, _ = _fresh(tmp_path, budget="2MiB", cache="device")
+    first, second = result.blocks[:2]
     assert first.cache_placement == "device"
     # The second block reads the first one's cache from the device: its peak includes it, and its
     # batch size was planned with the cache taking its share of the budget.
@@ -83,7 +97,10 @@ def test_device_cache_counts_against_the_measured_peak(data, tmp_path):
 def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, monkeypatch):
     train = _train_section()
     plan = _plan(train, data)
-    full = _train(plan, train, data, tmp_path / "full")
+    # What is resumed is judged here, not the budget: inside pytest other tests' tensors share the
+    # process (the budget is held in a fresh process: test_blocks_stay_under_the_budget_as_measured).
+    budget = BudgetSection(memory="1MiB", enforce=False)
+    full = _train(plan, train, data, tmp_path / "full", budget=budget)
 
     calls = []
     real = neuroflux._train_block
@@ -96,9 +113,9 @@ def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, mon
 
     monkeypatch.setattr(neuroflux, "_train_block", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        _train(plan, train, data, tmp_path / "run")
+        _train(plan, train, data, tmp_path / "run", budget=budget)
     monkeypatch.setattr(neuroflux, "_train_block", lambda block, *a, **k: calls.append(block.index) or real(block, *a, **k))
-    resumed = _train(plan, train, data, tmp_path / "run", resume=True)
+    resumed = _train(plan, train, data, tmp_path / "run", resume=True, budget=budget)
     assert calls == [0, 1, *range(1, len(plan.blocks))], "block 0 must not be trained again"
     assert resumed.result.details["resumed_blocks"] == 1
     for a, b in zip(full.net.state_dict().values(), resumed.net.state_dict().values()):
@@ -131,14 +148,12 @@ def test_stalled_blocks_are_skipped(data, tmp_path):
     assert outcome.result.exit_units == tuple(u for b in outcome.result.blocks if b.trained for u in b.units)
 
 
-def test_backprop_baseline_uses_the_profiled_batch(data, tmp_path):
-    train = _train_section().model_copy(update={"method": "backprop"})
-    plan = _plan(train, data, BudgetSection(memory="4MiB"))
-    outcome = _train(plan, train, data, tmp_path, budget=BudgetSection(memory="4MiB"))
-    (block,) = outcome.result.blocks
-    assert block.batch_size == min(plan.backprop_batch_size, len(data.train))
+def test_backprop_baseline_uses_the_profiled_batch(tmp_path):
+    plan, result, train_samples = _fresh(tmp_path, method="backprop", budget="4MiB")
+    (block,) = result.blocks
+    assert block.batch_size == min(plan.backprop_batch_size, train_samples)
     assert block.measured_peak_bytes <= plan.budget_bytes
-    assert outcome.result.exit_units == (2,)
+    assert result.exit_units == (2,)
 
 
 def test_backprop_that_cannot_fit_is_a_budget_error(data, tmp_path):
