@@ -110,7 +110,8 @@ def _runner(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection,
                                  timing_cache=_timing_cache(tensorrt, Path(engine_dir)))
     runner = backend.runner(engine_path, bench.threads)
     note = f" (recipe asks int8; exits timed at {precision})" if precision != tensorrt.precision else ""
-    return runner, f"TensorRT {precision} engine, profile batch {low}..{opt}..{high}{note}"
+    return runner, (f"TensorRT {precision} engine, profile batch {low}..{opt}..{high}{note}; reported: wall time "
+                    "per call with host-device copies (TrtRunner.last_timing splits off the engine's own time)")
 
 
 def _timing_cache(tensorrt: TensorRTSection, engine_dir: Path) -> Path:
