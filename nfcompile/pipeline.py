@@ -22,6 +22,7 @@ import torch
 from nfcompile.core.io import remove_scratch, write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import seed_everything
+from nfcompile.core.tensorboard import TENSORBOARD_DIR, event_log, log_scalars
 from nfcompile.core.results import (DeliverableLatency, EngineResult, ExitScores, OnnxExport, OrtExport, Plan,
                                     PruneResult, QuantResult, Result, Selection, StageRecord, TrainResult, Validation)
 from nfcompile.errors import NfcompileError, StageSkipped
@@ -263,6 +264,10 @@ def _select(build: Build) -> Selection:
     scores = build.results["score"]
     selection = select_exit(scores, build.recipe.select)
     write_exits_json(scores, selection, build.run.path / "exits.json")
+    for score in (*scores.exits, scores.full_model):
+        log_scalars(f"exits/{score.name}", 0, {"val_accuracy": score.accuracy, "test_accuracy": score.test_accuracy,
+                                               "params": score.params, "onnx_bytes": score.onnx_bytes,
+                                               **{f"p50_ms_batch{lat.batch_size}": lat.p50_ms for lat in score.latency}})
     plot_pareto(scores, selection, build.run.path / "pareto.png")
     return selection
 
@@ -473,5 +478,6 @@ def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | N
         if stale:
             log.info("removed %d temporary file(s) left by an interrupted build: %s", len(stale), ", ".join(stale[:5]))
         write_json(run.state / "recipe.json", {"recipe": recipe_dict(recipe), "source": recipe_source})
-        build.execute(STAGES, until)
+        with event_log(run.path / TENSORBOARD_DIR if recipe.log.tensorboard else None):
+            build.execute(STAGES, until)
     return build

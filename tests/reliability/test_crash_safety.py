@@ -60,6 +60,12 @@ def _complete(path: Path) -> None:
     elif suffix == ".md":  # the report: its last section, closed
         text = path.read_text(encoding="utf-8")
         assert "## Reproduce" in text and text.endswith("```\n")
+    elif path.name.startswith("events.out.tfevents."):
+        # TensorBoard's append-only log of CRC-checked records: a kill can cut only its last record,
+        # which readers skip. Every record before it must read back.
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+        assert any(True for _ in EventFileLoader(str(path)).Load())
     elif suffix in (".engine", ".cache"):  # TensorRT's, where it is installed: opaque, written in one piece
         assert path.stat().st_size > 0
     else:

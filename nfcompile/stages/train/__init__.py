@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from nfcompile.core.memory import training_scope
 from nfcompile.core.results import Plan, TrainOutcome
 from nfcompile.data.datasets import DataBundle
 from nfcompile.models import UnitNet
@@ -27,5 +28,8 @@ def train_model(unit_net: UnitNet, plan: Plan | None, data: DataBundle, *, model
                 augment: AugmentSection, budget: BudgetSection, device: torch.device, seed: int, out_dir: Path,
                 resume: bool, fingerprint: str) -> TrainOutcome:
     """``plan`` is None only for gradient_filter, which fine-tunes without a NeuroFlux memory plan."""
-    return TRAINERS[train.method](unit_net, plan, data, model=model, train=train, augment=augment, budget=budget,
-                                  device=device, seed=seed, out_dir=out_dir, resume=resume, fingerprint=fingerprint)
+    # The budget covers what the training holds, not what else the process keeps (an API caller's models).
+    with training_scope(device, [unit_net]):
+        return TRAINERS[train.method](unit_net, plan, data, model=model, train=train, augment=augment,
+                                      budget=budget, device=device, seed=seed, out_dir=out_dir, resume=resume,
+                                      fingerprint=fingerprint)
