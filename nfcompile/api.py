@@ -39,6 +39,7 @@ def load_checked_recipe(recipe: RecipeLike, overrides: Iterable[str] = ()) -> tu
     the architecture at this input size, the dataset's presence, the bench backend, the weights file.
     A user error found now costs seconds; found after training it costs the run."""
     from nfcompile.data import check_data
+    from nfcompile.feasibility import check_batchnorm_maps, check_feasible
     from nfcompile.models import build_unit_net, unit_shapes_for
     from nfcompile.runtime.backends import get_backend, list_backends
 
@@ -62,7 +63,9 @@ def load_checked_recipe(recipe: RecipeLike, overrides: Iterable[str] = ()) -> tu
                               field="bench.backend")
         net = build_unit_net(model, loaded.model.num_classes or 10)
         unit_shapes_for(net, loaded.data.image_size)
+        check_batchnorm_maps(net, loaded.data.image_size)
         check_data(loaded.data)
+        check_feasible(loaded)  # device, exporter opset, classes: what the schema cannot judge alone
     except RecipeError as exc:
         raise exc.in_file(source) from None
     return loaded, source
@@ -268,12 +271,18 @@ def bench(bundle: str | Path, *, backend: str | None = None, model: str = "fp32"
           emit_table: str | Path | None = None) -> BenchResult:
     """Time a bundle's model on this machine (the recipe's bench settings unless given). With
     ``max_latency_ms``, raises `GateFailed` when the p50 at the smallest batch is slower."""
+    from nfcompile.core.io import require_regular_target
     from nfcompile.recipe.schema import BenchSection, TensorRTSection
     from nfcompile.runtime.latency import machine_load
     from nfcompile.stages.bundle import load_manifest
     from nfcompile.stages.score.timing import time_onnx
+    from nfcompile.stages.validate.gates import require_gate_limit
 
     bundle = Path(bundle)
+    if max_latency_ms is not None:
+        require_gate_limit("--max-latency-ms", max_latency_ms)
+    if emit_table is not None:
+        require_regular_target(Path(emit_table))  # before timing anything, not when the table is written
     manifest = load_manifest(bundle)
     recipe = manifest["recipe"]
     section = BenchSection.model_validate({**{k: v for k, v in recipe["bench"].items() if k != "table"},
@@ -311,12 +320,14 @@ def bench(bundle: str | Path, *, backend: str | None = None, model: str = "fp32"
 def _bundle_model(bundle: Path, manifest: dict, name: str) -> dict:
     """The manifest entry of one ONNX Runtime format of the bundle."""
     from nfcompile.formats import get_format, onnx_runtime_formats
+    from nfcompile.stages.bundle.manifest import checked_model_file
 
     if name not in onnx_runtime_formats():
         raise InputError(f"--model {name!r}: choose one of {', '.join(onnx_runtime_formats())}")
     entry = manifest["model"].get(get_format(name).manifest_key)
     if entry is None:
         raise InputError(f"{bundle}: has no {name} model")
+    checked_model_file(bundle, entry["path"])  # a truncated or replaced file is named before it is run
     return entry
 
 
@@ -390,6 +401,7 @@ def engine(bundle: str | Path, *, precision: str | None = None) -> EngineRun:
     from nfcompile.formats import get_format
     from nfcompile.recipe.schema import TensorRTSection, ValidateSection
     from nfcompile.stages.bundle import load_manifest, record_engine
+    from nfcompile.stages.bundle.manifest import checked_model_file
     from nfcompile.stages.engine import build_engine
     from nfcompile.stages.validate import engine_checks, require_passed, validate_engine
 
@@ -405,8 +417,8 @@ def engine(bundle: str | Path, *, precision: str | None = None) -> EngineRun:
         raise InputError(f"{bundle}: has no ONNX model to build an engine from")
     started = time.perf_counter()
     try:
-        result = build_engine(inside(bundle, onnx["path"]), inside(bundle, int8["path"]) if int8 else None,
-                              section, out_dir=bundle)
+        result = build_engine(checked_model_file(bundle, onnx["path"]),
+                              checked_model_file(bundle, int8["path"]) if int8 else None, section, out_dir=bundle)
     except StageSkipped as skip:
         raise NfcompileError(f"cannot build a TensorRT engine on this machine: {skip.reason}",
                              hint="run `nfcompile engine` on the target device, with nfcompile[tensorrt] installed")

@@ -31,7 +31,9 @@ def _takes_bool(annotation: Any) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: NaN passes every range check (each comparison with it is false) and inf is
+    # no setting either; a non-finite number anywhere in a recipe is refused, naming its field.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -351,7 +353,7 @@ class Recipe(Section):
     bench: BenchSection = BenchSection()
     log: LogSection = LogSection()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False,
                               validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)
 
     @model_validator(mode="after")
