@@ -95,7 +95,8 @@ class ReferenceRecord(_Record):
 
 class BundleManifest(_Record):
     format: Literal["nfcompile.bundle/1"]
-    manifest_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    # Not required: a removed or edited digest is what `verify` reports as a changed manifest.
+    manifest_sha256: Optional[str] = None
     files: dict[str, FileRecord]
     recipe: RecipeRecord
     model: ModelRecord
