@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nfcompile.core.device import cpu_threads
 from nfcompile.core.io import remove_scratch, write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import seed_everything
@@ -471,6 +472,9 @@ def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | N
         raise ValueError(f"unknown stage {until!r}")
     build = Build(recipe, run, resume, recipe_source, tuple(overrides))
     seed_everything(recipe.seed)
+    threads, why = cpu_threads(recipe.threads)
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s)", threads, why)
     with run.locked():
         # A killed process leaves hidden temporary files (atomic writes, work folders, disk caches);
         # under the lock nothing else writes here, and none of them must end up in the bundle.

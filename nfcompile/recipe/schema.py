@@ -339,6 +339,10 @@ class Recipe(Section):
         ..., description="Names the artifact folder: letters, digits, `_`, `.`, `-`.")
     seed: Annotated[int, Field(ge=0, lt=2**31)] = Field(0, description="Seed for splits, init and data order.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    threads: PositiveInt | Literal["auto"] = Field(
+        "auto", description="torch's CPU threads. auto: the cores no other process keeps busy when the run starts "
+        "(at least 1); OpenMP waits passively either way. A number pins it: the same recipe, seed and threads "
+        "give the same model.")
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     budget: BudgetSection = BudgetSection()

@@ -21,7 +21,7 @@ from benchmarks.results import machine_slug, results_path  # noqa: E402
 from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
 
 SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
-         "pruning"]
+         "pruning", "engine_efficiency", "minimum_budget"]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -252,3 +252,31 @@ def test_cli_lists_the_comparisons(capsys):
     assert main(["--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == SUITE
+
+
+def test_engine_efficiency_counts_and_times_every_block_and_backprop(suite_run):
+    _, _, document = suite_run
+    (entry,) = _results(document)["engine_efficiency"]["setups"]
+    contenders = entry["contenders"]
+    assert set(contenders) == {f"block {i}" for i in range(len(entry["block_batches"]))} | {"backprop"}
+    for name, figures in contenders.items():
+        assert figures["flops_per_step"] > 0 and figures["steps"] >= 3 and figures["wall_seconds"] > 0
+        assert figures["flops_per_second"] == pytest.approx(
+            figures["flops_per_step"] * figures["steps"] / figures["wall_seconds"])
+        if name != "backprop":
+            assert figures["vs_backprop"] == pytest.approx(
+                figures["flops_per_second"] / contenders["backprop"]["flops_per_second"])
+
+
+def test_minimum_budgets_are_ordered_and_the_run_below_them_holds_its_budget(suite_run):
+    _, _, document = suite_run
+    (entry,) = _results(document)["minimum_budget"]["setups"]
+    minima = entry["minimum_bytes"]
+    assert all(v > 0 for v in minima.values())
+    below = entry.get("neuroflux_below")
+    if minima["neuroflux"] < minima["backprop+checkpointing"]:
+        assert minima["neuroflux"] <= below["budget_bytes"] < minima["backprop+checkpointing"]
+        if below["fits"]:
+            assert max(below["measured_peak_bytes"]) <= below["budget_bytes"]
+    else:
+        assert below is None
