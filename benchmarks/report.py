@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from nfcompile.core.io import read_json, write_text
 
 from benchmarks.markdown import DASH, mib, table
+from benchmarks.goals import render_goals
 from benchmarks.registry import Headline, list_comparisons
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -70,22 +71,40 @@ def _values(values: list[Any]) -> str:
     return "/".join(str(v) for v in values)
 
 
-def render_results(document: dict[str, Any], results_file: str) -> str:
+def merge_documents(document: dict[str, Any], later: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document: ``document`` with the comparisons of ``later`` runs appended (each keeps the
+    command, machine load and time of its own run)."""
+    merged = dict(document, comparisons=list(document["comparisons"]))
+    for extra in later:
+        for outcome in extra["comparisons"]:
+            merged["comparisons"].append({**outcome, "run": {"command": extra["command"], "started": extra["started"],
+                                                             "load_average": extra["machine"].get("load_average")}})
+    return merged
+
+
+def render_results(document: dict[str, Any], results_file: str, also: Sequence[str] = ()) -> str:
     comparisons = {c.name: c for c in list_comparisons()}
+    first = results_file.split(" + ")[0]
+    again = f"python -m benchmarks.report {first}" + (f" --also {' '.join(also)}" if also else "")
     parts = [
         "# Benchmark results\n",
-        f"Rendered from `{results_file}` (again: `python -m benchmarks.report {results_file}`); regenerate "
-        "rather than edit.\n",
+        f"Rendered from `{results_file}` (again: `{again}`); regenerate rather than edit.\n",
         _header(document),
         "## Setups\n",
         _setups(document),
         "## Against the published NeuroFlux figures\n",
         _published(document, comparisons),
+        "## Goals: does NeuroFlux pay for itself?\n",
+        render_goals(document),
     ]
     for number, outcome in enumerate(document["comparisons"], start=1):
         name = outcome["name"]
         parts.append(f"## {number}. {outcome['title']}\n")
         parts.append(f"_{outcome['question']}_ ({outcome['seconds'] / 60:.1f} min)\n")
+        if "run" in outcome:
+            load = outcome["run"].get("load_average") or []
+            parts.append(f"(from a later run: `{outcome['run']['command']}`, {outcome['run']['started']}, load "
+                         f"{_loads(load)})\n")
         if outcome["status"] != "ok":
             parts.append(f"**{outcome['status']}:** {outcome['reason']}\n")
         elif name in comparisons:
@@ -193,13 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", type=Path,
                         help="results JSON (default: the newest in benchmarks/results)")
+    parser.add_argument("--also", nargs="+", type=Path, default=[],
+                        help="results files of later runs (e.g. --only ...) whose comparisons join this one's")
     parser.add_argument("--out", type=Path, default=RESULTS_MD, help="the Markdown file to write")
     args = parser.parse_args(argv)
     path = args.results or latest_results()
     if path is None:
         print("no results file found in benchmarks/results; run python -m benchmarks.run first", file=sys.stderr)
         return 2
-    write_text(args.out, render_results(read_json(path), shown_path(path, args.out)))
+    document = merge_documents(read_json(path), [read_json(extra) for extra in args.also])
+    shown = " + ".join(shown_path(p, args.out) for p in [path, *args.also])
+    write_text(args.out, render_results(document, shown, also=[shown_path(p, args.out) for p in args.also]))
     print(args.out)
     return 0
 

@@ -280,3 +280,19 @@ def test_minimum_budgets_are_ordered_and_the_run_below_them_holds_its_budget(sui
             assert max(below["measured_peak_bytes"]) <= below["budget_bytes"]
     else:
         assert below is None
+
+
+def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(suite_run):
+    from benchmarks.report import merge_documents, render_results
+
+    _, _, document = suite_run
+    first = {**document, "comparisons": [o for o in document["comparisons"] if o["name"] != "minimum_budget"]}
+    later = {**document, "command": "python -m benchmarks.run --only minimum_budget",
+             "comparisons": [o for o in document["comparisons"] if o["name"] == "minimum_budget"]}
+    text = render_results(merge_documents(first, [later]), "a.json + b.json", also=["b.json"])
+    assert "## Goals: does NeuroFlux pay for itself?" in text
+    for goal in ("1. accuracy", "2. engine", "3. time to accuracy", "4. where only NeuroFlux trains",
+                 "5. smaller deliverable"):
+        assert f"| {goal} |" in text, goal
+    assert "from a later run: `python -m benchmarks.run --only minimum_budget`" in text
+    assert "--also b.json" in text
