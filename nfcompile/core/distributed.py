@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from datetime import timedelta
 from typing import Any, Iterator, Sequence
 
@@ -157,7 +158,9 @@ def launch_local(nproc: int, module_args: Sequence[str]) -> int:
         run(args)
     except ChildFailedError as failed:
         first = failed.get_first_failure()[1]
-        logging.getLogger("nfcompile").error("rank %d (pid %d) failed with exit code %d: the job was stopped",
-                                             first.local_rank, first.pid, first.exitcode)
+        how = (f"was killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
+               else f"exited with code {first.exitcode}")
+        logging.getLogger("nfcompile").error("rank %d (pid %d) %s: the job was stopped",
+                                             first.local_rank, first.pid, how)
         return 1
     return 0

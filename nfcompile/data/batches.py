@@ -78,6 +78,8 @@ def shard_indices(n: int, rank: int, world_size: int, *, pad: bool) -> torch.Ten
     from ``rank`` on, so the shards are disjoint and together cover ``range(n)``. With ``pad`` every
     shard is as long as the longest (some shards repeat their first samples, as DistributedSampler
     does): data-parallel training needs every rank to take the same number of steps."""
+    if n < world_size:
+        raise ValueError(f"{n} samples cannot be shared by {world_size} processes")
     shard = torch.arange(rank, n, world_size)
     if pad:
         longest = -(-n // world_size)
