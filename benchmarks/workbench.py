@@ -234,12 +234,13 @@ class Workbench:
         return self._keep(TrainedRun(spec, record, plan, outcome.net.eval(), result))
 
     def score(self, run: TrainedRun, folder: Path) -> ExitScores:
-        """Score every trained exit of ``run`` (test accuracy, size, ONNX Runtime latency) as
-        `nfcompile build` does; the ONNX files go to ``folder``."""
+        """Score every trained exit of ``run`` as `nfcompile build` does: validation accuracy (what
+        selection decides on), test accuracy (what is reported), size, ONNX Runtime latency; the ONNX
+        files go to ``folder``."""
         recipe = self.recipe(run.spec.setup, run.spec.budget, run.spec.overrides)
         data = self.data(recipe)
-        return score_exits(run.net, run.result.exit_units, data.test, data.preprocessing, bench=recipe.bench,
-                           export=recipe.export, out_dir=folder, device=self.device)
+        return score_exits(run.net, run.result.exit_units, data.val, data.preprocessing, bench=recipe.bench,
+                           export=recipe.export, out_dir=folder, device=self.device, test=data.test)
 
     def select(self, run: TrainedRun, folder: Path) -> tuple[ExitScores, Selection]:
         """``run``'s exits scored, and the one the recipe's selection policy picks."""

@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence, Union
 
 from nfcompile.core.io import inside
 from nfcompile.core.log import get_logger
-from nfcompile.core.results import (ExitScores, Latency, Plan, Result, Selection, StageRecord, TrainResult,
-                                    Validation)
+from nfcompile.core.results import (ExitScores, Latency, MachineLoad, Plan, Result, Selection, StageRecord,
+                                    TrainResult, Validation)
 from nfcompile.errors import GateFailed, InputError, NfcompileError, RecipeError, RunBusy
 from nfcompile.recipe import Recipe, load_recipe, with_overrides
 
@@ -39,6 +39,7 @@ def load_checked_recipe(recipe: RecipeLike, overrides: Iterable[str] = ()) -> tu
     the architecture at this input size, the dataset's presence, the bench backend, the weights file.
     A user error found now costs seconds; found after training it costs the run."""
     from nfcompile.data import check_data
+    from nfcompile.feasibility import check_batchnorm_maps, check_feasible
     from nfcompile.models import build_unit_net, unit_shapes_for
     from nfcompile.runtime.backends import get_backend, list_backends
 
@@ -62,7 +63,9 @@ def load_checked_recipe(recipe: RecipeLike, overrides: Iterable[str] = ()) -> tu
                               field="bench.backend")
         net = build_unit_net(model, loaded.model.num_classes or 10)
         unit_shapes_for(net, loaded.data.image_size)
+        check_batchnorm_maps(net, loaded.data.image_size)
         check_data(loaded.data)
+        check_feasible(loaded)  # device, exporter opset, classes: what the schema cannot judge alone
     except RecipeError as exc:
         raise exc.in_file(source) from None
     return loaded, source
@@ -262,6 +265,7 @@ class BenchResult(Result):
     max_latency_ms: float | None
     table: str | None  # the latency table written (--emit-table), if any
     table_exits: int = 0
+    load: MachineLoad | None = None  # the machine's load while timing
 
     @property
     def passed(self) -> bool:
@@ -274,11 +278,18 @@ def bench(bundle: str | Path, *, backend: str | None = None, model: str = "fp32"
           emit_table: str | Path | None = None) -> BenchResult:
     """Time a bundle's model on this machine (the recipe's bench settings unless given). With
     ``max_latency_ms``, raises `GateFailed` when the p50 at the smallest batch is slower."""
+    from nfcompile.core.io import require_regular_target
     from nfcompile.recipe.schema import BenchSection, TensorRTSection
+    from nfcompile.runtime.latency import machine_load
     from nfcompile.stages.bundle import load_manifest
     from nfcompile.stages.score.timing import time_onnx
+    from nfcompile.stages.validate.gates import require_gate_limit
 
     bundle = Path(bundle)
+    if max_latency_ms is not None:
+        require_gate_limit("--max-latency-ms", max_latency_ms)
+    if emit_table is not None:
+        require_regular_target(Path(emit_table))  # before timing anything, not when the table is written
     manifest = load_manifest(bundle)
     recipe = manifest["recipe"]
     section = BenchSection.model_validate({**{k: v for k, v in recipe["bench"].items() if k != "table"},
@@ -290,6 +301,9 @@ def bench(bundle: str | Path, *, backend: str | None = None, model: str = "fp32"
     entry = _bundle_model(bundle, manifest, model)
     engine_dir = _scratch_dir(bundle)
     table = None
+    load = machine_load()
+    if load.loaded:
+        log.warning("timing on a loaded machine (%s): latencies carry that noise", load.describe())
     try:
         timing = time_onnx(inside(bundle, entry["path"]), tuple(manifest["model"]["io"]["input"]["shape"][1:]),
                            section, tensorrt=tensorrt, engine_dir=engine_dir)
@@ -301,7 +315,8 @@ def bench(bundle: str | Path, *, backend: str | None = None, model: str = "fp32"
     finally:
         shutil.rmtree(engine_dir, ignore_errors=True)
     result = BenchResult(str(bundle), entry["path"], model, timing.runner, timing.latency, max_latency_ms,
-                         str(emit_table) if table is not None else None, len(table.exits) if table is not None else 0)
+                         str(emit_table) if table is not None else None, len(table.exits) if table is not None else 0,
+                         load)
     if not result.passed:
         smallest = min(result.latency, key=lambda lat: lat.batch_size)
         raise GateFailed(f"{entry['path']}: p50 latency {smallest.p50_ms:.3f} ms at batch {smallest.batch_size} "
@@ -312,12 +327,14 @@ def bench(bundle: str | Path, *, backend: str | None = None, model: str = "fp32"
 def _bundle_model(bundle: Path, manifest: dict, name: str) -> dict:
     """The manifest entry of one ONNX Runtime format of the bundle."""
     from nfcompile.formats import get_format, onnx_runtime_formats
+    from nfcompile.stages.bundle.manifest import checked_model_file
 
     if name not in onnx_runtime_formats():
         raise InputError(f"--model {name!r}: choose one of {', '.join(onnx_runtime_formats())}")
     entry = manifest["model"].get(get_format(name).manifest_key)
     if entry is None:
         raise InputError(f"{bundle}: has no {name} model")
+    checked_model_file(bundle, entry["path"])  # a truncated or replaced file is named before it is run
     return entry
 
 
@@ -380,20 +397,23 @@ class EngineRun(Result):
 
 
 def engine(bundle: str | Path, *, precision: str | None = None) -> EngineRun:
-    """Build the TensorRT engine on this device from the bundle's ONNX, validate it against the outputs
-    PyTorch gave at build time (the validate stage's own check), and record it in the manifest."""
+    """Verify the bundle (hashes and parity; a tampered bundle is refused), build the TensorRT engine on
+    this device from its ONNX, validate it on the whole held-out test split kept in the bundle with
+    its labels against the outputs PyTorch gave at build time (the validate stage's own check), and
+    record it in the manifest."""
     import time
 
-    import numpy as np
 
     from nfcompile.errors import StageSkipped
     from nfcompile.formats import get_format
     from nfcompile.recipe.schema import TensorRTSection, ValidateSection
-    from nfcompile.stages.bundle import REFERENCE_DIR, load_manifest, record_engine
+    from nfcompile.stages.bundle import load_manifest, record_engine
+    from nfcompile.stages.bundle.manifest import checked_model_file
     from nfcompile.stages.engine import build_engine
     from nfcompile.stages.validate import engine_checks, require_passed, validate_engine
 
     bundle = Path(bundle)
+    verify(bundle)  # GateFailed names what changed: never build an engine from a tampered bundle
     manifest = load_manifest(bundle)
     recipe = manifest["recipe"]
     section = TensorRTSection.model_validate({**recipe["tensorrt"], "timing_cache": None, "enabled": True,
@@ -404,16 +424,39 @@ def engine(bundle: str | Path, *, precision: str | None = None) -> EngineRun:
         raise InputError(f"{bundle}: has no ONNX model to build an engine from")
     started = time.perf_counter()
     try:
-        result = build_engine(inside(bundle, onnx["path"]), inside(bundle, int8["path"]) if int8 else None,
-                              section, out_dir=bundle)
+        result = build_engine(checked_model_file(bundle, onnx["path"]),
+                              checked_model_file(bundle, int8["path"]) if int8 else None, section, out_dir=bundle)
     except StageSkipped as skip:
         raise NfcompileError(f"cannot build a TensorRT engine on this machine: {skip.reason}",
                              hint="run `nfcompile engine` on the target device, with nfcompile[tensorrt] installed")
-    inputs = np.load(bundle / REFERENCE_DIR / "inputs.npy", allow_pickle=False)
-    expected = np.load(bundle / REFERENCE_DIR / "pytorch.npy", allow_pickle=False)
+    inputs, labels, expected = _heldout(bundle, manifest)
     validate = ValidateSection.model_validate(recipe["validate"])
-    comparison = validate_engine(expected, bundle / result.path, validate, inputs=inputs, labels=None)
+    comparison = validate_engine(expected, bundle / result.path, validate, inputs=inputs, labels=labels)
     validation = Validation("engine", comparison, tuple(engine_checks(comparison, validate)))
     require_passed(validation.checks, "TensorRT engine vs PyTorch")
     record_engine(bundle, result, validation, time.perf_counter() - started)
     return EngineRun(str(bundle), result, validation)
+
+
+def _heldout(bundle: Path, manifest: dict):
+    """The bundle's whole held-out split, preprocessed as the manifest says, its labels, and PyTorch's
+    outputs on it at build time (bundles from before the held-out set: the 32 reference inputs, unlabelled)."""
+    import numpy as np
+    import torch
+
+    from nfcompile.data import Preprocessing
+
+    heldout = manifest.get("heldout")
+    if not heldout:
+        reference = manifest["reference"]["files"]
+        load = lambda key: np.load(inside(bundle, reference[key]), allow_pickle=False)
+        log.warning("%s keeps no held-out set with labels (built before it did): validating on the %d reference "
+                    "inputs only", bundle, len(load("inputs")))
+        return load("inputs"), None, load("pytorch")
+    files = heldout["files"]
+    load = lambda key: np.load(inside(bundle, files[key]), allow_pickle=False)
+    pre = manifest["preprocessing"]
+    preprocessing = Preprocessing(image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                  color=pre.get("color", "rgb"))
+    images = torch.from_numpy(load("heldout_images"))
+    return preprocessing.normalize(images).numpy(), load("heldout_labels"), load("heldout_pytorch")

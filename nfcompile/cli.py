@@ -19,6 +19,25 @@ from nfcompile.runtime.backends import list_backends
 # readable=False: a file that cannot be read is reported by nfcompile in one `error:` line naming the
 # cause, not by click as a usage error.
 INPUT_PATH = click.Path(path_type=Path, readable=False)
+class PositiveFinite(click.ParamType):
+    """A gate's limit: a finite number above 0. click's FloatRange lets `nan` through (every comparison
+    with NaN is false, so a NaN limit is one no model fails) and `inf` (one no model reaches)."""
+
+    name = "positive number"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a finite number above 0", param, ctx)
+        return number
+
+
+GATE_VALUE = PositiveFinite()
 RECIPE = click.argument("recipe", type=INPUT_PATH)
 ARTIFACT = click.argument("artifact", type=INPUT_PATH)
 SET = click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
@@ -164,7 +183,7 @@ def export(recipe: Path, overrides: tuple[str, ...], out_dir: Path, run_dir: Pat
               help="Batch sizes to time (repeatable); default: the recipe's bench.batch_sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed runs first.")
 @click.option("--repeats", type=click.IntRange(min=3), default=None, help="Timed runs per batch size.")
-@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-latency-ms", type=GATE_VALUE, default=None,
               help="Exit 3 when the p50 latency at batch 1 (or the smallest batch) is above this.")
 @click.option("--emit-table", type=click.Path(path_type=Path), default=None,
               help="Also time every exit in the run's exits/ folder and write a latency table for "
@@ -235,22 +254,53 @@ def main() -> None:
     try:
         code = cli.main(standalone_mode=False)
     except NfcompileError as exc:
-        from rich.markup import escape
-
-        from nfcompile.core.log import stderr_console
-
-        stderr_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
+        # click's own usage errors (an unknown option, --top-k 0) are user errors like any other: one
+        # line, not the usage block; `--help` shows the usage.
+        command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else None
+        _error_line(f"{command}: {exc.format_message()}" if command else exc.format_message())
+        sys.exit(exc.exit_code if isinstance(exc, click.UsageError) else 2)
     except KeyboardInterrupt:
         click.echo("interrupted: finished stages and blocks are kept; continue with --resume", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug, not a user error: one line here, the whole traceback in a log file
+        _report_crash(exc)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error_line(text: str) -> None:
+    from rich.markup import escape
+
+    from nfcompile.core.log import stderr_console
+    from nfcompile.errors import one_line
+
+    stderr_console.print(f"[bold red]error:[/] {escape(one_line(text))}", highlight=False, soft_wrap=True)
+
+
+def _report_crash(exc: Exception) -> None:
+    """The last resort: name the command, the exception type and the log holding the traceback."""
+    import traceback
+
+    from nfcompile.core.io import write_crash_log
+
+    text = "".join(traceback.format_exception(exc))
+    argv = sys.argv[1:]
+    command = next((arg for arg in argv if arg in cli.commands), "nfcompile")
+    verbose = any(arg in ("-v", "--verbose") or (arg.startswith("-v") and set(arg[1:]) == {"v"})
+                  for arg in argv[:argv.index(command)] if command in argv)
+    if verbose:
+        sys.stderr.write(text)
+    where = write_crash_log(f"nfcompile {' '.join(argv)}\n\n{text}")
+    logged = f"full traceback in {where}" if where else "the traceback could not be written to a log file"
+    _error_line(f"nfcompile {command} failed unexpectedly: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc).strip() else '(no message)'} ({logged}; "
+                f"this is a bug, please report it{'' if verbose else ', -v prints the traceback'})")
 
 
 if __name__ == "__main__":

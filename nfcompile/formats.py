@@ -23,6 +23,8 @@ class DeliverableFormat:
 FORMATS: tuple[DeliverableFormat, ...] = (
     DeliverableFormat("fp32", "onnx", "model.onnx", "export", "validate_fp32", True,
                       "the chosen exit, one ONNX graph (simplified where it re-validates)"),
+    DeliverableFormat("ort", "ort", "model.ort", "ort_format", "validate_ort", True,
+                      "model.onnx in ONNX Runtime's own format for ONNX Runtime Mobile (export.ort_format)"),
     DeliverableFormat("int8", "int8", "model.int8.onnx", "quantize", "validate_int8", True,
                       "static INT8 QDQ, calibrated on the training split"),
     DeliverableFormat("engine", "engine", "model.engine", "engine", "validate_engine", False,

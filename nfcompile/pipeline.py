@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from nfcompile.core import distributed as dist
+from nfcompile.core.device import cpu_threads
 from nfcompile.core.io import read_json, remove_scratch, write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import seed_everything
-from nfcompile.core.results import (EngineResult, ExitScores, OnnxExport, Plan, PruneResult, QuantResult, Result,
-                                    Selection, StageRecord, TrainResult, Validation)
+from nfcompile.core.tensorboard import TENSORBOARD_DIR, event_log, log_scalars
+from nfcompile.core.results import (DeliverableLatency, EngineResult, ExitScores, OnnxExport, OrtExport, Plan,
+                                    PruneResult, QuantResult, Result, Selection, StageRecord, TrainResult, Validation)
 from nfcompile.errors import InputError, NfcompileError, RecipeError, StageSkipped
 from nfcompile.formats import FORMATS
 from nfcompile.recipe import Recipe, fingerprint, recipe_dict
@@ -199,12 +201,14 @@ def _files_of(result: Any) -> list[str]:
     """Files a stage result names (relative to the run folder): they must exist to reuse the stage."""
     if isinstance(result, (OnnxExport, QuantResult, EngineResult)):
         return [result.path]
+    if isinstance(result, OrtExport):
+        return [result.path, result.mobile_check]
     if isinstance(result, TrainResult):
         return [f"{CHECKPOINT_DIR}/{result.checkpoint}"]
     if isinstance(result, PruneResult):
         return [f"{CHECKPOINT_DIR}/{result.checkpoint}"]
     if isinstance(result, ExitScores):
-        return sorted({e.onnx_file for e in (*result.exits, result.full_model) if e.onnx_file})
+        return sorted({f for e in (*result.exits, result.full_model) for f in (e.onnx_file, e.int8_file) if f})
     return []
 
 
@@ -247,9 +251,24 @@ def _score(build: Build) -> ExitScores:
     from nfcompile.stages.score import score_exits
 
     recipe = build.recipe
-    return score_exits(build.trained_net, build.results["train"].exit_units, build.data.test,
+    # Selection decides on the validation split; the test split only measures (the report's headline).
+    return score_exits(build.trained_net, build.results["train"].exit_units, build.data.val,
                        build.data.preprocessing, bench=recipe.bench, export=recipe.export, out_dir=build.run.path,
-                       device=build.device, tensorrt=recipe.tensorrt)
+                       device=build.device, tensorrt=recipe.tensorrt, test=build.data.test,
+                       quantizer=_exit_quantizer(build) if recipe.select.latency_format == "int8" else None)
+
+
+def _exit_quantizer(build: Build):
+    """Every exit's INT8 QDQ graph, made as the quantize stage makes the deliverable's (same settings)."""
+    from nfcompile.stages.quantize import quantize_int8
+
+    section = build.recipe.quantize
+    if not section.enabled:
+        raise NfcompileError("select.latency_format int8 times every exit's INT8 graph, and quantize.enabled "
+                             "is false", hint="set quantize.enabled: true, or select.latency_format: fp32")
+    calibration = build.calibration_array(section.calibration_samples)
+    return lambda onnx_path, folder: folder / quantize_int8(onnx_path, section, calibration_inputs=calibration,
+                                                             out_dir=folder).path
 
 
 def _select(build: Build) -> Selection:
@@ -258,6 +277,10 @@ def _select(build: Build) -> Selection:
     scores = build.results["score"]
     selection = select_exit(scores, build.recipe.select)
     write_exits_json(scores, selection, build.run.path / "exits.json")
+    for score in (*scores.exits, scores.full_model):
+        log_scalars(f"exits/{score.name}", 0, {"val_accuracy": score.accuracy, "test_accuracy": score.test_accuracy,
+                                               "params": score.params, "onnx_bytes": score.onnx_bytes,
+                                               **{f"p50_ms_batch{lat.batch_size}": lat.p50_ms for lat in score.latency}})
     plot_pareto(scores, selection, build.run.path / "pareto.png")
     return selection
 
@@ -308,6 +331,31 @@ def _judged(build: Build, stage: str, validation: Validation, what: str) -> Vali
     return validation
 
 
+def _ort_format(build: Build) -> OrtExport:
+    if not build.recipe.export.ort_format:
+        raise StageSkipped("export.ort_format is false")
+    from nfcompile.stages.export.ort import ort_from_onnx
+
+    return ort_from_onnx(build.run.path / build.results["export"].path, build.run.path)
+
+
+def _validate_ort(build: Build) -> Validation:
+    from nfcompile.runtime.compare import compare_runners
+    from nfcompile.runtime.ort_runner import OrtRunner
+    from nfcompile.runtime.torch_runner import TorchRunner
+    from nfcompile.stages.validate import fp32_checks
+
+    ort_model = _upstream(build, "ort_format", OrtExport, "ORT format model")
+    section = build.recipe.validation
+    inputs, labels = build.test_arrays(limit=section.samples)
+    candidate = OrtRunner(build.run.path / ort_model.path)
+    candidate.name = f"{candidate.name} {ort_model.path}"
+    comparison = compare_runners(TorchRunner(build.chosen_exit_model()), candidate, inputs, labels,
+                                 atol=section.atol, rtol=section.rtol, batch_size=64)
+    validation = Validation("ort", comparison, tuple(fp32_checks(comparison, section)))
+    return _judged(build, "validate_ort", validation, "ORT format model vs PyTorch")
+
+
 def _validate_fp32(build: Build) -> Validation:
     from nfcompile.stages.validate import fp32_checks, validate_onnx
 
@@ -338,6 +386,25 @@ def _validate_int8(build: Build) -> Validation:
                                inputs=inputs, labels=labels)
     validation = Validation("int8", comparison, tuple(int8_checks(comparison, build.recipe.quantize)))
     return _judged(build, "validate_int8", validation, "INT8 ONNX vs PyTorch")
+
+
+def _bench(build: Build) -> DeliverableLatency:
+    """The chosen exit's deliverables timed side by side on the bench backend (ONNX Runtime formats)."""
+    from nfcompile.stages.score import time_deliverables
+
+    recipe = build.recipe
+    if build.recipe.bench.table is not None or recipe.bench.backend == "tensorrt":
+        raise StageSkipped(f"bench.backend {recipe.bench.backend}" + (" with a latency table" if recipe.bench.table
+                           else "") + ": the deliverables are timed on the target (`nfcompile bench`)")
+    files, accuracy = {}, {}
+    for entry in FORMATS:
+        result, validation = build.results.get(entry.produced_by), build.results.get(entry.validated_by)
+        if entry.onnx_runtime and isinstance(result, Result) and hasattr(result, "path"):
+            files[entry.name] = result.path
+            accuracy[entry.name] = (validation.comparison.candidate_accuracy
+                                    if isinstance(validation, Validation) else None)
+    size = recipe.data.image_size
+    return time_deliverables(build.run.path, files, accuracy, (3, size, size), recipe.bench)
 
 
 def _engine(build: Build) -> EngineResult:
@@ -371,6 +438,7 @@ def _bundle(build: Build):
     validations = {f.name: typed(f.validated_by, Validation) for f in FORMATS if typed(f.validated_by, Validation)}
     onnx = exports.get("fp32")
     inputs, _ = build.test_arrays(limit=64) if onnx is not None else (None, None)
+    test = build.data.test
     return write_bundle(build.run.path, BundleInputs(
         recipe=recipe_dict(build.recipe), recipe_sha256=recipe_hash(build.recipe), recipe_source=build.recipe_source,
         overrides=list(build.overrides), run_id=build.run.run_id,
@@ -380,12 +448,14 @@ def _bundle(build: Build):
         model=build.chosen_exit_model() if onnx is not None else None, reference_inputs=inputs,
         plan=typed("plan", Plan), train=typed("train", TrainResult), scores=typed("score", ExitScores),
         selection=typed("select", Selection), prune=typed("prune", PruneResult), exports=exports,
-        validations=validations))
+        validations=validations, deliverable_latency=typed("bench", DeliverableLatency),
+        heldout_images=test.images.numpy() if onnx is not None else None, heldout_labels=test.labels.numpy()))
 
 
 TRAINING_FIELDS = ("seed", "device", "model", "data", "budget", "train")
 SCORE_FIELDS = ("data", "bench.backend", "bench.warmup", "bench.repeats", "bench.batch_sizes", "bench.threads",
-                "bench.table", "export.exporter", "export.opset", "tensorrt")
+                "bench.table", "export.exporter", "export.opset", "export.simplify", "tensorrt",
+                "select.latency_format", "quantize")
 
 STAGES: list[Stage] = [
     Stage("plan", TRAINING_FIELDS, _plan, Plan),
@@ -395,8 +465,11 @@ STAGES: list[Stage] = [
     Stage("prune", ("prune",), _prune, PruneResult),
     Stage("export", ("name", "export"), _export, OnnxExport),
     Stage("validate_fp32", ("validate",), _validate_fp32, Validation),
+    Stage("ort_format", ("export.ort_format",), _ort_format, OrtExport),
+    Stage("validate_ort", ("validate",), _validate_ort, Validation),
     Stage("quantize", ("quantize",), _quantize, QuantResult),
     Stage("validate_int8", ("quantize", "validate"), _validate_int8, Validation),
+    Stage("bench", ("bench",), _bench, DeliverableLatency),
     Stage("engine", ("tensorrt",), _engine, EngineResult),
     Stage("validate_engine", ("validate",), _validate_engine, Validation),
     Stage("bundle", (), _bundle, None, always=True),
@@ -411,6 +484,9 @@ def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | N
         raise ValueError(f"unknown stage {until!r}")
     build = Build(recipe, run, resume, recipe_source, tuple(overrides))
     seed_everything(recipe.seed)
+    threads, why = cpu_threads(recipe.threads)
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s)", threads, why)
     with run.locked():
         # A killed process leaves hidden temporary files (atomic writes, work folders, disk caches);
         # under the lock nothing else writes here, and none of them must end up in the bundle.
@@ -419,7 +495,8 @@ def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | N
             log.info("removed %d temporary file(s) left by an interrupted build: %s", len(stale), ", ".join(stale[:5]))
         _check_world(run, resume)
         write_json(run.state / "recipe.json", {"recipe": recipe_dict(recipe), "source": recipe_source})
-        build.execute(STAGES, until)
+        with event_log(run.path / TENSORBOARD_DIR if recipe.log.tensorboard else None):
+            build.execute(STAGES, until)
     # Several processes: release the others (they wait for this message), then part together.
     dist.broadcast_object(None)
     dist.barrier()
@@ -456,6 +533,7 @@ def follow_pipeline(recipe: Recipe) -> None:
     try:
         build = Build(recipe, RunFolder(scratch), resume=False)
         seed_everything(recipe.seed)
+        torch.set_num_threads(cpu_threads(recipe.threads)[0])
         while (job := dist.broadcast_object(None)) is not None:
             _train_rank(build, job, scratch / CHECKPOINT_DIR)
         dist.barrier()

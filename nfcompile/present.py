@@ -132,8 +132,13 @@ def show_build(result, *, as_json: bool) -> None:
     stdout.print(table)
     if chosen:
         vs = selection.vs_full
-        _say(f"chosen exit {chosen}: {selection.reason}; vs NeuroFlux's full network: "
-             f"{vs.get('param_reduction') or 0:.2f}x fewer parameters")
+        chosen_score = result.scores.get(chosen) if result.scores else None
+        test = (f"; test accuracy {chosen_score.test_accuracy:.2%}"
+                if chosen_score is not None and chosen_score.test_accuracy is not None else "")
+        delta = vs.get("test_accuracy_delta")
+        _say(f"chosen exit {chosen} (on the validation split): {selection.reason}{test}; vs this network's last exit: "
+             f"{vs.get('param_reduction') or 0:.2f}x fewer parameters"
+             + (f", test accuracy {delta * 100:+.2f} points" if delta is not None else ""))
     _say(f"bundle: {result.path}\nnext: nfcompile verify {result.path}")
 
 
@@ -158,15 +163,20 @@ def show_verify(report, *, as_json: bool) -> None:
 def show_bench(result, *, as_json: bool) -> None:
     if as_json:
         emit_json({"bundle": result.bundle, "model": result.model, "format": result.format, "runner": result.runner,
-                   "latency": result.latency, "max_latency_ms": result.max_latency_ms, "table": result.table})
+                   "latency": result.latency, "max_latency_ms": result.max_latency_ms, "table": result.table,
+                   "load": result.load})
         return
-    table = Table(title=f"{result.model} on {result.runner}")
+    table = Table(title=f"{result.model} ({result.format}) on {result.runner}")
     for column in ("batch", "p50 ms", "p90 ms", "mean ms", "runs", "warm-up", "images/s"):
         table.add_column(column, justify="right")
     for lat in result.latency:
         table.add_row(str(lat.batch_size), f"{lat.p50_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.mean_ms:.3f}",
                       str(lat.runs), str(lat.warmup), f"{lat.batch_size / lat.p50_ms * 1e3:.0f}")
     stdout.print(table)
+    if result.load is not None:
+        _say(f"machine load while timing: {result.load.describe()}")
+        if result.load.loaded:
+            _say("warning: timed on a loaded machine: these latencies carry the other processes' noise")
     if result.table is not None:
         _say(f"latency table for {result.table_exits} exits written to {result.table}; use it with "
              f"--set bench.table={result.table}")
@@ -186,5 +196,6 @@ def show_engine(run, *, as_json: bool) -> None:
         return
     engine, comparison = run.engine, run.validation.comparison
     _say(f"engine {engine.path} built with TensorRT {engine.tensorrt_version} on {engine.gpu} ({engine.precision}), "
-         f"top-1 agreement {comparison.top1_agreement:.2%} with PyTorch; manifest updated. "
+         f"top-1 agreement {comparison.top1_agreement:.2%} with PyTorch on {comparison.samples} held-out samples "
+         f"(engine accuracy {comparison.candidate_accuracy:.2%}); manifest updated. "
          f"next: nfcompile bench {run.bundle} --backend tensorrt")

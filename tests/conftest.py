@@ -115,6 +115,7 @@ TINY_DIGITS_RECIPE = """\
 name: tiny-digits
 seed: 0
 device: cpu
+threads: 1
 model: {arch: resnet18, width: 0.25}
 data: {dataset: digits, image_size: 16, max_train_samples: 400, max_eval_samples: 120}
 budget: {memory: 9MiB}

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def built(tmp_path_factory) -> BuildResult:
     folder = tmp_path_factory.mktemp("api")
     recipe = write_recipe(folder, TINY_DIGITS_RECIPE)
-    return nfcompile.build(recipe, ["train.epochs=2"], out_dir=folder / "artifacts")
+    return nfcompile.build(recipe, ["train.epochs=2", "export.ort_format=true"], out_dir=folder / "artifacts")
 
 
 def test_build_returns_the_bundle_and_every_typed_result(built):
@@ -34,7 +34,7 @@ def test_build_returns_the_bundle_and_every_typed_result(built):
     assert isinstance(built.plan, Plan) and isinstance(built.train, TrainResult)
     assert isinstance(built.scores, ExitScores) and isinstance(built.selection, Selection)
     assert built.chosen_exit == built.selection.chosen and built.scores.get(built.chosen_exit).accuracy > 0.25
-    assert set(built.validations) == {"fp32", "int8"}  # no TensorRT here: the engine stage skipped
+    assert set(built.validations) == {"fp32", "ort", "int8"}  # no TensorRT here: the engine stage skipped
     assert [r.name for r in built.stages][-1] == "bundle"
     assert built.train.blocks[0].epochs_run == 2  # the override applied
 
@@ -45,6 +45,7 @@ def test_bundle_commands_return_their_measurements(built, tmp_path):
     timing = nfcompile.bench(built.path, model="int8", batch_sizes=[1], warmup=1, repeats=3)
     assert isinstance(timing, BenchResult) and timing.format == "int8" and timing.model == "model.int8.onnx"
     assert [lat.batch_size for lat in timing.latency] == [1] and timing.passed
+    assert timing.load is not None and len(timing.load.load_average) == 3
     image = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
     predictions = nfcompile.predict(built.path, [image], top_k=2)
@@ -89,3 +90,67 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     assert list((tmp_path / "artifacts" / "quickstart").iterdir())
     assert os.path.isfile(next((tmp_path / "artifacts" / "quickstart").iterdir()) / "manifest.json")
+
+
+def _heldout(bundle):
+    """The bundle's held-out test split, preprocessed as its manifest says, and the labels."""
+    import json
+
+    import torch
+
+    from nfcompile.data import Preprocessing
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    pre = manifest["preprocessing"]
+    preprocessing = Preprocessing(image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                  color=pre.get("color", "rgb"))
+    files = manifest["heldout"]["files"]
+    images = torch.from_numpy(np.load(bundle / files["heldout_images"]))
+    return preprocessing.normalize(images).numpy(), np.load(bundle / files["heldout_labels"]), manifest
+
+
+def test_the_ort_format_model_gives_model_onnx_top1_on_the_held_out_set(built):
+    from nfcompile.runtime import OrtRunner
+
+    x, labels, manifest = _heldout(built.path)
+    assert len(labels) == manifest["heldout"]["samples"] == built.scores.test_samples > 0
+    top1 = {}
+    for name in ("model.onnx", "model.ort"):
+        with OrtRunner(built.path / name) as runner:
+            top1[name] = runner.infer({runner.input_names[0]: x})[runner.output_names[0]].argmax(1)
+    assert np.array_equal(top1["model.onnx"], top1["model.ort"])
+    assert manifest["model"]["ort"]["path"] == "model.ort"
+    check = (built.path / manifest["model"]["ort"]["mobile_check"]).read_text()
+    assert "usability with ORT Mobile" in check and "NNAPI" in check
+
+
+def test_the_report_times_fp32_and_int8_and_shows_the_test_split_per_class(built):
+    import json
+
+    report = (built.path / "report.md").read_text()
+    assert "## Deliverables: size, latency, accuracy" in report
+    for row in ("| fp32 | `model.onnx` |", "| int8 | `model.int8.onnx` |", "| ort | `model.ort` |"):
+        assert row in report
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    timed = {f["format"]: f for f in manifest["latency"]["formats"]}
+    assert [lat["batch_size"] for lat in timed["int8"]["latency"]] == [1, 8]
+    faster = all(v > 1.0 for v in manifest["latency"]["int8_speedup"].values())
+    assert ("INT8 is not faster than FP32 on this device" in report) != faster
+    per_class = json.loads((built.path / "per_class.json").read_text())
+    assert sum(c["samples"] for c in per_class["classes"]) == per_class["samples"] == manifest["heldout"]["samples"]
+    assert np.array(per_class["confusion_matrix"]).sum() == per_class["samples"]
+    assert (built.path / "confusion.png").stat().st_size > 0 and "![confusion matrix](confusion.png)" in report
+    assert "this network's last exit" in report and "vs the full model" not in report
+    bundle_row = next(line for line in report.splitlines() if line.startswith("| bundle |"))
+    assert float(bundle_row.split("|")[3]) > 0.0
+
+
+def test_engine_refuses_a_tampered_bundle_before_building(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / built.path.name
+    shutil.copytree(built.path, copy)
+    with open(copy / "model.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(GateFailed, match="verification failed"):
+        nfcompile.engine(copy)

@@ -197,3 +197,32 @@ def test_jetson_recipe_runs_on_a_tiny_cifar_with_overrides(tmp_path):
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["dataset"]["name"] == "cifar10" and len(manifest["labels"]) == 10
     assert manifest["overrides"] == overrides
+
+
+def test_tensorboard_events_hold_every_block_epoch_and_exit_score(bundle):
+    """The event files, read back with tensorboard's own reader, carry what train.json and
+    exits.json say: every block's epochs, its memory, and every exit's final scores."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path, _ = bundle
+    events = EventAccumulator(str(path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    train = json.loads((path / "state" / "train.json").read_text())["result"]
+    for block in train["blocks"]:
+        if not block["trained"]:
+            continue
+        prefix = f"block{block['index']}"
+        for unit in block["units"]:
+            logged = [e.value for e in events.Scalars(f"{prefix}/val_accuracy/exit_{unit:02d}")]
+            position = block["units"].index(unit)
+            assert logged == pytest.approx([epoch["val_accuracy"][position] for epoch in block["history"]], abs=1e-6)
+            assert f"{prefix}/train_loss/exit_{unit:02d}" in tags
+        assert [e.value for e in events.Scalars(f"{prefix}/lr")] == pytest.approx(
+            [epoch["lr"] for epoch in block["history"]], rel=1e-6)
+    peaks = {e.step: e.value for e in events.Scalars("neuroflux/memory_mib/measured_peak")}
+    assert peaks == pytest.approx({b["index"]: b["measured_peak_bytes"] / 2**20 for b in train["blocks"]
+                                   if b["trained"]}, rel=1e-6)
+    exits = json.loads((path / "exits.json").read_text())
+    for score in exits["exits"]:
+        assert events.Scalars(f"exits/{score['name']}/params")[0].value == score["params"]

@@ -11,3 +11,5 @@ from benchmarks.comparisons import profiler_fidelity  # noqa: F401
 from benchmarks.comparisons import pipeline_overhead  # noqa: F401
 from benchmarks.comparisons import gradient_filter  # noqa: F401
 from benchmarks.comparisons import pruning  # noqa: F401
+from benchmarks.comparisons import engine_efficiency  # noqa: F401
+from benchmarks.comparisons import minimum_budget  # noqa: F401

@@ -35,6 +35,9 @@ class Ablation:
 
 ABLATIONS = (
     Ablation("heads", "fixed-width heads", "adaptive heads", ("train.neuroflux.head.policy=fixed",)),
+    # Only where the setup's heads pool and deepen (the Fashion-MNIST setups): else it is the default.
+    Ablation("head_capacity", "plain heads (one conv, no pooling)", "pooled two-conv heads",
+             ("train.neuroflux.head.pool_to=null", "train.neuroflux.head.depth=1"), selects_exit=True),
     Ablation("batch", "one global batch", "per-block batch sizes", global_batch=True),
     Ablation("cache", "recompute earlier blocks", "activation cache", ("train.neuroflux.cache.placement=recompute",)),
     Ablation("early_stop", "early stop on", "early stop off", ("train.neuroflux.stop_stalled_blocks=true",),
@@ -47,15 +50,22 @@ def run(bench: Workbench) -> dict[str, Any]:
     budget = config.ablation_budget
     setups = []
     for setup in config.setups:
+        ablations = [a for a in ABLATIONS if _applies(a, setup)]
         contenders = {DEFAULT: RunSpec(setup, budget)}
         contenders.update({a.variant: RunSpec(setup, budget, a.overrides, global_batch=a.global_batch)
-                           for a in ABLATIONS})
+                           for a in ablations})
         runs = bench.interleaved(contenders)
-        chosen = _chosen_exits(bench, setup.name, runs, [a.variant for a in ABLATIONS if a.selects_exit])
+        chosen = _chosen_exits(bench, setup.name, runs, [a.variant for a in ablations if a.selects_exit])
         variants = {label: _variant(group, chosen.get(label)) for label, group in runs.items()}
-        pairs = [_pair(a, runs[DEFAULT], runs[a.variant], config.target_cap, config.target_step) for a in ABLATIONS]
+        pairs = [_pair(a, runs[DEFAULT], runs[a.variant], config.target_cap, config.target_step) for a in ablations]
         setups.append({"setup": setup.name, "budget": budget, "variants": variants, "pairs": pairs})
     return {"setups": setups}
+
+
+def _applies(ablation: Ablation, setup) -> bool:
+    if ablation.name == "head_capacity":
+        return any(o.startswith("train.neuroflux.head.pool_to=") for o in setup.overrides)
+    return True
 
 
 def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]],
@@ -68,8 +78,9 @@ def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]
             folder = bench.scratch / f"ablation-{setup}-{index}-{repeat}"
             scores, selection = bench.select(run, folder)
             exit_ = scores.get(selection.chosen)
-            chosen.setdefault(label, []).append({"name": exit_.name, "accuracy": exit_.accuracy,
-                                                 "params": exit_.params})
+            # Chosen on the validation split, reported on the test split.
+            chosen.setdefault(label, []).append({"name": exit_.name, "accuracy": exit_.test_accuracy,
+                                                 "val_accuracy": exit_.accuracy, "params": exit_.params})
     return chosen
 
 
@@ -105,7 +116,7 @@ def render(result: dict[str, Any]) -> str:
     for entry in result["setups"]:
         variants = entry["variants"]
         rows = []
-        for label in [DEFAULT, *(a.variant for a in ABLATIONS)]:
+        for label in [DEFAULT, *(a.variant for a in ABLATIONS if a.variant in variants)]:
             v = variants[label]
             if not v["fits"]:
                 rows.append([label, "does not fit: " + v["note"]] + [None] * 7)

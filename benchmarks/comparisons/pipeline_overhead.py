@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 from nfcompile.core.io import read_json
@@ -101,7 +102,42 @@ def render(result: dict[str, Any]) -> str:
                    f"{entry['train_seconds']:.1f} s of training; every other stage of the first build together "
                    f"(plan, exit scoring, selection, bundle included) {entry['first_run_other_seconds']:.1f} s.\n")
         out.append(table(["stage", "status", "seconds", "of training time"], rows))
+    latest = latest_before_after()
+    if latest is not None:
+        out.append(render_before_after(read_json(latest), latest.name))
     return "\n".join(out)
+
+
+def latest_before_after() -> Path | None:
+    """The newest results file of `python -m benchmarks.before_after`, if any was committed."""
+    from benchmarks.before_after import RESULTS, SUFFIX
+
+    found = sorted(RESULTS.glob(f"*-{SUFFIX}"))
+    return found[-1] if found else None
+
+
+def render_before_after(document: dict[str, Any], name: str) -> str:
+    """The quickstart built by an earlier revision and by this one, interleaved in one run."""
+    runs = document["runs"]
+    stages = ("plan", "train", "score", "select", "export", "bench", "bundle")
+    header = ["round", "code", *(f"{s} s" for s in stages), "score / train", "build wall s", "build CPU s",
+              "load before -> after (1 min)"]
+    rows = []
+    for run in runs:
+        seconds = {k: v["seconds"] for k, v in run.get("stages", {}).items() if v["status"] in RAN}
+        share = (f"{seconds['score'] / seconds['train'] * 100:.0f}%" if seconds.get("train") and "score" in seconds
+                 else "–")
+        rows.append([run["round"], run["code"], *(f"{seconds[s]:.1f}" if s in seconds else "–" for s in stages),
+                     share, f"{run['wall_seconds']:.1f}", f"{run['cpu_seconds']:.1f}",
+                     f"{run['load_average_before'][0]:.2f} -> {run['load_average_after'][0]:.2f}"])
+    return "\n".join([
+        f"**Quickstart before and after** (`{document['command']}`, {name}): `{document['recipe']}` built by "
+        f"{document['before'][:10]} (before) and {document['after'][:10]}"
+        f"{' plus uncommitted changes' if document.get('after_dirty') else ''} (after), one build after the other "
+        f"in each round on {document['cpu_count']} CPUs. CPU time is the build process's user + system time; the "
+        "load average (1 min) before and after each build says how busy the machine was (other users' jobs "
+        "included). Training is not what changed: compare score with train within each build.\n",
+        table(header, rows)])
 
 
 register_comparison(Comparison(

@@ -12,6 +12,31 @@ import torch
 from nfcompile.errors import InputError
 
 
+def cpu_threads(requested: int | str) -> tuple[int, str]:
+    """The torch thread count for ``requested`` (a number, or "auto") and why.
+
+    auto: the cores that other processes leave idle (their CPU use over a short sample), at least one.
+    On a shared CPU, OpenMP threads that outnumber the free cores wait on each other at every op (a
+    build slowed 30-40x with one other busy process on 2 cores); one thread fewer costs at most its share.
+    """
+    cores = os.cpu_count() or 1
+    if requested != "auto":
+        return int(requested), "recipe's threads"
+    import psutil
+
+    own = psutil.Process()
+    own.cpu_percent(None)
+    busy_percent = psutil.cpu_percent(interval=0.2)
+    own_cores = own.cpu_percent(None) / 100.0
+    other_busy = max(0.0, busy_percent / 100.0 * cores - own_cores)
+    free = max(1, min(cores, cores - round(other_busy)))
+    # Under torchrun the processes on this machine share the free cores.
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, free // local_processes)
+    return share, (f"auto: {cores} core(s), {other_busy:.1f} kept busy by other processes"
+                   + (f", shared by {local_processes} local processes" if local_processes > 1 else ""))
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA where there is none is an input error."""
     if name == "auto":

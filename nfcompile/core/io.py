@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NfcompileError(f"cannot create folder {parent}: {exc.strerror}") from exc
+    require_regular_target(target)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=parent)
     except OSError as exc:
@@ -66,6 +68,41 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise NfcompileError(f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
+
+
+def require_regular_target(target: Path) -> None:
+    """Refuse to write over anything but a regular file: the rename would replace a device node, a
+    pipe or a socket with a file (as root, the real node), and a link with a file where the user
+    meant the file it points to. A missing target is fine."""
+    try:
+        info = target.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise InputError(f"{target}: is a symbolic link (to {os.readlink(target)}); nfcompile writes only "
+                         "regular files", hint="remove the link or write to another path")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a device node"
+                if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a named pipe"
+                if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
+        raise InputError(f"{target}: is {kind}, not a regular file; nfcompile writes only regular files",
+                         hint="write to another path")
+
+
+def write_crash_log(text: str) -> Path | None:
+    """Keep an unexpected error's traceback in a file of its own (under the temporary folder, so it
+    survives a run folder that is discarded); its path, or None when nothing could be written."""
+    try:
+        folder = Path(tempfile.gettempdir()) / "nfcompile-logs"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="crash-", suffix=".log", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return Path(name)
+    except OSError:
+        return None
 
 
 def remove_scratch(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:
@@ -139,6 +176,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: file not found") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a readable JSON file ({exc})") from exc
+    except RecursionError:
+        raise InputError(f"{path}: not a readable JSON file (nested too deeply to parse)") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

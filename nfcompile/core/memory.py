@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 
 import psutil
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -79,6 +80,8 @@ class LiveTensorBytes(TorchDispatchMode):
         if key in self._live:
             return
         size = storage.nbytes()
+        if type(size) is not int:  # a symbolic size: a traced (fake) tensor left by an exporter, no memory
+            return
         category = category or _PHASE.get()
         self._live[key] = (size, category)
         self.current += size
@@ -112,7 +115,7 @@ def live_tensors(device: torch.device, exclude: Iterable[torch.Tensor] = ()) -> 
         objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
     for obj in objects:
         try:
-            if obj.device != device or obj.is_meta or obj.layout != torch.strided:
+            if obj.device != device or obj.is_meta or obj.layout != torch.strided or isinstance(obj, FakeTensor):
                 continue
             if obj.untyped_storage()._cdata not in skip:
                 found.append(obj)
@@ -165,6 +168,30 @@ class BlockMemory:
     method: str  # how it was measured, in words
 
 
+_OUTSIDE: contextvars.ContextVar[list | None] = contextvars.ContextVar("nfcompile_outside_tensors", default=None)
+
+
+@contextlib.contextmanager
+def training_scope(device: torch.device, network: Iterable[nn.Module] = ()) -> Iterator[None]:
+    """Mark every tensor alive now, except ``network``'s, as outside the training: a caller's own
+    models, an earlier build's results in the same process. The block meters inside leave them out
+    of their scan (weak references: what is freed meanwhile stops being excluded)."""
+    if device.type == "cuda":
+        yield
+        return
+    own = {t.untyped_storage()._cdata for m in network for t in (*m.parameters(), *m.buffers())}
+    outside = [weakref.ref(t) for t in live_tensors(device) if t.untyped_storage()._cdata not in own]
+    token = _OUTSIDE.set(outside)
+    try:
+        yield
+    finally:
+        _OUTSIDE.reset(token)
+
+
+def _outside_storages() -> set[int]:
+    return {t.untyped_storage()._cdata for ref in (_OUTSIDE.get() or ()) if (t := ref()) is not None}
+
+
 class BlockMeter:
     """The independent peak over a whole block (see the module docstring).
 
@@ -173,7 +200,8 @@ class BlockMeter:
 
     ``seeded`` names categories of the tensors alive at the start (block weights, optimizer state,
     activation cache); every other live tensor the scan finds is "other resident tensors".
-    ``exclude`` are the read-only training images, which on CPU the budget leaves out.
+    ``exclude`` are the read-only training images, which on CPU the budget leaves out; so is what was
+    alive before the training began (`training_scope`), which is not the training's.
     """
 
     def __init__(self, device: torch.device, *, seeded: dict[str, list[torch.Tensor]] | None = None,
@@ -191,6 +219,7 @@ class BlockMeter:
             return self
         known = {t.untyped_storage()._cdata for tensors in self.seeded.values() for t in tensors
                  if isinstance(t, torch.Tensor)}
+        known |= _outside_storages()
         others = [t for t in live_tensors(self.device, self.exclude) if t.untyped_storage()._cdata not in known]
         self._scanned = len(others)
         self._tracker = LiveTensorBytes(seeded={**self.seeded, "other resident tensors": others})

@@ -198,10 +198,28 @@ class Latency(Result):
 
 
 @dataclass(frozen=True)
+class MachineLoad(Result):
+    """The machine's load when a latency was measured: timings on a busy machine are not comparable."""
+
+    load_average: tuple[float, float, float]  # os.getloadavg(): 1, 5 and 15 minutes
+    cpu_count: int
+    busy: tuple[str, ...]  # other processes using CPU meanwhile: "name (pid N) 95% CPU"
+    other_cpu_percent: float  # their CPU use summed, in percent of one core
+    loaded: bool  # other processes used at least half a core: the figures carry their noise
+
+    def describe(self) -> str:
+        load = ", ".join(f"{value:.2f}" for value in self.load_average)
+        others = f"; busy: {', '.join(self.busy)}" if self.busy else "; no other busy process"
+        return f"load average {load} on {self.cpu_count} CPUs{others}"
+
+
+@dataclass(frozen=True)
 class ExitScore(Result):
     name: str  # "exit_03"; "full" for all units + last head
     unit: int  # index of the last unit of the prefix
-    accuracy: float | None  # None where the exit was not trained (full model after early stop)
+    # Selection's accuracy: the validation split (None where the exit was not trained, the full
+    # model after an early stop). The headline figure is `test_accuracy`, on the untouched test split.
+    accuracy: float | None
     params: int
     macs: int
     onnx_bytes: int
@@ -211,9 +229,14 @@ class ExitScore(Result):
     # The ONNX that was sized and timed, relative to the run folder. The full model points at the
     # last exit's file when that exit was trained: they are the same network.
     onnx_file: str = ""
+    test_accuracy: float | None = None  # the test split: measured, never used to select
+    int8_latency: tuple[Latency, ...] = ()  # its INT8 QDQ graph, where select.latency_format is int8
+    int8_file: str = ""
 
-    def latency_at(self, batch_size: int) -> Latency | None:
-        return next((lat for lat in self.latency if lat.batch_size == batch_size), None)
+    def latency_at(self, batch_size: int, fmt: str = "fp32") -> Latency | None:
+        """The latency at ``batch_size`` of the FP32 graph, or of the INT8 one (``fmt`` int8)."""
+        timed = self.int8_latency if fmt == "int8" else self.latency
+        return next((lat for lat in timed if lat.batch_size == batch_size), None)
 
 
 @dataclass(frozen=True)
@@ -223,6 +246,9 @@ class ExitScores(Result):
     backend: str
     test_samples: int
     batch_sizes: tuple[int, ...]
+    val_samples: int = 0  # the split `ExitScore.accuracy` is measured on
+    load: MachineLoad | None = None  # while the exits were timed
+    timing: str = ""  # how the exits were timed, in words (interleaving, rounds)
 
     def get(self, name: str) -> ExitScore:
         """An exit by name ("exit_03"), or the full model ("full")."""
@@ -257,12 +283,40 @@ class Selection(Result):
     vs_full: dict[str, float | None]  # param_reduction, size_reduction, throughput_gain_b1, ...
     latency_batch_size: int | None = None  # whose p50 was the latency objective
     constraints: dict[str, float | None] = field(default_factory=dict)  # select.* limits applied
+    latency_format: str = "fp32"  # whose latency (FP32 or INT8 graph) the front and constraints used
+    latency_rule: str = ""  # when two latencies count as tied, in words
 
     def verdict(self, name: str) -> ExitVerdict:
         for verdict in self.verdicts:
             if verdict.name == name:
                 return verdict
         raise KeyError(f"no verdict for {name!r}; exits: {', '.join(v.name for v in self.verdicts)}")
+
+
+@dataclass(frozen=True)
+class FormatLatency(Result):
+    """One deliverable file timed on the bench backend in the build."""
+
+    format: str  # fp32 | int8 | ort
+    file: str  # relative to the run folder
+    bytes: int
+    latency: tuple[Latency, ...]  # batch 1 and the recipe's batch sizes
+    test_accuracy: float | None  # from its validation against PyTorch on the test split
+
+
+@dataclass(frozen=True)
+class DeliverableLatency(Result):
+    """The chosen exit's deliverables timed side by side (interleaved rounds) on this machine."""
+
+    backend: str
+    runner: str
+    source: str  # how it was measured, in words
+    formats: tuple[FormatLatency, ...]
+    load: MachineLoad
+    int8_speedup: dict[str, float] = field(default_factory=dict)  # "b1": fp32 p50 / int8 p50
+
+    def get(self, fmt: str) -> FormatLatency | None:
+        return next((f for f in self.formats if f.format == fmt), None)
 
 
 # --------------------------------------------------------------------------- prune
@@ -331,6 +385,19 @@ class OnnxExport(Result):
     sha256: str
     simplified: bool
     simplify_note: str  # why it was or was not kept
+
+
+@dataclass(frozen=True)
+class OrtExport(Result):
+    """model.ort: ONNX Runtime's own format (for ONNX Runtime Mobile), converted by its own tool."""
+
+    path: str  # relative to the run folder
+    source: str  # the ONNX it was converted from
+    optimization: str  # the converter's optimization style and level
+    bytes: int
+    sha256: str
+    mobile_check: str  # file holding ONNX Runtime's mobile usability report, relative to the run folder
+    nnapi_or_coreml_may_help: bool  # the checker's verdict: try NNAPI/CoreML rather than the CPU EP
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from torch import nn
 from nfcompile.core.log import progress_bar
 from nfcompile.core.results import EpochRecord
 from nfcompile.core.memory import memory_phase
+from nfcompile.core.tensorboard import log_scalars
 from nfcompile.data.batches import batch_order
 from nfcompile.learning.snapshot import BestWeights
 
@@ -48,7 +49,7 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
         keep_best: BestWeights | None = None, before_epoch: Callable[[int], None] | None = None,
         after_step: Callable[[], None] | None = None,
         step_context: Callable[[int], ContextManager] | None = None, sync: Callable[[], None] | None = None,
-        label: str | None = None) -> FitOutcome:
+        label: str | None = None, log_as: str | None = None, exit_names: Sequence[str] = ()) -> FitOutcome:
     """Train over ``epochs`` (a window of a longer schedule: steps count from ``epochs.start``).
 
     Every epoch draws its batch order, and the step's augmentation, from ``generator_for(epoch)``
@@ -57,7 +58,8 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
     accuracy of every exit trained; the last one judges the epoch: the run stops after ``patience``
     epochs without a better one (0: never early), and ``keep_best`` keeps the best epoch's weights
     and restores them at the end. ``step_context(step)`` wraps a step (memory measurement);
-    ``sync`` makes step times true on asynchronous devices.
+    ``sync`` makes step times true on asynchronous devices. ``log_as`` names the run's TensorBoard
+    scalars of every epoch (loss and accuracy of every exit in ``exit_names``, learning rate).
     """
     steps_per_epoch = math.ceil(len(source) / batch_size)
     step_index = epochs.start * steps_per_epoch
@@ -100,6 +102,8 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
             record = EpochRecord(epoch=epoch + 1, lr=lr, train_loss=tuple(loss / max(1, seen) for loss in losses),
                                  val_accuracy=accuracy, seconds=time.perf_counter() - epoch_start)
             history.append(record)
+            if log_as:
+                _log_epoch(log_as, record, exit_names)
             if accuracy:
                 advance(0, epoch=epoch + 1, loss=record.train_loss[-1], acc=accuracy[-1])
                 if accuracy[-1] > best_metric:
@@ -112,3 +116,11 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
     if keep_best is not None:
         keep_best.restore()
     return FitOutcome(history, stop_reason, best_epoch, len(step_seconds), step_seconds)
+
+
+def _log_epoch(prefix: str, record: EpochRecord, exit_names: Sequence[str]) -> None:
+    names = list(exit_names) or [f"exit{i}" for i in range(len(record.train_loss))]
+    log_scalars(prefix, record.epoch, {
+        "lr": record.lr, "epoch_seconds": record.seconds,
+        **{f"train_loss/{n}": v for n, v in zip(names, record.train_loss)},
+        **{f"val_accuracy/{n}": v for n, v in zip(names, record.val_accuracy)}})

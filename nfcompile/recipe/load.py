@@ -19,6 +19,12 @@ from nfcompile.errors import RecipeError
 from nfcompile.recipe.schema import Recipe
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything bigger is a mistake
+# What the loader will build, counted before anything is built (aliases expanded): a few hundred
+# bytes of aliases can stand for gigabytes, and deep nesting exhausts the stack of PyYAML's
+# recursive constructor. A real recipe is about 4 levels deep and a few hundred nodes.
+MAX_RECIPE_DEPTH = 64
+MAX_RECIPE_NODES = 100_000
+MAX_EXPANDED_CHARS = MAX_RECIPE_BYTES
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -50,6 +56,10 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", source=source) from None
     try:
         data = _safe_load(text)
+    except RecipeTooLarge as exc:
+        raise RecipeError(f"refused: {exc.problem} (line {exc.problem_mark.line + 1})", source=source,
+                          hint="a recipe is plain settings; write the values out instead of nesting or aliasing "
+                          "them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -88,7 +98,59 @@ class _RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class RecipeTooLarge(yaml.YAMLError):
+    """The document would build more than a recipe ever holds (see MAX_RECIPE_*)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+def _check_bounds(text: str) -> None:
+    """Walk the parser's events (PyYAML's parser is a loop, not a recursion) and count what
+    construction would build, each alias counted as the whole node it repeats; raise
+    `RecipeTooLarge` at the first limit crossed. Hand-written because PyYAML has no such limits."""
+    depth = 0
+    # One frame per open collection: [nodes, chars, anchor]; an anchored scalar is recorded at once.
+    frames: list[list[Any]] = [[0, 0, None]]
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, chars) of the node it names
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            nodes, chars = sizes.get(event.anchor, (1, 0))  # an unknown anchor: the composer reports it
+            frames[-1][0] += nodes
+            frames[-1][1] += chars
+        elif isinstance(event, yaml.ScalarEvent):
+            frames[-1][0] += 1
+            frames[-1][1] += len(event.value)
+            if event.anchor:
+                sizes[event.anchor] = (1, len(event.value))
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_RECIPE_DEPTH:
+                raise RecipeTooLarge(f"nested more than {MAX_RECIPE_DEPTH} levels deep", event.start_mark)
+            frames.append([1, 0, event.anchor])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+            nodes, chars, anchor = frames.pop()
+            if anchor:
+                sizes[anchor] = (nodes, chars)
+            frames[-1][0] += nodes
+            frames[-1][1] += chars
+        else:
+            continue
+        total_nodes = sum(frame[0] for frame in frames)
+        total_chars = sum(frame[1] for frame in frames)
+        if total_nodes > MAX_RECIPE_NODES:
+            raise RecipeTooLarge(f"would build more than {MAX_RECIPE_NODES} values (aliases expanded)",
+                                 event.start_mark)
+        if total_chars > MAX_EXPANDED_CHARS:
+            raise RecipeTooLarge(f"would build more than {MAX_EXPANDED_CHARS} characters of text (aliases "
+                                 "expanded)", event.start_mark)
+
+
 def _safe_load(text: str) -> Any:
+    _check_bounds(text)
     return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: plain data only, no Python objects
 
 

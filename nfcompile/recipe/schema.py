@@ -31,7 +31,9 @@ def _takes_bool(annotation: Any) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: NaN passes every range check (each comparison with it is false) and inf is
+    # no setting either; a non-finite number anywhere in a recipe is refused, naming its field.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -351,6 +353,10 @@ class Recipe(Section):
         ..., description="Names the artifact folder: letters, digits, `_`, `.`, `-`.")
     seed: Annotated[int, Field(ge=0, lt=2**31)] = Field(0, description="Seed for splits, init and data order.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    threads: PositiveInt | Literal["auto"] = Field(
+        "auto", description="torch's CPU threads. auto: the cores no other process keeps busy when the run starts "
+        "(at least 1); OpenMP waits passively either way. A number pins it: the same recipe, seed and threads "
+        "give the same model.")
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     budget: BudgetSection = BudgetSection()
@@ -366,7 +372,7 @@ class Recipe(Section):
     log: LogSection = LogSection()
     distributed: DistributedSection = DistributedSection()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False,
                               validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)
 
     @model_validator(mode="after")

@@ -68,10 +68,19 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, 
             model = onnx.load_from_string(buffer.getvalue())
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
+        written = model_opset(model)
+        if written != opset:  # the exporter fell back to another opset (dynamo below 18 does, with a warning)
+            raise OnnxExportError(f"torch.onnx {exporter} export asked for opset {opset} but wrote opset {written}",
+                                  hint=f"set export.opset: {written}, or use the other export.exporter")
         _name_batch_dim(model, dynamic_batch)
         set_metadata(model, {"exporter": exporter, **(metadata or {})})
         onnx.save_model(model, str(tmp))
-    return OnnxFile(path, exporter, opset, path.stat().st_size)
+    return OnnxFile(path, exporter, written, path.stat().st_size)
+
+
+def model_opset(model) -> int | None:
+    """The default-domain (ai.onnx) opset a model declares: what the file holds, not what was asked."""
+    return next((int(entry.version) for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def set_metadata(model, metadata: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from benchmarks.results import machine_slug, results_path  # noqa: E402
 from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
 
 SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
-         "pruning"]
+         "pruning", "engine_efficiency", "minimum_budget"]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -84,15 +84,24 @@ def test_registry_lists_the_suite_in_order_and_refuses_duplicates():
         get_comparison("no_such_comparison")
 
 
-def test_quick_mode_is_smaller_than_the_full_run_and_its_budgets_exist(tmp_path):
-    full, quick = full_config(cifar_root=tmp_path), quick_config(cifar_root=tmp_path)
-    assert quick.repeats < full.repeats and len(quick.budget_anchors) < len(full.budget_anchors)
-    assert quick.pruning_repeats < full.pruning_repeats
-    for config in (full, quick):
+def test_quick_mode_runs_digits_and_the_full_run_fashion_mnist_where_it_is_installed(tmp_path, monkeypatch):
+    import benchmarks.config as config_module
+
+    quick = quick_config(cifar_root=tmp_path)
+    assert {s.name for s in quick.setups} == {"resnet18-digits", "vgg16_bn-digits"}
+    monkeypatch.setattr(config_module, "FASHION_MNIST_ROOT", tmp_path / "absent")
+    fallback = full_config(cifar_root=tmp_path)
+    assert {s.name for s in fallback.setups} == {"resnet18-digits", "vgg16_bn-digits"}
+    assert any("apt-get install -y dataset-fashion-mnist" in why for _, why in fallback.skipped)
+    assert quick.repeats < fallback.repeats and quick.pruning_repeats < fallback.pruning_repeats
+    monkeypatch.setattr(config_module, "FASHION_MNIST_ROOT", tmp_path)  # a folder that exists
+    real = full_config(cifar_root=tmp_path)
+    assert {s.name for s in real.setups} == {"resnet18-fashion_mnist", "vgg16_bn-fashion_mnist"}
+    for config in (fallback, real, quick):
         assert {config.ablation_budget, config.deliverable_budget} <= set(config.budget_labels())
-        assert {s.name for s in config.setups} == {"resnet18-digits", "vgg16_bn-digits"}
-    # No CIFAR-10 at the given root: skipped with a note that says where it looked.
-    assert any(name == "resnet18-cifar10" and str(tmp_path) in why for name, why in full.skipped)
+        # No CIFAR-10 at the given root: skipped with a note that says where it looked (or why).
+        assert any(name == "resnet18-cifar10" for name, _ in config.skipped)
+    assert any(str(tmp_path) in why for name, why in real.skipped if name == "resnet18-cifar10")
 
 
 def test_results_files_are_named_by_date_and_machine_and_never_overwritten(tmp_path):
@@ -243,3 +252,31 @@ def test_cli_lists_the_comparisons(capsys):
     assert main(["--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == SUITE
+
+
+def test_engine_efficiency_counts_and_times_every_block_and_backprop(suite_run):
+    _, _, document = suite_run
+    (entry,) = _results(document)["engine_efficiency"]["setups"]
+    contenders = entry["contenders"]
+    assert set(contenders) == {f"block {i}" for i in range(len(entry["block_batches"]))} | {"backprop"}
+    for name, figures in contenders.items():
+        assert figures["flops_per_step"] > 0 and figures["steps"] >= 3 and figures["wall_seconds"] > 0
+        assert figures["flops_per_second"] == pytest.approx(
+            figures["flops_per_step"] * figures["steps"] / figures["wall_seconds"])
+        if name != "backprop":
+            assert figures["vs_backprop"] == pytest.approx(
+                figures["flops_per_second"] / contenders["backprop"]["flops_per_second"])
+
+
+def test_minimum_budgets_are_ordered_and_the_run_below_them_holds_its_budget(suite_run):
+    _, _, document = suite_run
+    (entry,) = _results(document)["minimum_budget"]["setups"]
+    minima = entry["minimum_bytes"]
+    assert all(v > 0 for v in minima.values())
+    below = entry.get("neuroflux_below")
+    if minima["neuroflux"] < minima["backprop+checkpointing"]:
+        assert minima["neuroflux"] <= below["budget_bytes"] < minima["backprop+checkpointing"]
+        if below["fits"]:
+            assert max(below["measured_peak_bytes"]) <= below["budget_bytes"]
+    else:
+        assert below is None

@@ -86,3 +86,17 @@ def test_fit_memory_is_exact_on_two_regimes():
 def test_fit_memory_needs_two_batch_sizes():
     with pytest.raises(ValueError):
         fit_memory([(4, 100)])
+
+
+def test_the_process_scan_leaves_out_traced_fake_tensors():
+    """An exporter's trace can leave fake tensors alive (symbolic sizes, no memory): not counted."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nfcompile.core.memory import live_tensors
+
+    with FakeTensorMode():
+        fake = torch.empty(1000)
+    real = torch.empty(1000)
+    found = live_tensors(torch.device("cpu"))
+    assert any(t is real for t in found)
+    assert not any(t is fake for t in found)

@@ -48,12 +48,13 @@ def test_caches_spill_to_disk_when_host_ram_is_short_and_are_gone_after_the_buil
     # Nothing of them is left: no cache file in the bundle, not even the folder they lived in.
     assert not (reference_bundle / "checkpoint" / "cache").exists()
     assert not [p for p in reference_bundle.rglob("*") if p.suffix == ".bin"]
-    # It is the host RAM limit that sends them to disk: at a budget (8 MiB) that leaves headroom for the
-    # caches, the plan keeps them in memory with RAM to spare and spills them with the recipe's tiny limit.
+    # It is the host RAM limit that sends them to disk: where the budget leaves headroom for a cache
+    # (batches capped at 32 under 8 MiB; a cache counts against the budget on CPU), the plan keeps it
+    # in memory with RAM to spare and spills it with the recipe's tiny limit.
     placements = {}
     for limit in ("null", "1KiB"):
         code, out, err = cli_main(monkeypatch, capsys, "-q", "plan", str(workspace / "recipe.yaml"), "--json",
-                                  "--set", "budget.memory=8MiB",
+                                  "--set", "budget.memory=8MiB", "--set", "train.neuroflux.max_batch_size=32",
                                   "--set", f"train.neuroflux.cache.max_host_bytes={limit}")
         assert code == 0, err
         placements[limit] = [b["cache_placement"] for b in json.loads(out)["plan"]["blocks"][:-1]]

@@ -6,6 +6,7 @@ pipeline then renames the run folder from `<run-id>.partial` to `<run-id>` in on
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,12 +17,12 @@ import torch
 
 from nfcompile.core.io import sha256_file, write_json, write_text
 from nfcompile.core.log import get_logger
-from nfcompile.core.results import (Artifact, EngineResult, ExitScores, OnnxExport, Plan, PruneResult, Result,
-                                    Selection, StageRecord, TrainResult, Validation)
+from nfcompile.core.results import (Artifact, DeliverableLatency, EngineResult, ExitScores, OnnxExport, Plan,
+                                    PruneResult, Result, Selection, StageRecord, TrainResult, Validation)
 from nfcompile.formats import FORMATS, get_format, onnx_runtime_formats
 from nfcompile.runtime import OrtRunner, TorchRunner
 from nfcompile.stages.bundle.manifest import MANIFEST_FILE, MANIFEST_FORMAT, hash_files, load_manifest, sealed
-from nfcompile.stages.bundle.plots import plot_memory_plan, plot_training
+from nfcompile.stages.bundle.plots import class_accuracy, plot_confusion, plot_memory_plan, plot_training
 from nfcompile.stages.bundle.report import render_report
 from nfcompile.stages.bundle.verify import REFERENCE_DIR, VerifyReport, verify_bundle
 
@@ -33,6 +34,10 @@ log = get_logger(__name__)
 # Held-out inputs kept in the bundle with the outputs each format gave at build time, so that
 # `verify` can re-run the models and catch a deployment that no longer computes the same thing.
 REFERENCE_SAMPLES = 32
+# The whole test split, kept with its labels and PyTorch's outputs: `nfcompile engine` validates a
+# rebuilt engine on it. Images stay uint8 as the dataset gives them (the manifest's preprocessing
+# normalizes them), a quarter of the float32 size.
+HELDOUT_IMAGES, HELDOUT_LABELS, HELDOUT_PYTORCH = "heldout_images", "heldout_labels", "heldout_pytorch"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class BundleInputs:
     prune: PruneResult | None = None
     exports: dict[str, Result] = field(default_factory=dict)  # by format name (nfcompile/formats.py)
     validations: dict[str, Validation] = field(default_factory=dict)  # by format name
+    deliverable_latency: DeliverableLatency | None = None  # the chosen exit's formats timed side by side
+    heldout_images: np.ndarray | None = None  # the test split, uint8 (N, 3, S, S), as the dataset gives it
+    heldout_labels: np.ndarray | None = None
 
     @property
     def onnx(self) -> OnnxExport | None:
@@ -63,6 +71,7 @@ class BundleInputs:
 
 
 def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
+    started = time.perf_counter()
     root = Path(root)
     images = {}
     if inputs.plan is not None:
@@ -72,15 +81,31 @@ def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
     if (root / "pareto.png").is_file():
         images["pareto"] = "pareto.png"
     references = _write_references(root, inputs)
-    bundle_record = StageRecord("bundle", "ok", "", 0.0, (MANIFEST_FILE, "report.md"), "", None)
+    heldout = _write_heldout(root, inputs)
+    per_class = None
+    if heldout:
+        labels, predicted = heldout.pop("_labels"), heldout.pop("_predicted")
+        names = list(inputs.dataset.get("class_names") or [str(i) for i in range(int(labels.max()) + 1)])
+        per_class = class_accuracy(labels, predicted, names)
+        images["confusion"] = plot_confusion(labels, predicted, names, root / "confusion.png",
+                                             title=f"{inputs.selection.chosen if inputs.selection else 'model'} "
+                                                   f"on the test split (PyTorch)").name
+        write_json(root / "per_class.json", per_class)
+    # Everything but the report and the manifest is written by now: the two left take milliseconds.
+    bundle_record = StageRecord("bundle", "ok", "seconds until the report was written", time.perf_counter() - started,
+                                (MANIFEST_FILE, "report.md"), "", None)
     records = [*inputs.records, bundle_record]
     write_text(root / "report.md", render_report(
         recipe_name=inputs.recipe["name"], run_id=inputs.run_id, bundle_path=inputs.bundle_path,
         recipe_source=inputs.recipe_source, recipe_sha256=inputs.recipe_sha256, overrides=inputs.overrides,
         versions=inputs.versions, device=inputs.device, plan=inputs.plan, train=inputs.train, scores=inputs.scores,
         selection=inputs.selection, validations=inputs.validations, records=records, images=images,
-        extra_sections=[*_finetune_section(inputs.train), *_prune_section(inputs.prune)]))
+        extra_sections=[*_finetune_section(inputs.train), *_prune_section(inputs.prune)],
+        deliverables=inputs.deliverable_latency, per_class=per_class, ort=inputs.exports.get("ort")))
     manifest = _manifest(root, inputs, records, references)
+    manifest["heldout"] = heldout or None
+    manifest["latency"] = inputs.deliverable_latency.to_dict() if inputs.deliverable_latency else None
+    manifest["metrics"]["per_class"] = per_class
     write_json(root / MANIFEST_FILE, sealed(manifest))
     log.info("bundle: %d files hashed into %s", len(manifest["files"]), MANIFEST_FILE)
     return Artifact(path=str(root), recipe_name=inputs.recipe["name"], run_id=inputs.run_id,
@@ -112,6 +137,41 @@ def _write_references(root: Path, inputs: BundleInputs) -> dict[str, Any]:
                 np.save(handle, array, allow_pickle=False)
         files[key] = f"{REFERENCE_DIR}/{path.name}"
     return {"samples": int(len(x)), "files": files, "models": models}
+
+
+def _write_heldout(root: Path, inputs: BundleInputs) -> dict[str, Any]:
+    """The whole test split (uint8 images, labels) and PyTorch's outputs on it, for `nfcompile engine`;
+    the labels and PyTorch's predictions come back too (keys `_labels`, `_predicted`) for the report."""
+    if inputs.model is None or inputs.onnx is None or inputs.heldout_images is None or inputs.heldout_labels is None:
+        return {}
+    from nfcompile.data.preprocess import Preprocessing
+    from nfcompile.runtime.compare import run_batched
+
+    pre = inputs.dataset["preprocessing"]
+    preprocessing = Preprocessing(image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                  color=pre.get("color", "rgb"))
+    images = np.ascontiguousarray(inputs.heldout_images, dtype=np.uint8)
+    labels = np.ascontiguousarray(inputs.heldout_labels, dtype=np.int64)
+    x = preprocessing.normalize(torch.from_numpy(images)).numpy()
+    with TorchRunner(inputs.model, input_name=inputs.onnx.input_name, output_name=inputs.onnx.output_name) as runner:
+        logits = run_batched(runner, x, 256)
+    folder = root / REFERENCE_DIR
+    folder.mkdir(exist_ok=True)
+    files = {}
+    for key, array in ((HELDOUT_IMAGES, images), (HELDOUT_LABELS, labels), (HELDOUT_PYTORCH, logits)):
+        files[key] = _save_array(folder / f"{key}.npy", array).relative_to(root).as_posix()
+    return {"samples": int(len(labels)), "split": "test", "files": files,
+            "pytorch_accuracy": float(np.mean(logits.argmax(1) == labels)),
+            "_labels": labels, "_predicted": logits.argmax(1)}
+
+
+def _save_array(path: Path, array: np.ndarray) -> Path:
+    from nfcompile.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    return path
 
 
 def _prune_section(prune: PruneResult | None) -> list[str]:

@@ -1,9 +1,13 @@
-"""The report's charts: the memory plan against the budget, and training curves per block."""
+"""The report's charts: the memory plan against the budget, training curves per block, and the
+chosen exit's confusion matrix on the test split (scikit-learn's, drawn by matplotlib)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from nfcompile.core.io import write_bytes
 from nfcompile.core.results import Plan, TrainResult
@@ -75,4 +79,42 @@ def plot_training(train: TrainResult, path: Path) -> Path:
     ax.set_title(f"Training: {train.method}, bold = the block's last exit")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
+    return _save(figure, path)
+
+
+def class_accuracy(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Per-class accuracy (recall) and the confusion matrix of one model's predictions on a split."""
+    from sklearn.metrics import confusion_matrix
+
+    indices = list(range(len(class_names)))
+    matrix = confusion_matrix(labels, predicted, labels=indices)
+    support = matrix.sum(axis=1)
+    return {"split": "test", "samples": int(len(labels)), "accuracy": float(np.mean(labels == predicted)),
+            "classes": [{"index": i, "name": name, "samples": int(support[i]),
+                         "accuracy": float(matrix[i, i] / support[i]) if support[i] else None,
+                         "most_confused_with": _most_confused(matrix, i, class_names)}
+                        for i, name in enumerate(class_names)],
+            "confusion_matrix": matrix.tolist(),
+            "rows": "true class", "columns": "predicted class"}
+
+
+def _most_confused(matrix: np.ndarray, row: int, class_names: list[str]) -> str | None:
+    errors = matrix[row].copy()
+    errors[row] = 0
+    return class_names[int(errors.argmax())] if errors.max() > 0 else None
+
+
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], path: Path, *,
+                   title: str) -> Path:
+    """The confusion matrix (true class in rows), counts in the cells, with the class names."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(5.0, 0.55 * len(class_names) + 2.5)
+    figure = _figure(size + 1.0, size)
+    ax = figure.subplots()
+    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(len(class_names))),
+                                            display_labels=class_names, ax=ax, colorbar=True,
+                                            xticks_rotation=45 if len(class_names) > 5 else "horizontal",
+                                            cmap="Blues")
+    ax.set_title(title)
     return _save(figure, path)

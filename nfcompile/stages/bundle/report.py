@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.results import ExitScores, Plan, Selection, StageRecord, TrainResult, Validation
+from nfcompile.core.results import (DeliverableLatency, ExitScores, OrtExport, Plan, Selection, StageRecord,
+                                    TrainResult, Validation)
 
 
 def _pct(value: float | None) -> str:
@@ -26,7 +27,8 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
                   overrides: list[str], versions: dict[str, Any], device: dict[str, Any], plan: Plan | None,
                   train: TrainResult | None, scores: ExitScores | None, selection: Selection | None,
                   validations: dict[str, Validation], records: list[StageRecord], images: dict[str, str],
-                  extra_sections: list[str]) -> str:
+                  extra_sections: list[str], deliverables: DeliverableLatency | None = None,
+                  per_class: dict[str, Any] | None = None, ort: Any = None) -> str:
     lines = [f"# nfcompile build: {recipe_name}", "",
              f"Run `{run_id}` · recipe `{recipe_source or '(in memory)'}` (sha256 `{recipe_sha256[:16]}`) · "
              f"nfcompile {versions.get('nfcompile')} · torch {versions.get('torch')} · "
@@ -34,6 +36,12 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
              f"({device.get('cpu_count')} cores{', ' + str(device['gpu']) if device.get('gpu') else ''})", ""]
     if scores is not None and selection is not None:
         lines += _result_section(scores, selection)
+    if deliverables is not None:
+        lines += _deliverables_section(deliverables)
+    if per_class is not None:
+        lines += _per_class_section(per_class, images.get("confusion"), selection.chosen if selection else None)
+    if isinstance(ort, OrtExport):
+        lines += _ort_section(ort)
     if plan is not None:
         lines += _plan_section(plan, train, images.get("plan"))
     if train is not None:
@@ -58,20 +66,88 @@ def _result_section(scores: ExitScores, selection: Selection) -> list[str]:
     full = scores.full_model
     vs = selection.vs_full
     rows = []
-    for label, pick in (("accuracy (test)", lambda e: _pct(e.accuracy)), ("parameters", lambda e: f"{e.params:,}"),
+    for label, pick in ((f"accuracy, test split ({scores.test_samples} samples, never used to choose)",
+                         lambda e: _pct(e.test_accuracy)),
+                        (f"accuracy, validation split ({scores.val_samples} samples, what selection used)",
+                         lambda e: _pct(e.accuracy)),
+                        ("parameters", lambda e: f"{e.params:,}"),
                         ("MACs per sample", lambda e: f"{e.macs:,}"), ("ONNX size", lambda e: format_bytes(e.onnx_bytes))):
         rows.append([label, pick(chosen), pick(full)])
     for batch in scores.batch_sizes:
         lat_c, lat_f = chosen.latency_at(batch), full.latency_at(batch)
         rows.append([f"p50 latency, batch {batch}", f"{lat_c.p50_ms:.3f} ms" if lat_c else "-",
                      f"{lat_f.p50_ms:.3f} ms" if lat_f else "-"])
-    lines = ["## Result", "", f"Chosen exit **{chosen.name}** (after unit {chosen.unit}): {selection.reason}", ""]
-    lines += _table(["", f"chosen ({chosen.name})", "full model"], rows)
+    lines = ["## Result", "", f"Chosen exit **{chosen.name}** (after unit {chosen.unit}) on the validation split: "
+             f"{selection.reason}", ""]
+    lines += _table(["", f"chosen ({chosen.name})", f"this network's last exit ({full.unit + 1} units)"], rows)
     gains = [f"parameters {_ratio(vs.get('param_reduction'))} fewer", f"ONNX {_ratio(vs.get('size_reduction'))} smaller"]
     gains += [f"throughput at batch {b} {_ratio(vs.get(f'throughput_gain_b{b}'))}" for b in scores.batch_sizes
               if vs.get(f"throughput_gain_b{b}") is not None]
-    lines += ["Against the full model: " + ", ".join(gains) + f" ({scores.backend}).", ""]
+    test_delta = vs.get("test_accuracy_delta")
+    if test_delta is not None:
+        gains.append(f"test accuracy {test_delta * 100:+.2f} points")
+    lines += ["Against this network's last exit: " + ", ".join(gains) + f" ({scores.backend}). The last exit is the "
+              "same network trained by the same method to its last unit and head, not a model trained end to end "
+              "with backprop: it says what stopping early costs, not what the method costs.", ""]
     return lines
+
+
+def _throughput(batch: int, p50_ms: float) -> str:
+    return "-" if p50_ms <= 0 else f"{batch * 1000 / p50_ms:,.0f}/s"
+
+
+def _deliverables_section(timed: DeliverableLatency) -> list[str]:
+    batches = [lat.batch_size for lat in timed.formats[0].latency]
+    header = ["format", "file", "size"]
+    for batch in batches:
+        header += [f"p50 / p90 b{batch} (ms)", f"throughput b{batch}"]
+    header.append("test accuracy")
+    rows = []
+    for entry in timed.formats:
+        row: list[Any] = [entry.format, f"`{entry.file}`", format_bytes(entry.bytes)]
+        for lat in entry.latency:
+            row += [f"{lat.p50_ms:.3f} / {lat.p90_ms:.3f}", _throughput(lat.batch_size, lat.p50_ms)]
+        row.append(_pct(entry.test_accuracy))
+        rows.append(row)
+    lines = ["## Deliverables: size, latency, accuracy", "",
+             f"The chosen exit's shipped files timed side by side on this machine ({timed.source}). "
+             f"Machine load while timing: {timed.load.describe()}.", ""]
+    if timed.load.loaded:
+        lines += [f"**Warning: timed on a loaded machine** (other processes used {timed.load.other_cpu_percent:.0f}% "
+                  "of a core): these latencies carry that noise; time again with `nfcompile bench` on a quiet one.", ""]
+    lines += _table(header, rows)
+    if timed.int8_speedup:
+        slower = [key[1:] for key, value in timed.int8_speedup.items() if value <= 1.0]
+        ratios = ", ".join(f"{value:.2f}x at batch {key[1:]}" for key, value in timed.int8_speedup.items())
+        if slower:
+            lines += [f"**INT8 is not faster than FP32 on this device** at batch {', '.join(slower)} (FP32 p50 / "
+                      f"INT8 p50: {ratios}): ship the INT8 model for its size, or for a runtime with INT8 kernels "
+                      "(TensorRT, a phone NPU), not for speed here.", ""]
+        else:
+            lines += [f"INT8 speed-up over FP32 on this device (FP32 p50 / INT8 p50): {ratios}.", ""]
+    return lines
+
+
+def _per_class_section(per_class: dict[str, Any], image: str | None, chosen: str | None) -> list[str]:
+    rows = [[c["name"], c["samples"], _pct(c["accuracy"]), c["most_confused_with"] or "-"]
+            for c in per_class["classes"]]
+    lines = ["## Per class", "", f"The shipped model ({chosen or 'chosen exit'}, run by PyTorch) on the "
+             f"{per_class['samples']} samples of the test split: accuracy {_pct(per_class['accuracy'])}. "
+             "Per-class figures are the share of each true class predicted right; `per_class.json` has the "
+             "confusion matrix.", ""]
+    lines += _table(["class", "test samples", "accuracy", "most often mistaken for"], rows)
+    if image:
+        lines += [f"![confusion matrix]({image})", ""]
+    return lines
+
+
+def _ort_section(ort: OrtExport) -> list[str]:
+    verdict = ("NNAPI (Android) or CoreML (iOS) may run it well: compare them with the CPU EP on the phone"
+               if ort.nnapi_or_coreml_may_help else "run it with the CPU execution provider")
+    return ["## ONNX Runtime Mobile", "",
+            f"`{ort.path}` ({format_bytes(ort.bytes)}) converted from `{ort.source}` by onnxruntime's own converter "
+            f"({ort.optimization}). ONNX Runtime's mobile usability check: {verdict}; its full report is in "
+            f"`{ort.mobile_check}`.", ""]
 
 
 def _plan_section(plan: Plan, train: TrainResult | None, image: str | None) -> list[str]:
@@ -112,18 +188,26 @@ def _training_section(train: TrainResult, image: str | None) -> list[str]:
 def _exits_section(scores: ExitScores, selection: Selection, image: str | None) -> list[str]:
     verdicts = {v.name: v for v in selection.verdicts}
     batch = selection.latency_batch_size or scores.batch_sizes[0]
+    fmt = selection.latency_format
     rows = []
     for exit_ in scores.exits:
         verdict = verdicts[exit_.name]
-        latency = exit_.latency_at(batch)
+        latency = exit_.latency_at(batch, fmt)
         flags = ("**chosen**" if verdict.chosen else "") + (" front" if verdict.on_front else "") + \
                 ("" if verdict.feasible else " infeasible")
-        rows.append([exit_.name, exit_.unit, _pct(exit_.accuracy), f"{exit_.params:,}", format_bytes(exit_.onnx_bytes),
-                     f"{latency.p50_ms:.3f}" if latency else "-", flags.strip()])
-    lines = ["## Exits", "", f"Every exit scored on {scores.test_samples} test samples; latency p50 at batch {batch} "
-             f"on {scores.backend} ({scores.exits[0].latency_source}). Policy `{selection.policy}`. Details in "
-             "`exits.json`.", ""]
-    lines += _table(["exit", "unit", "accuracy", "params", "ONNX", "p50 ms", ""], rows)
+        rows.append([exit_.name, exit_.unit, _pct(exit_.accuracy), _pct(exit_.test_accuracy), f"{exit_.params:,}",
+                     format_bytes(exit_.onnx_bytes),
+                     f"{latency.p50_ms:.3f} / {latency.p90_ms:.3f}" if latency else "-", flags.strip()])
+    lines = ["## Exits", "", f"Every exit selected on its accuracy over {scores.val_samples} validation samples; the "
+             f"test column ({scores.test_samples} samples) is measured only. Latency: {fmt.upper()} p50 / p90 at batch "
+             f"{batch} of each exit's onnxsim-simplified graph on {scores.backend} ({scores.exits[0].latency_source}). "
+             f"Policy `{selection.policy}`. Details in `exits.json`.", ""]
+    if selection.latency_rule:
+        lines += [f"Latency rule: {selection.latency_rule}.", ""]
+    if scores.load is not None:
+        loaded = " **Timed on a loaded machine: the latencies carry that noise.**" if scores.load.loaded else ""
+        lines += [f"Machine load while timing the exits: {scores.load.describe()}.{loaded}", ""]
+    lines += _table(["exit", "unit", "val. accuracy", "test accuracy", "params", "ONNX", "p50 / p90 ms", ""], rows)
     if image:
         lines += [f"![exits]({image})", ""]
     return lines

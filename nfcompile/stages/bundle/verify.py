@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from nfcompile.core.io import inside
+from nfcompile.errors import InputError
 from nfcompile.core.results import Comparison, Result
 from nfcompile.runtime import OrtRunner
 from nfcompile.runtime.compare import comparison_from_outputs
-from nfcompile.stages.bundle.manifest import DIGEST_FIELD, MANIFEST_FILE, hash_files, load_manifest, manifest_digest
+from nfcompile.stages.bundle.manifest import (DIGEST_FIELD, MANIFEST_FILE, checked_model_file, hash_files, load_array,
+                                              load_manifest, manifest_digest)
 
 REFERENCE_DIR = "validation"
 
@@ -65,11 +64,15 @@ def _parity(bundle: Path, manifest: dict) -> list[ParityCheck]:
     reference = manifest["reference"]
     validate = manifest["recipe"]["validate"]
     # Paths come from the manifest: never let one point outside the bundle.
-    arrays = {key: np.load(inside(bundle, path), allow_pickle=False) for key, path in reference["files"].items()}
+    arrays = {key: load_array(bundle, path) for key, path in reference["files"].items()}
+    if "inputs" not in arrays:
+        raise InputError(f"{bundle}: the manifest's reference lists no inputs array")
     x = arrays["inputs"]
     checks = []
     for key, model in reference["models"].items():
-        with OrtRunner(inside(bundle, model)) as runner:
+        if key not in arrays:
+            raise InputError(f"{bundle}: the manifest's reference has no build-time outputs for {model}")
+        with OrtRunner(checked_model_file(bundle, model)) as runner:
             now = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
         # Against the outputs this very file gave at build time: ONNX Runtime on another CPU may
         # round differently, but never by more than the FP32 gate allows.

@@ -21,7 +21,7 @@ from nfcompile.core.log import get_logger
 from nfcompile.core.results import OnnxExport
 from nfcompile.recipe.schema import ExportSection
 from nfcompile.runtime.compare import compare_runners
-from nfcompile.runtime.onnx_io import OnnxExportError, export_onnx, set_metadata
+from nfcompile.runtime.onnx_io import OnnxExportError, export_onnx, model_opset, set_metadata
 from nfcompile.runtime.ort_runner import OrtRunner
 
 log = get_logger(__name__)
@@ -64,7 +64,8 @@ def export_exit(model: nn.Module, section: ExportSection, *, input_shape: tuple[
             onnx.save_model(simplified, str(tmp))
     final = simplified if simplified is not None else exported
     graph_input, graph_output = final.graph.input[0], final.graph.output[0]
-    return OnnxExport(path=ONNX_FILE, exporter=section.exporter, opset=section.opset,
+    # The opset read back from the file that ships (onnxsim keeps it; this records it either way).
+    return OnnxExport(path=ONNX_FILE, exporter=section.exporter, opset=model_opset(final),
                       input_name=graph_input.name, output_name=graph_output.name,
                       input_shape=_dims(graph_input), output_shape=_dims(graph_output),
                       bytes=path.stat().st_size, sha256=sha256_file(path),

@@ -26,7 +26,7 @@ from nfcompile.core.results import Latency, Result
 from nfcompile.errors import InputError
 from nfcompile.recipe.schema import BenchSection, TensorRTSection
 from nfcompile.stages.score.timing import (bench_fingerprint, check_backend, device_summary,
-                                           onnx_input_shape, time_onnx)
+                                           onnx_input_shape, time_onnx_files)
 
 log = get_logger(__name__)
 
@@ -93,8 +93,11 @@ def emit_latency_table(exits_dir: Path, table_path: Path, bench: BenchSection, *
                          hint="point at a run folder whose exits were scored (`nfcompile build` or `select`)")
     check_backend(bench.backend)
     entries, runner = {}, ""
+    # Timed together in interleaved rounds, as exit scoring times them (one input shape for all).
+    timings = time_onnx_files({path.stem: path for path in onnx_files}, onnx_input_shape(onnx_files[0]), bench,
+                              tensorrt=tensorrt, engine_dir=engine_dir)
     for path in onnx_files:
-        timing = time_onnx(path, onnx_input_shape(path), bench, tensorrt=tensorrt, engine_dir=engine_dir)
+        timing = timings[path.stem]
         entries[path.stem] = TableEntry(sha256_file(path), path.stat().st_size, timing.latency)
         runner = timing.runner
         log.info("%s: p50 %s", path.stem, ", ".join(f"{lat.p50_ms:.3f} ms at batch {lat.batch_size}"

@@ -6,6 +6,7 @@ the target device, so both time models the same way.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from nfcompile.errors import InputError
 from nfcompile.recipe.schema import BenchSection, TensorRTSection
 from nfcompile.runtime.backends import get_backend
 from nfcompile.runtime.base import Runner
-from nfcompile.runtime.latency import measure_latency
+from nfcompile.runtime.latency import DEFAULT_ROUNDS, measure_interleaved
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -59,13 +61,28 @@ def time_onnx(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection
     ``input_shape`` is one sample's (C, H, W). TensorRT builds an engine into ``engine_dir`` first,
     with the precision and workspace of the recipe's ``tensorrt`` section.
     """
-    runner, what = _runner(Path(onnx_path), input_shape, bench, tensorrt, engine_dir)
-    with runner:
-        latency = measure_latency(runner, input_shape, tuple(bench.batch_sizes),
-                                  warmup=bench.warmup, repeats=bench.repeats)
+    return time_onnx_files({"model": Path(onnx_path)}, input_shape, bench, tensorrt=tensorrt,
+                           engine_dir=engine_dir)["model"]
+
+
+def time_onnx_files(onnx_paths: dict[str, Path], input_shape: tuple[int, ...], bench: BenchSection, *,
+                    tensorrt: TensorRTSection | None = None, engine_dir: Path | None = None,
+                    rounds: int = DEFAULT_ROUNDS) -> dict[str, Timing]:
+    """`time_onnx` for several files at once, interleaved: every round times each file in turn.
+
+    All runners are active together, so the round-robin measures every model under the same load.
+    """
+    made = {key: _runner(Path(path), input_shape, bench, tensorrt, engine_dir) for key, path in onnx_paths.items()}
+    runners = {key: runner for key, (runner, _) in made.items()}
+    with contextlib.ExitStack() as stack:
+        for runner in runners.values():
+            stack.enter_context(runner)
+        latency = measure_interleaved(runners, input_shape, tuple(bench.batch_sizes), warmup=bench.warmup,
+                                      repeats=bench.repeats, rounds=rounds)
     where = device_summary(bench_fingerprint(bench.backend))
-    return Timing(latency, what,
-                  f"measured: {what}, {bench.warmup} warm-up + {bench.repeats} timed runs, on {where}")
+    shared = (f"{bench.warmup} warm-up + {bench.repeats} timed runs in {min(rounds, bench.repeats)} round-robin "
+              f"rounds across {len(onnx_paths)} model(s), on {where}")
+    return {key: Timing(latency[key], what, f"measured: {what}, {shared}") for key, (_, what) in made.items()}
 
 
 def _runner(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection,
@@ -93,7 +110,8 @@ def _runner(onnx_path: Path, input_shape: tuple[int, ...], bench: BenchSection,
                                  timing_cache=_timing_cache(tensorrt, Path(engine_dir)))
     runner = backend.runner(engine_path, bench.threads)
     note = f" (recipe asks int8; exits timed at {precision})" if precision != tensorrt.precision else ""
-    return runner, f"TensorRT {precision} engine, profile batch {low}..{opt}..{high}{note}"
+    return runner, (f"TensorRT {precision} engine, profile batch {low}..{opt}..{high}{note}; reported: wall time "
+                    "per call with host-device copies (TrtRunner.last_timing splits off the engine's own time)")
 
 
 def _timing_cache(tensorrt: TensorRTSection, engine_dir: Path) -> Path:

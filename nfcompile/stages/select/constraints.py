@@ -33,7 +33,8 @@ def constraint_limits(section: SelectSection) -> dict[str, float | None]:
             "max_size_mb": section.max_size_mb, "max_params": section.max_params}
 
 
-def violations(point: Point, section: SelectSection, latency_batch_size: int) -> tuple[Violation, ...]:
+def violations(point: Point, section: SelectSection, latency_batch_size: int,
+               latency_format: str = "fp32") -> tuple[Violation, ...]:
     """Every constraint ``point`` breaks, with both numbers."""
     found = []
     if section.min_accuracy is not None and point.accuracy < section.min_accuracy:
@@ -41,7 +42,7 @@ def violations(point: Point, section: SelectSection, latency_batch_size: int) ->
                                f"{section.min_accuracy:.2%}",
                                (section.min_accuracy - point.accuracy) / section.min_accuracy))
     if section.max_latency_ms is not None and point.latency_ms > section.max_latency_ms:
-        found.append(Violation("max_latency_ms", f"p50 {point.latency_ms:.3f} ms at batch {latency_batch_size} "
+        found.append(Violation("max_latency_ms", f"{latency_format.upper()} p50 {point.latency_ms:.3f} ms at batch {latency_batch_size} "
                                f"> max_latency_ms {section.max_latency_ms:g}",
                                point.latency_ms / section.max_latency_ms - 1))
     if section.max_size_mb is not None and point.size > section.max_size_mb * MB:

@@ -10,7 +10,7 @@ from typing import Sequence
 from nfcompile.core.results import ExitScore, ExitScores, ExitVerdict, Selection
 from nfcompile.recipe.schema import SelectSection
 from nfcompile.stages.select.constraints import constraint_limits, decimal_size, no_feasible_exit, violations
-from nfcompile.stages.select.pareto import Point, dominator, pareto_front
+from nfcompile.stages.select.pareto import LATENCY_RULE, Point, dominator, pareto_front
 from nfcompile.stages.select.policies import apply_policy
 
 
@@ -20,9 +20,9 @@ def select_exit(scores: ExitScores, section: SelectSection) -> Selection:
     Raises GateFailed, naming the closest exits and what each breaks, when no exit meets the
     constraints.
     """
-    batch = section.latency_batch_size
-    points = [Point.from_score(score, batch) for score in scores.exits]
-    checked = [(point, violations(point, section, batch)) for point in points]
+    batch, fmt = section.latency_batch_size, section.latency_format
+    points = [Point.from_score(score, batch, fmt) for score in scores.exits]
+    checked = [(point, violations(point, section, batch, fmt)) for point in points]
     feasible = [point for point, found in checked if not found]
     if not feasible:
         raise no_feasible_exit(checked)
@@ -47,7 +47,8 @@ def select_exit(scores: ExitScores, section: SelectSection) -> Selection:
     return Selection(chosen=chosen_score.name, unit=chosen_score.unit, policy=section.policy,
                      reason=choice.reason, verdicts=tuple(verdicts),
                      vs_full=compare_with_full(chosen_score, scores.full_model, scores.batch_sizes),
-                     latency_batch_size=batch, constraints=constraint_limits(section))
+                     latency_batch_size=batch, constraints=constraint_limits(section), latency_format=fmt,
+                     latency_rule=LATENCY_RULE)
 
 
 def _describe(point: Point) -> str:
@@ -60,11 +61,13 @@ def _dominated_why(point: Point, feasible: Sequence[Point]) -> str:
 
 
 def compare_with_full(chosen: ExitScore, full: ExitScore, batch_sizes: Sequence[int]) -> dict[str, float | None]:
-    """How much the chosen exit saves against the full model, as ratios (2.0 = half the cost).
+    """How much the chosen exit saves against this network's last exit (all its units and the last
+    head, trained by the same method: never a backprop baseline), as ratios (2.0 = half the cost).
 
     throughput_gain_bN is full p50 / chosen p50 at batch N (the same batch, so the throughput
-    ratio); accuracy_delta is chosen minus full accuracy as a fraction, None when the full model
-    was not trained.
+    ratio); accuracy_delta is chosen minus full accuracy on the validation split and
+    test_accuracy_delta the same on the test split, as fractions, None when the last exit was not
+    trained (or the test split not scored).
     """
     ratios: dict[str, float | None] = {
         "param_reduction": full.params / chosen.params,
@@ -77,4 +80,6 @@ def compare_with_full(chosen: ExitScore, full: ExitScore, batch_sizes: Sequence[
         ratios[f"throughput_gain_b{batch}"] = theirs.p50_ms / ours.p50_ms if usable else None
     ratios["accuracy_delta"] = (None if full.accuracy is None or chosen.accuracy is None
                                 else chosen.accuracy - full.accuracy)
+    ratios["test_accuracy_delta"] = (None if full.test_accuracy is None or chosen.test_accuracy is None
+                                     else chosen.test_accuracy - full.test_accuracy)
     return ratios

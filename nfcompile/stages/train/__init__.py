@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from nfcompile.core import distributed as dist
+from nfcompile.core.memory import training_scope
 from nfcompile.core.results import Plan, TrainOutcome
 from nfcompile.data.datasets import DataBundle
 from nfcompile.models import UnitNet
@@ -32,8 +33,11 @@ def train_model(unit_net: UnitNet, plan: Plan | None, data: DataBundle, *, model
 
     Several processes (torchrun): every rank calls this with the same plan; each trains on its shard,
     and rank 0's result gains ``details["distributed"]`` (every rank's peaks, weight digests and shard)."""
-    outcome = TRAINERS[train.method](unit_net, plan, data, model=model, train=train, augment=augment, budget=budget,
-                                     device=device, seed=seed, out_dir=out_dir, resume=resume, fingerprint=fingerprint)
+    # The budget covers what the training holds, not what else the process keeps (an API caller's models).
+    with training_scope(device, [unit_net]):
+        outcome = TRAINERS[train.method](unit_net, plan, data, model=model, train=train, augment=augment,
+                                         budget=budget, device=device, seed=seed, out_dir=out_dir, resume=resume,
+                                         fingerprint=fingerprint)
     if dist.world_size() == 1:
         return outcome
     return TrainOutcome(outcome.net, with_ranks(outcome.result, device))

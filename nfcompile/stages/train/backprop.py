@@ -23,7 +23,8 @@ from nfcompile.errors import BudgetError
 from nfcompile.models import MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.data.sources import ImageInput
-from nfcompile.stages.train.budget import block_meter, check_budget, memory_cap, with_memory
+from nfcompile.stages.train.budget import (block_meter, check_budget, log_block_memory, memory_cap,
+                                          with_memory)
 from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_exit
 
 log = get_logger(__name__)
@@ -81,7 +82,8 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                           train_modules=[trainee],
                           evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, batch),), [unit_net],
                                                    val_in), patience=train.patience,
-                          keep_best=best, label=f"{method} (batch {batch})")
+                          keep_best=best, label=f"{method} (batch {batch})", log_as=method,
+                          exit_names=[f"exit_{net.exit_units[-1]:02d}"])
         finally:
             best.close()
     best_accuracy = outcome.best.val_accuracy[0]
@@ -94,6 +96,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s (predicted %s)", method,
              len(outcome.history), best_accuracy, format_bytes(block.measured_peak_bytes),
              format_bytes(plan.budget_bytes), format_bytes(predicted))
+    log_block_memory(method, block)
     check_budget(block, f"{method} at batch {batch}", enforce=budget.enforce)
     result = TrainResult(method=method, device=str(device), budget_bytes=plan.budget_bytes,
                          checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),

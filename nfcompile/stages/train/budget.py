@@ -14,6 +14,7 @@ from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import BlockMeter, BlockMemory
 from nfcompile.core.results import BlockResult
+from nfcompile.core.tensorboard import log_scalars
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetExceeded
 
@@ -46,6 +47,14 @@ def block_meter(device: torch.device, modules: Iterable[nn.Module], data: DataBu
 def with_memory(result: BlockResult, memory: BlockMemory) -> BlockResult:
     return dataclasses.replace(result, measured_peak_bytes=memory.peak, rss_rise_bytes=memory.rss_rise,
                                peak_breakdown=dict(memory.breakdown), measurement=memory.method)
+
+
+def log_block_memory(method: str, result: BlockResult) -> None:
+    """The block's memory on TensorBoard (MiB), one point per block."""
+    mib = lambda n: n / 2**20 if n is not None else None
+    log_scalars(f"{method}/memory_mib", result.index, {
+        "measured_peak": mib(result.measured_peak_bytes), "predicted_peak": mib(result.predicted_peak_bytes),
+        "budget": mib(result.budget_bytes), "process_rss_rise": mib(result.rss_rise_bytes)})
 
 
 def check_budget(result: BlockResult, what: str, *, enforce: bool) -> None:

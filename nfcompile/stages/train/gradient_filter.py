@@ -443,7 +443,8 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
                           seed, "fine-tune"),
                       evaluate=synced_evaluate(lambda: (top1_accuracy(model, val_in),), [model], val_in),
                       patience=section.patience,
-                      sync=lambda: sync(device), label="gradient filter" if filtered else "backprop (same layers)")
+                      sync=lambda: sync(device), label="gradient filter" if filtered else "backprop (same layers)",
+                      log_as="gradient_filter" if filtered else "fine_tune_backprop")
         history, stop_reason = outcome.history, outcome.stop_reason
     summary = FineTuneSummary(
         method="gradient_filter" if filtered else "backprop", layers=tuple(convs), classifier=classifier,

@@ -30,7 +30,8 @@ from nfcompile.data.batches import Augment, batch_order, feature_augment
 from nfcompile.data.datasets import DataBundle
 from nfcompile.models import AuxHead, MultiExitNet, UnitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
-from nfcompile.stages.train.budget import block_meter, check_budget, memory_cap, with_memory
+from nfcompile.stages.train.budget import (block_meter, check_budget, log_block_memory, memory_cap,
+                                          with_memory)
 from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.stages.train.checkpoint import TrainCheckpoint
 
@@ -81,6 +82,7 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
                      format_bytes(result.measured_peak_bytes), format_bytes(plan.budget_bytes),
                      format_bytes(block.predicted_peak_bytes),
                      f", process RSS rose {format_bytes(result.rss_rise_bytes)}" if result.rss_rise_bytes else "")
+            log_block_memory("neuroflux", result)
             check_budget(result, f"block {block.index} (units {block.units[0]}-{block.units[-1]}, batch "
                                  f"{block.batch_size})", enforce=budget.enforce)
             _off_device(block, modules, device)
@@ -141,7 +143,8 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
                                         warmup_steps(steps_per_epoch, total_steps)),
                       generator_for=rank_generators(lambda epoch: generator, seed, "block", block.index),
                       train_modules=[*units, *heads], evaluate=synced_evaluate(evaluate, [*units, *heads], val_in),
-                      patience=train.patience, keep_best=best, label=label)
+                      patience=train.patience, keep_best=best, label=label, log_as=f"block{block.index}",
+                      exit_names=[f"exit_{u:02d}" for u in block.units])
     finally:
         local_steps.close()
         best.close()

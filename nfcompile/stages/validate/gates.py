@@ -12,7 +12,7 @@ import textwrap
 from typing import Sequence
 
 from nfcompile.core.results import Comparison, GateCheck
-from nfcompile.errors import GateFailed
+from nfcompile.errors import GateFailed, InputError
 from nfcompile.recipe.schema import QuantizeSection, ValidateSection
 
 
@@ -44,6 +44,14 @@ def engine_checks(comparison: Comparison, section: ValidateSection) -> list[Gate
               f"(validate.engine_atol); max |error| {comparison.max_abs_error:.3g}; {_accuracies(comparison)}")
     return [_check("engine.top1_agreement", comparison.top1_agreement, ">=", section.engine_min_top1_agreement,
                    "validate.engine_min_top1_agreement", detail)]
+
+
+def require_gate_limit(name: str, value: float) -> float:
+    """A gate's limit must be a finite number above 0: NaN would pass every model (each comparison
+    with it is false), inf or a negative number would make the gate meaningless."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{name} {value!r}: a gate limit must be a finite number above 0")
+    return float(value)
 
 
 def require_passed(checks: Sequence[GateCheck], what: str) -> None:

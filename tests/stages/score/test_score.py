@@ -41,8 +41,8 @@ def scored(tmp_path_factory):
     net, data = trained_tiny_net()
     net.train()
     out_dir = tmp_path_factory.mktemp("run")
-    scores = score_exits(net, [1, 0], data.test, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
-                         out_dir=out_dir, device=CPU)
+    scores = score_exits(net, [1, 0], data.val, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
+                         out_dir=out_dir, device=CPU, test=data.test)
     return net, data, out_dir, scores
 
 
@@ -53,7 +53,9 @@ def test_every_trained_exit_and_the_full_model_are_scored(scored):
     assert scores.full_model.name == "full" and scores.full_model.unit == 2
     assert scores.full_model.accuracy is None  # its unit was not trained
     assert scores.full_model.onnx_file == "exits/full.onnx"
-    assert scores.test_samples == len(data.test) and scores.batch_sizes == (1, 4)
+    assert scores.test_samples == len(data.test) and scores.val_samples == len(data.val)
+    assert scores.batch_sizes == (1, 4)
+    assert scores.full_model.test_accuracy is None
     for score in [*scores.exits, scores.full_model]:
         assert [lat.batch_size for lat in score.latency] == [1, 4]
         assert all(0 < lat.p50_ms <= lat.p90_ms for lat in score.latency)
@@ -128,24 +130,28 @@ def test_onnx_files_exist_match_their_size_and_hash_and_compute_the_exit(scored)
         assert score.onnx_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         with OrtRunner(path) as runner:
             logits = runner.infer({runner.input_names[0]: x})[runner.output_names[0]]
-        if score.accuracy is not None:
-            assert np.mean(logits.argmax(1) == data.test.labels.numpy()) == pytest.approx(score.accuracy)
+        if score.accuracy is not None:  # the test split gives test_accuracy; selection's accuracy is validation's
+            assert np.mean(logits.argmax(1) == data.test.labels.numpy()) == pytest.approx(score.test_accuracy)
+            x_val = data.preprocessing.normalize(data.val.images).numpy()
+            with OrtRunner(path) as runner:
+                val_logits = runner.infer({runner.input_names[0]: x_val})[runner.output_names[0]]
+            assert np.mean(val_logits.argmax(1) == data.val.labels.numpy()) == pytest.approx(score.accuracy)
     assert len({s.onnx_sha256 for s in [*scores.exits, scores.full_model]}) == 3
 
 
 def test_scoring_again_gives_the_same_deterministic_figures(scored, tmp_path):
     net, data, _, first = scored
-    again = score_exits(net, [0, 1], data.test, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
-                        out_dir=tmp_path, device=CPU)
-    fixed = lambda s: (s.name, s.accuracy, s.params, s.macs, s.onnx_bytes, s.onnx_sha256)  # noqa: E731
+    again = score_exits(net, [0, 1], data.val, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
+                        out_dir=tmp_path, device=CPU, test=data.test)
+    fixed = lambda s: (s.name, s.accuracy, s.test_accuracy, s.params, s.macs, s.onnx_bytes, s.onnx_sha256)  # noqa: E731
     assert [fixed(s) for s in again.exits] == [fixed(s) for s in first.exits]
     assert fixed(again.full_model) == fixed(first.full_model)
 
 
 def test_a_trained_last_unit_makes_the_last_exit_the_full_model(tmp_path):
     net, data = trained_tiny_net(steps=5)
-    scores = score_exits(net, [2], data.test, data.preprocessing, bench=BENCH,
-                         export=ExportSection(exporter="dynamo"), out_dir=tmp_path, device=CPU)
+    scores = score_exits(net, [2], data.val, data.preprocessing, bench=BENCH,
+                         export=ExportSection(exporter="dynamo"), out_dir=tmp_path, device=CPU, test=data.test)
     (last,) = scores.exits
     assert dataclasses.replace(scores.full_model, name=last.name) == last
     assert scores.full_model.accuracy is not None
@@ -157,3 +163,42 @@ def test_an_exit_unit_without_a_head_is_refused(tmp_path):
     with pytest.raises(ValueError, match="must carry heads"):
         score_exits(net, [0, 7], data.test, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
                     out_dir=tmp_path, device=CPU)
+
+
+def test_exit_graphs_are_simplified_as_the_deliverable_is(scored):
+    """Each timed graph is the onnxsim-simplified one: no BatchNormalization left (folded into the convs)."""
+    import onnx
+
+    _, _, out_dir, scores = scored
+    for score in [*scores.exits, scores.full_model]:
+        ops = {node.op_type for node in onnx.load(str(out_dir / score.onnx_file)).graph.node}
+        assert "Conv" in ops and "BatchNormalization" not in ops
+
+
+def test_exits_are_timed_interleaved_with_the_machine_load_recorded(scored):
+    _, _, _, scores = scored
+    assert "round-robin rounds across 3 model(s)" in scores.timing
+    assert scores.load is not None and scores.load.cpu_count >= 1 and len(scores.load.load_average) == 3
+    assert scores.load.loaded == (scores.load.other_cpu_percent >= 50.0)
+
+
+def test_int8_latency_of_every_exit_with_a_quantizer(tmp_path):
+    net, data = trained_tiny_net(steps=5)
+    made = []
+
+    def quantizer(onnx_path, folder):
+        from nfcompile.recipe.schema import QuantizeSection
+        from nfcompile.stages.quantize import quantize_int8
+
+        made.append(onnx_path.name)
+        x = data.preprocessing.normalize(data.train.images).numpy()
+        return folder / quantize_int8(onnx_path, QuantizeSection(calibration_samples=16), calibration_inputs=x,
+                                      out_dir=folder).path
+
+    scores = score_exits(net, [1, 2], data.val, data.preprocessing, bench=BENCH, export=FAST_EXPORT,
+                         out_dir=tmp_path, device=CPU, test=data.test, quantizer=quantizer)
+    assert made == ["exit_01.onnx", "exit_02.onnx"]
+    for score in scores.exits:
+        assert (tmp_path / score.int8_file).is_file()
+        assert [lat.batch_size for lat in score.int8_latency] == [1, 4]
+        assert score.latency_at(4, "int8") is score.int8_latency[1]

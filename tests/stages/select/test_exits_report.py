@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import matplotlib.image
 from rich.console import Console
 from score_sets import exit_score, score_set
@@ -45,7 +47,7 @@ def test_table_shows_every_exit_the_full_model_and_the_comparison():
     for name in ("exit_00", "exit_01", "exit_02", "exit_03", "full"):
         assert name in text
     assert "p50 b8" in text and "chosen: smallest ONNX" in text
-    assert "exit_01 vs the full model: 5.0x fewer parameters, 5.0x smaller ONNX" in text
+    assert "exit_01 vs this network's last exit: 5.0x fewer parameters, 5.0x smaller ONNX" in text
 
 
 def _png_shape(path):
@@ -67,3 +69,20 @@ def test_pareto_plot_marks_an_untrained_full_model_without_accuracy(tmp_path):
     scores = score_set(ROWS, full=full)
     selection = select_exit(scores, SECTION)
     assert len(_png_shape(plot_pareto(scores, selection, tmp_path / "pareto.png"))) == 3
+
+
+def test_exits_json_keeps_the_validation_and_the_test_accuracy_apart(tmp_path):
+    import dataclasses
+
+    scores = score_set(ROWS)
+    # Test accuracies that would choose differently: selection must not see them.
+    exits = tuple(dataclasses.replace(e, test_accuracy=1.0 - e.accuracy) for e in scores.exits)
+    scores = dataclasses.replace(scores, exits=exits, full_model=dataclasses.replace(exits[-1], name="full"))
+    selection = select_exit(scores, SECTION)
+    assert selection.chosen == "exit_01"  # as on the validation accuracies alone
+    document = json.loads(write_exits_json(scores, selection, tmp_path / "exits.json").read_text())
+    by_name = {e["name"]: e for e in document["exits"]}
+    assert by_name["exit_01"]["val_accuracy"] == 0.90 and by_name["exit_01"]["test_accuracy"] == pytest.approx(0.10)
+    assert "accuracy" not in by_name["exit_01"]
+    assert document["vs_full"]["test_accuracy_delta"] == pytest.approx(0.10 - 0.07)
+    assert "interleaved" in document["units"]["latency"] and document["latency_rule"]

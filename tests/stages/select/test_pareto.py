@@ -57,3 +57,20 @@ def test_front_is_exactly_the_undominated_points(points):
     for p in points:
         if p not in front:  # dominance is transitive, so someone on the front beats it
             assert any(dominates(q, p) for q in front)
+
+
+def test_latencies_within_the_measured_spread_are_tied():
+    # b is 0.2 ms faster, but either timing spreads 0.5 ms: noise, so a (more accurate) is not dominated.
+    a = Point("a", 0.9, 100, 1.0, latency_spread_ms=0.5)
+    b = Point("b", 0.9, 100, 0.8, latency_spread_ms=0.1)
+    assert not dominates(b, a) and not dominates(a, b)
+    assert pareto_front([a, b]) == (a, b)
+    # Beyond the spread the faster one wins.
+    c = Point("c", 0.9, 100, 0.4, latency_spread_ms=0.1)
+    assert dominates(c, a) and pareto_front([a, c]) == (c,)
+
+
+def test_a_tie_on_latency_leaves_the_other_objectives_to_decide():
+    slow_small = Point("slow_small", 0.9, 50, 1.1, latency_spread_ms=0.3)
+    fast_big = Point("fast_big", 0.9, 100, 1.0, latency_spread_ms=0.3)
+    assert dominates(slow_small, fast_big)  # tied on latency, smaller at equal accuracy

@@ -94,7 +94,7 @@ def test_every_constraint_removes_what_breaks_it_with_both_numbers():
     assert v["exit_02"].violations == ("ONNX 0.300 MB > max_size_mb 0.25 (1 MB = 10^6 bytes)",
                                        "75,000 params > max_params 60,000")
     assert len(v["exit_03"].violations) == 4
-    assert "p50 10.000 ms at batch 1 > max_latency_ms 3.5" in v["exit_04"].violations
+    assert "FP32 p50 10.000 ms at batch 1 > max_latency_ms 3.5" in v["exit_04"].violations
     assert all(v[n].why.startswith("infeasible: ") for n in ("exit_00", "exit_02", "exit_03", "exit_04"))
     assert selection.constraints == {"min_accuracy": 0.9, "max_latency_ms": 3.5, "max_size_mb": 0.25,
                                      "max_params": 60_000}
@@ -115,7 +115,7 @@ def test_latency_objective_and_constraint_use_the_chosen_batch_size():
     assert select_exit(scores, SelectSection(latency_batch_size=1)).chosen == "exit_01"
     assert select_exit(scores, SelectSection(latency_batch_size=8)).chosen == "exit_00"
     limited = select_exit(scores, SelectSection(latency_batch_size=8, max_latency_ms=5))
-    assert limited.verdict("exit_01").violations == ("p50 9.000 ms at batch 8 > max_latency_ms 5",)
+    assert limited.verdict("exit_01").violations == ("FP32 p50 9.000 ms at batch 8 > max_latency_ms 5",)
 
 
 def test_a_latency_batch_size_that_was_not_timed_is_an_input_error():
@@ -217,3 +217,26 @@ def test_the_select_package_never_imports_torch():
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_latency_format_int8_uses_the_int8_latencies_for_front_and_constraints():
+    import dataclasses
+
+    # FP32: exit_00 is faster; INT8: exit_01 is, by far more than the spread.
+    a = exit_score("exit_00", 0.9, 100 * KB, 0, latency_by_batch={1: 1.0})
+    b = exit_score("exit_01", 0.9, 100 * KB, 0, latency_by_batch={1: 3.0})
+    a = dataclasses.replace(a, int8_latency=exit_score("x_0", 0.9, 1, 0, latency_by_batch={1: 5.0}).latency)
+    b = dataclasses.replace(b, int8_latency=exit_score("x_1", 0.9, 1, 0, latency_by_batch={1: 0.5}).latency)
+    scores = ExitScores((a, b), b, "ort-cpu", 10, (1,))
+    assert select_exit(scores, SelectSection()).chosen == "exit_00"
+    int8 = select_exit(scores, SelectSection(latency_format="int8"))
+    assert int8.chosen == "exit_01" and int8.latency_format == "int8"
+    limited = select_exit(scores, SelectSection(latency_format="int8", max_latency_ms=2.0))
+    assert limited.verdict("exit_00").violations == ("INT8 p50 5.000 ms at batch 1 > max_latency_ms 2",)
+
+
+def test_latency_format_int8_without_int8_latencies_says_what_to_do():
+    scores = ExitScores((exit_score("exit_00", 0.9, KB, 1.0),), exit_score("exit_00", 0.9, KB, 1.0), "ort-cpu", 10,
+                        (1, 8))
+    with pytest.raises(InputError, match="no INT8 latency"):
+        select_exit(scores, SelectSection(latency_format="int8"))

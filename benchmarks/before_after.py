@@ -1,0 +1,90 @@
+"""Comparison 5, before and after: the quickstart build of an earlier revision and of this tree, interleaved.
+
+    python -m benchmarks.before_after --before REV [--rounds 1] [--recipe recipes/quickstart.yaml]
+
+Each round builds the recipe once with the code of ``REV`` (a `git worktree` of it in a temporary
+folder) and once with this working tree, one after the other, each in its own process with the same
+interpreter. Per build it records every stage's seconds (from the bundle's manifest), the wall time,
+the CPU time of the process (user + system, from `resource.getrusage` of the children), and the
+machine's load before and after. Writes `benchmarks/results/<date>-quickstart-before-after.json`;
+`benchmarks.comparisons.pipeline_overhead` renders the latest one into comparison 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SUFFIX = "quickstart-before-after.json"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _build(tree: Path, recipe: str, out: Path) -> dict:
+    load_before = list(os.getloadavg())
+    cpu_before, started = _children_cpu(), time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "nfcompile", "-q", "build", recipe, "--out", str(out)], cwd=tree,
+                          capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
+    entry = {"exit_code": done.returncode, "wall_seconds": wall, "cpu_seconds": cpu,
+             "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
+    manifests = sorted(out.glob("*/*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if done.returncode != 0 or not manifests:
+        entry["error"] = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no bundle"]
+        return entry
+    manifest = json.loads(manifests[-1].read_text())
+    entry["stages"] = {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in manifest["stages"]}
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.before_after", description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="the git revision to compare with")
+    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args(argv)
+    revision = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    after = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True).stdout.strip())
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="nfcompile-before-after-") as folder:
+        worktree = Path(folder) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), revision], cwd=REPO,
+                       capture_output=True, check=True)
+        try:
+            for round_ in range(args.rounds):
+                for label, tree in (("before", worktree), ("after", REPO)):
+                    print(f"round {round_ + 1}: {label}", file=sys.stderr, flush=True)
+                    entry = _build(tree, args.recipe, Path(folder) / f"out-{label}-{round_}")
+                    runs.append({"round": round_ + 1, "code": label, **entry})
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, capture_output=True)
+    started = datetime.now(timezone.utc)
+    document = {"format": "nfcompile.before_after/1", "recipe": args.recipe, "before": revision, "after": after,
+                "after_dirty": dirty, "date": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
+                "command": " ".join(["python -m benchmarks.before_after", *(argv or sys.argv[1:])]), "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{started:%Y-%m-%d}-{SUFFIX}"
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(path)
+    return 0 if all(run["exit_code"] == 0 for run in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
