@@ -152,19 +152,24 @@ class BuildResult:
 
 def _run(recipe: RecipeLike, overrides: Sequence[str], *, out_dir: Path, resume: bool, run_dir: Path | None,
          until: str | None, need_stage: str | None = None):
-    from nfcompile.pipeline import run_pipeline
+    from nfcompile.core import distributed as dist
+    from nfcompile.pipeline import distributed_job, follow_pipeline, run_pipeline
     from nfcompile.runs import keep_or_discard, open_run
 
     loaded, source = load_checked_recipe(recipe, overrides)
-    run, continuing = open_run(loaded.name, Path(out_dir), resume=resume, run_dir=run_dir, need_stage=need_stage)
-    try:
-        build_ = run_pipeline(loaded, run, resume=continuing, until=until, recipe_source=source,
-                              overrides=tuple(overrides))
-    except RunBusy:
-        raise  # another process's run: neither kept nor discarded by this one
-    except BaseException as exc:
-        keep_or_discard(run, exc)
-        raise
+    with distributed_job(loaded):
+        if not dist.is_main():  # a torchrun job's other ranks: they train, rank 0 builds the run
+            follow_pipeline(loaded)
+            return loaded, None, None
+        run, continuing = open_run(loaded.name, Path(out_dir), resume=resume, run_dir=run_dir, need_stage=need_stage)
+        try:
+            build_ = run_pipeline(loaded, run, resume=continuing, until=until, recipe_source=source,
+                                  overrides=tuple(overrides))
+        except RunBusy:
+            raise  # another process's run: neither kept nor discarded by this one
+        except BaseException as exc:
+            keep_or_discard(run, exc)
+            raise
     return loaded, run, build_
 
 
@@ -173,20 +178,22 @@ def _result(path: Path, recipe: Recipe, build_) -> BuildResult:
 
 
 def build(recipe: RecipeLike, overrides: Sequence[str] = (), *, out_dir: str | Path = DEFAULT_OUT,
-          resume: bool = False, run_dir: str | Path | None = None) -> BuildResult:
+          resume: bool = False, run_dir: str | Path | None = None) -> BuildResult | None:
     """The whole pipeline, recipe to bundle. ``resume`` continues the latest unfinished run of the
-    recipe (or ``run_dir``), reusing every stage whose recipe fields are unchanged."""
+    recipe (or ``run_dir``), reusing every stage whose recipe fields are unchanged. Under torchrun,
+    ranks other than 0 train and get None: rank 0 writes the bundle."""
     loaded, run, build_ = _run(recipe, overrides, out_dir=Path(out_dir), resume=resume,
                                run_dir=Path(run_dir) if run_dir else None, until=None)
-    return _result(run.finish().path, loaded, build_)
+    return _result(run.finish().path, loaded, build_) if run is not None else None
 
 
 def train(recipe: RecipeLike, overrides: Sequence[str] = (), *, out_dir: str | Path = DEFAULT_OUT,
-          resume: bool = False, run_dir: str | Path | None = None) -> BuildResult:
-    """Plan and train, checkpointing every block; the run stays unfinished for `export` or `select`."""
+          resume: bool = False, run_dir: str | Path | None = None) -> BuildResult | None:
+    """Plan and train, checkpointing every block; the run stays unfinished for `export` or `select`.
+    Under torchrun, ranks other than 0 get None."""
     loaded, run, build_ = _run(recipe, overrides, out_dir=Path(out_dir), resume=resume,
                                run_dir=Path(run_dir) if run_dir else None, until="train")
-    return _result(run.path, loaded, build_)
+    return _result(run.path, loaded, build_) if run is not None else None
 
 
 def export(recipe: RecipeLike, overrides: Sequence[str] = (), *, out_dir: str | Path = DEFAULT_OUT,

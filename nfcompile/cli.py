@@ -75,14 +75,34 @@ def cli(verbose: int, quiet: bool) -> None:
 @RESUME
 @RUN
 @JSON
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train data-parallel on this many processes on this machine (one per GPU, or CPU "
+              "processes): the same as `torchrun --standalone --nproc-per-node N -m nfcompile build ...`.")
 def build(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool, run_dir: Path | None,
-          as_json: bool) -> None:
+          as_json: bool, nproc: int) -> None:
     """Recipe to deployable bundle: plan, train, score exits, select, prune, export, validate, INT8,
     TensorRT, bundle."""
     from nfcompile import api, present
+    from nfcompile.core import distributed
 
-    present.show_build(api.build(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir),
-                       as_json=as_json)
+    if nproc > 1 and not distributed.launched():
+        sys.exit(distributed.launch_local(nproc, _without_nproc(sys.argv[1:])))
+    built = api.build(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir)
+    if built is not None:  # None: a torchrun job's rank other than 0, which writes nothing
+        present.show_build(built, as_json=as_json)
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    """The command line as given, less `--nproc N`: what every process of the job runs."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 @cli.command()
@@ -122,8 +142,9 @@ def train(recipe: Path, overrides: tuple[str, ...], out_dir: Path, resume: bool,
     """Plan and train (NeuroFlux, backprop or gradient filtering), checkpointing every block."""
     from nfcompile import api, present
 
-    present.show_train(api.train(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir), recipe,
-                       as_json=as_json)
+    trained = api.train(recipe, overrides, out_dir=out_dir, resume=resume, run_dir=run_dir)
+    if trained is not None:  # None: a torchrun job's rank other than 0
+        present.show_train(trained, recipe, as_json=as_json)
 
 
 @cli.command()

@@ -6,6 +6,10 @@ Every stage has a fingerprint: the recipe fields it reads plus the fingerprint o
 it. On ``--resume`` a stage whose fingerprint is unchanged is reused from ``state/``; the first
 stage whose fields changed, and everything after it, runs again. Training resumes inside the stage
 from its last finished block.
+
+Several processes (a torchrun job): rank 0 runs this pipeline; the plan it makes is sent to the
+other ranks when training starts, every rank trains (`follow_pipeline`), and the others then wait
+for rank 0 to finish scoring, exporting and bundling, and exit.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nfcompile.core import distributed as dist
 from nfcompile.core.device import cpu_threads
-from nfcompile.core.io import remove_scratch, write_json
+from nfcompile.core.io import read_json, remove_scratch, write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.repro import seed_everything
 from nfcompile.core.tensorboard import TENSORBOARD_DIR, event_log, log_scalars
 from nfcompile.core.results import (DeliverableLatency, EngineResult, ExitScores, OnnxExport, OrtExport, Plan,
                                     PruneResult, QuantResult, Result, Selection, StageRecord, TrainResult, Validation)
-from nfcompile.errors import NfcompileError, StageSkipped
+from nfcompile.errors import InputError, NfcompileError, RecipeError, StageSkipped
 from nfcompile.formats import FORMATS
 from nfcompile.recipe import Recipe, fingerprint, recipe_dict
 from nfcompile.runs import LOCK_FILE, RunFolder
@@ -77,7 +82,7 @@ class Build:
     def device(self) -> torch.device:
         from nfcompile.core.device import resolve_device
 
-        return resolve_device(self.recipe.device)
+        return dist.local_device(resolve_device(self.recipe.device))
 
     @cached_property
     def data(self):
@@ -211,6 +216,7 @@ def _files_of(result: Any) -> list[str]:
 
 
 def _plan(build: Build) -> Plan:
+    from nfcompile.learning.parallel import shard_length
     from nfcompile.stages.plan import plan_training
 
     recipe = build.recipe
@@ -218,21 +224,27 @@ def _plan(build: Build) -> Plan:
         raise StageSkipped("train.method gradient_filter fine-tunes a trained model's last layers; "
                            "no NeuroFlux memory plan")
     return plan_training(build.fresh_unit_net(), build.num_classes, image_size=recipe.data.image_size,
-                         train_samples=len(build.data.train), val_samples=len(build.data.val),
+                         # The budget is per process: caches hold one rank's shard.
+                         train_samples=shard_length(len(build.data.train)),
+                         val_samples=shard_length(len(build.data.val)),
                          budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=build.device)
 
 
 def _train(build: Build) -> TrainResult:
+    job = {"plan": build.results["plan"], "resume": build.resume, "fingerprint": build.records["plan"].fingerprint}
+    dist.broadcast_object(job)  # several processes: the others train with this plan too
+    outcome = _train_rank(build, job, build.run.path / CHECKPOINT_DIR)
+    build.__dict__["trained_net"] = outcome.net.eval()
+    return outcome.result
+
+
+def _train_rank(build: Build, job: dict[str, Any], out_dir):
     from nfcompile.stages.train import train_model
 
     recipe = build.recipe
-    record = build.records["plan"]
-    outcome = train_model(build.fresh_unit_net(), build.results["plan"], build.data, model=recipe.model,
-                          train=recipe.train, augment=recipe.data.augment, budget=recipe.budget, device=build.device,
-                          seed=recipe.seed, out_dir=build.run.path / CHECKPOINT_DIR, resume=build.resume,
-                          fingerprint=record.fingerprint)
-    build.__dict__["trained_net"] = outcome.net.eval()
-    return outcome.result
+    return train_model(build.fresh_unit_net(), job["plan"], build.data, model=recipe.model, train=recipe.train,
+                       augment=recipe.data.augment, budget=recipe.budget, device=build.device, seed=recipe.seed,
+                       out_dir=out_dir, resume=job["resume"], fingerprint=job["fingerprint"])
 
 
 def _score(build: Build) -> ExitScores:
@@ -481,7 +493,71 @@ def run_pipeline(recipe: Recipe, run: RunFolder, *, resume: bool, until: str | N
         stale = remove_scratch(run.path, keep=(LOCK_FILE,))
         if stale:
             log.info("removed %d temporary file(s) left by an interrupted build: %s", len(stale), ", ".join(stale[:5]))
+        _check_world(run, resume)
         write_json(run.state / "recipe.json", {"recipe": recipe_dict(recipe), "source": recipe_source})
         with event_log(run.path / TENSORBOARD_DIR if recipe.log.tensorboard else None):
             build.execute(STAGES, until)
+    # Several processes: release the others (they wait for this message), then part together.
+    dist.broadcast_object(None)
+    dist.barrier()
     return build
+
+
+WORLD_FILE = "distributed.json"
+
+
+def _check_world(run: RunFolder, resume: bool) -> None:
+    """A distributed run records its world size; resuming it takes the same one, since a resumed
+    block must read the same shards in the same order as the run that was interrupted."""
+    path = run.state / WORLD_FILE
+    recorded = read_json(path)["world_size"] if path.is_file() else 1
+    # The plan is per process too (caches sized for one shard, DDP's buckets): it binds the world size.
+    if resume and run.record_path("plan").is_file() and recorded != dist.world_size():
+        how = (f"torchrun --nproc-per-node {recorded} -m nfcompile build ... --resume, or nfcompile build "
+               f"--nproc {recorded} ... --resume") if recorded > 1 else "nfcompile build ... --resume (one process)"
+        raise InputError(f"{run.path} was trained by {recorded} process(es) and this job has {dist.world_size()}: "
+                         "a resumed run needs the same world size (its shards and batch order depend on it)",
+                         hint=f"resume with {how}")
+    if dist.world_size() > 1:
+        write_json(path, {"world_size": dist.world_size(), "backend": dist.backend_name()})
+
+
+def follow_pipeline(recipe: Recipe) -> None:
+    """Ranks other than 0: train whenever rank 0 trains (same plan, same resume point), in a private
+    scratch folder (activation caches, snapshots); then wait for rank 0 to finish, and return."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"nfcompile-rank{dist.rank()}-"))
+    try:
+        build = Build(recipe, RunFolder(scratch), resume=False)
+        seed_everything(recipe.seed)
+        torch.set_num_threads(cpu_threads(recipe.threads)[0])
+        while (job := dist.broadcast_object(None)) is not None:
+            _train_rank(build, job, scratch / CHECKPOINT_DIR)
+        dist.barrier()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def distributed_job(recipe: Recipe):
+    """The recipe's process group for the duration, when torchrun launched this process; else nothing."""
+    if not dist.launched():
+        yield
+        return
+    from nfcompile.core.device import resolve_device
+    from nfcompile.learning.parallel import configure
+
+    section = recipe.distributed
+    device = dist.local_device(resolve_device(recipe.device))
+    if section.sync_batchnorm and device.type != "cuda":
+        raise RecipeError("SyncBatchNorm needs CUDA devices (torch has no CPU implementation)",
+                          field="distributed.sync_batchnorm")
+    if dist.resolve_backend(section.backend, device) == "nccl" and device.type != "cuda":
+        raise RecipeError("the nccl backend needs CUDA devices; use gloo (or auto) on CPU",
+                          field="distributed.backend")
+    configure(sync_batchnorm=section.sync_batchnorm)
+    with dist.process_group(section.backend, device, section.timeout_minutes):
+        yield

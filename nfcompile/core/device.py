@@ -30,7 +30,11 @@ def cpu_threads(requested: int | str) -> tuple[int, str]:
     own_cores = own.cpu_percent(None) / 100.0
     other_busy = max(0.0, busy_percent / 100.0 * cores - own_cores)
     free = max(1, min(cores, cores - round(other_busy)))
-    return free, f"auto: {cores} core(s), {other_busy:.1f} kept busy by other processes"
+    # Under torchrun the processes on this machine share the free cores.
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, free // local_processes)
+    return share, (f"auto: {cores} core(s), {other_busy:.1f} kept busy by other processes"
+                   + (f", shared by {local_processes} local processes" if local_processes > 1 else ""))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -35,6 +35,12 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def disable_progress() -> None:
+    """No progress bars from this process (ranks other than 0 of a distributed run)."""
+    global _progress_enabled
+    _progress_enabled = False
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("nfcompile") else f"nfcompile.{name}")
 

@@ -73,6 +73,20 @@ def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generat
     return list(order.split(batch_size))
 
 
+def shard_indices(n: int, rank: int, world_size: int, *, pad: bool) -> torch.Tensor:
+    """The global sample indices rank ``rank`` of ``world_size`` owns: every ``world_size``-th one
+    from ``rank`` on, so the shards are disjoint and together cover ``range(n)``. With ``pad`` every
+    shard is as long as the longest (some shards repeat their first samples, as DistributedSampler
+    does): data-parallel training needs every rank to take the same number of steps."""
+    if n < world_size:
+        raise ValueError(f"{n} samples cannot be shared by {world_size} processes")
+    shard = torch.arange(rank, n, world_size)
+    if pad:
+        longest = -(-n // world_size)
+        shard = torch.cat([shard, shard[: longest - len(shard)]])
+    return shard
+
+
 def image_batches(images: ImageSet, batch_size: int, preprocessing: Preprocessing, *,
                   device: torch.device, shuffle: bool = False, generator: torch.Generator | None = None,
                   augment: Augment = Augment()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

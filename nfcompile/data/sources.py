@@ -154,3 +154,28 @@ class RecomputedInput:
             unit.eval()
             x = unit(x)
         return x, y
+
+
+class ShardedInput:
+    """One rank's shard of a source (a distributed run): local positions 0..len-1 stand for the
+    global sample indices ``indices``. Whatever a later block caches from it is this shard's, in
+    this order, so the cache rows are keyed by ``indices`` too."""
+
+    def __init__(self, upstream, indices: torch.Tensor, seen: torch.Tensor | None = None):
+        self.upstream = upstream
+        self.indices = indices
+        self.seen = seen  # optional bool mask over the global indices: which ones training fetched
+        self.labels = upstream.labels[indices]
+        self.device = upstream.device
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        return self.upstream.device_tensors()
+
+    def fetch(self, indices: torch.Tensor, generator: torch.Generator | None, *, train: bool):
+        chosen = self.indices[indices]
+        if train and self.seen is not None:
+            self.seen[chosen] = True
+        return self.upstream.fetch(chosen, generator, train=train)

@@ -334,6 +334,20 @@ class LogSection(Section):
                               "losses, accuracies, learning rate and memory per block and epoch; exit scores.")
 
 
+class DistributedSection(Section):
+    """Read only when torchrun launched the build (`torchrun --nproc-per-node N -m nfcompile build`, or
+    `nfcompile build --nproc N`); a single process ignores it."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend: auto is nccl on CUDA, gloo on CPU.")
+    sync_batchnorm: bool = Field(
+        False, description="BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only) instead "
+        "of each rank's own batch.")
+    timeout_minutes: Annotated[float, Field(gt=0.0)] = Field(
+        60.0, description="Longest wait in one collective: ranks other than 0 wait while rank 0 scores "
+        "and exports.")
+
+
 class Recipe(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
         ..., description="Names the artifact folder: letters, digits, `_`, `.`, `-`.")
@@ -356,6 +370,7 @@ class Recipe(Section):
     validation: ValidateSection = Field(ValidateSection(), alias="validate")
     bench: BenchSection = BenchSection()
     log: LogSection = LogSection()
+    distributed: DistributedSection = DistributedSection()
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False,
                               validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)

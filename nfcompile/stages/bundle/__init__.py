@@ -241,6 +241,9 @@ def _manifest(root: Path, inputs: BundleInputs, records: list[StageRecord], refe
         "validation": {name: v.to_dict() for name, v in inputs.validations.items()},
         "reference": references,
         "stages": [r.to_dict() | {"result": None} for r in records],
+        # A torchrun job: world size, backend, every rank's peaks (absent for one process).
+        **({"distributed": inputs.train.details["distributed"]}
+           if inputs.train is not None and "distributed" in inputs.train.details else {}),
         "files": hash_files(root),
     }
 

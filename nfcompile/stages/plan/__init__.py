@@ -19,6 +19,7 @@ from nfcompile.core.memory import MemoryFit
 from nfcompile.core.results import BlockPlan, Plan, UnitProfile
 from nfcompile.learning import CheckpointedUnits
 from nfcompile.errors import BudgetError, RecipeError
+from nfcompile.learning.parallel import with_gradient_buckets
 from nfcompile.data.batches import Augment, feature_augment
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
@@ -111,6 +112,7 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
             head = AuxHead(out_shape[0], filters, num_classes, pool=pool, depth=section.head.depth)
             fit = profile_local_step(unit, head, in_shape, num_classes, batch_sizes=section.profile_batch_sizes,
                                      budget=usable, max_batch=cap, section=train, device=device)
+            fit = with_gradient_buckets(fit, unit, head)  # several processes: DDP's buckets
             fits.append(fit)
             fetch = profile_input_fetch(
                 lambda n: input_source_for(index, in_shape, n, image_size=image_size, image_augment=image_augment,

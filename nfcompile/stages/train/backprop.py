@@ -17,6 +17,7 @@ from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
 from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer,
                                 set_lr, top1_accuracy, warmup_steps)
 from nfcompile.data.batches import Augment
+from nfcompile.learning.parallel import data_parallel, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetError
 from nfcompile.models import MultiExitNet, UnitNet
@@ -56,9 +57,11 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     method = "backprop+checkpointing" if train.backprop.checkpointing else "backprop"
     trainee = CheckpointedUnits(unit_net.units, unit_net.classifier) if train.backprop.checkpointing else unit_net
     trainee.to(device)
-    optimizer = make_optimizer(trainee.parameters(), train, batch)
-    train_in = ImageInput(data.train, data.preprocessing, Augment(augment.flip, augment.crop_padding), device)
-    val_in = ImageInput(data.val, data.preprocessing, Augment(), device)
+    optimizer = make_optimizer(trainee.parameters(), train, global_batch(batch))
+    stepped = data_parallel(trainee, device)  # several processes: gradients all-reduced
+    train_in = shard(ImageInput(data.train, data.preprocessing, Augment(augment.flip, augment.crop_padding), device),
+                     train=True)
+    val_in = shard(ImageInput(data.val, data.preprocessing, Augment(), device), train=False)
     generator = torch.Generator().manual_seed(derived_seed(seed, "backprop"))
     torch.manual_seed(derived_seed(seed, "backprop-torch"))
     steps_per_epoch = math.ceil(len(train_in) / batch)
@@ -66,16 +69,19 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
 
     def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
         set_lr(optimizer, lr)
-        return (backprop_step(trainee, x, y, optimizer),)
+        return (backprop_step(stepped, x, y, optimizer),)
 
     started = time.perf_counter()
     best = BestWeights([unit_net], device, out_dir)
     with memory_cap(device, plan.budget_bytes, budget.enforce), block_meter(device, [trainee], data) as meter:
         try:
             outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                          lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
-                          generator_for=lambda epoch: generator, train_modules=[trainee],
-                          evaluate=lambda: (top1_accuracy(unit_net, val_in, batch),), patience=train.patience,
+                          lr_at=lr_schedule(train, global_batch(batch), total_steps,
+                                            warmup_steps(steps_per_epoch, total_steps)),
+                          generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
+                          train_modules=[trainee],
+                          evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, batch),), [unit_net],
+                                                   val_in), patience=train.patience,
                           keep_best=best, label=f"{method} (batch {batch})", log_as=method,
                           exit_names=[f"exit_{net.exit_units[-1]:02d}"])
         finally:

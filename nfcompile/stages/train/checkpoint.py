@@ -2,12 +2,17 @@
 
 A checkpoint is tied to the fingerprint of everything training depends on (recipe fields, plan);
 a checkpoint from different settings is ignored, never half-applied.
+
+Several processes (a torchrun job): every rank reaches each save together (a barrier), only rank 0
+writes; on resume rank 0 reads and hands every rank the same state, so all continue from the same
+blocks with the same weights (the other ranks may be on machines that cannot see the file).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from nfcompile.core import distributed as dist
 from nfcompile.core.io import load_checkpoint, save_checkpoint
 from nfcompile.core.log import get_logger
 from nfcompile.core.results import BlockResult, TrainResult
@@ -25,6 +30,10 @@ class TrainCheckpoint:
         self.fingerprint = fingerprint
 
     def save(self, net: MultiExitNet, model: ModelSection, num_classes: int, blocks: list[BlockResult]) -> None:
+        note_block_weights(net)
+        dist.barrier()
+        if not dist.is_main():
+            return
         save_checkpoint(self.path, {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -34,9 +43,9 @@ class TrainCheckpoint:
 
     def restore(self, net: MultiExitNet) -> list[BlockResult]:
         """Load finished blocks into ``net``; [] when there is no usable checkpoint."""
-        if not self.path.is_file():
+        state = _read_on_main(self.path)
+        if state is None:
             return []
-        state = load_checkpoint(self.path)
         if state.get("format") != FORMAT or state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written for other settings: training starts over", self.path)
             return []
@@ -52,17 +61,46 @@ SINGLE_EXIT_FORMAT = "nfcompile.train.single_exit/1"
 def save_single_exit(path: Path, fingerprint: str, net: MultiExitNet, model: ModelSection, num_classes: int,
                      result: TrainResult) -> None:
     """Methods that train in one piece (backprop, fine-tuning) checkpoint once, when done."""
+    note_block_weights(net)
+    dist.barrier()
+    if not dist.is_main():
+        return
     save_checkpoint(path, {"format": SINGLE_EXIT_FORMAT, "fingerprint": fingerprint, "result": result.to_dict(),
                            "net": multi_exit_state(net, model, num_classes)})
 
 
 def restore_single_exit(path: Path, fingerprint: str, net: MultiExitNet) -> TrainResult | None:
     """The finished result and weights of a previous run with the same settings, else None."""
-    if not path.is_file():
+    state = _read_on_main(path)
+    if state is None:
         return None
-    state = load_checkpoint(path)
     if state.get("format") != SINGLE_EXIT_FORMAT or state.get("fingerprint") != fingerprint:
         return None
     net.load_state_dict(state["net"]["state_dict"])
     log.info("resuming: training already finished (%s)", path)
     return TrainResult.from_dict(state["result"])
+
+
+def _read_on_main(path: Path) -> dict | None:
+    """The checkpoint (validated, weights_only) as rank 0 reads it, on every rank; None when absent."""
+    state = load_checkpoint(path) if dist.is_main() and path.is_file() else None
+    return dist.broadcast_object(state)
+
+
+# Several processes: a digest of every rank's weights after each finished block, gathered into the
+# train result, shows that the ranks never drifted apart.
+_BLOCK_DIGESTS: list[str] = []
+
+
+def note_block_weights(net) -> None:
+    if dist.world_size() > 1:
+        from nfcompile.learning.parallel import weights_digest
+
+        _BLOCK_DIGESTS.append(weights_digest([net]))
+
+
+def block_digests() -> list[str]:
+    """The digests noted since the last call (one per block this process finished)."""
+    out = list(_BLOCK_DIGESTS)
+    _BLOCK_DIGESTS.clear()
+    return out

@@ -51,6 +51,7 @@ from nfcompile.core.log import get_logger
 from nfcompile.core.repro import derived_seed, seed_everything
 from nfcompile.core.results import EpochRecord, Result
 from nfcompile.data.sources import ImageInput, unaugmented
+from nfcompile.learning.parallel import data_parallel, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.learning import fit, lr_schedule, make_optimizer, scaled_lr, set_lr, top1_accuracy
 from nfcompile.data.batches import Augment, image_batches
 from nfcompile.data.datasets import DataBundle
@@ -418,25 +419,30 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
         with saved_tensor_bytes(list(model.parameters())) as saved:
             F.cross_entropy(model(probe), probe_labels)
         saved_bytes = saved()
-        optimizer = make_optimizer(trainable, section, batch_size)
-        base_lr = scaled_lr(section, batch_size)
-        steps_per_epoch = math.ceil(len(data.train) / batch_size)
+        optimizer = make_optimizer(trainable, section, global_batch(batch_size))
+        base_lr = scaled_lr(section, global_batch(batch_size))
+        train_in = shard(ImageInput(data.train, data.preprocessing, augment, device), train=True)
+        stepped = data_parallel(model, device)  # several processes: the trainable layers' gradients all-reduced
+        steps_per_epoch = math.ceil(len(train_in) / batch_size)
         total_steps = section.epochs * steps_per_epoch
 
         def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
             set_lr(optimizer, lr)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(stepped(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return (float(loss.detach()),)
 
-        val_in = unaugmented(data.val, data.preprocessing, device)
+        val_in = shard(unaugmented(data.val, data.preprocessing, device), train=False)
         # The whole model stays in eval mode (BatchNorm frozen): no train_modules.
-        outcome = fit(step, ImageInput(data.train, data.preprocessing, augment, device), batch_size=batch_size,
-                      epochs=range(section.epochs), lr_at=lr_schedule(section, batch_size, total_steps),
-                      generator_for=lambda epoch: torch.Generator().manual_seed(derived_seed(seed, "fine-tune", epoch)),
-                      evaluate=lambda: (top1_accuracy(model, val_in),), patience=section.patience,
+        outcome = fit(step, train_in, batch_size=batch_size,
+                      epochs=range(section.epochs), lr_at=lr_schedule(section, global_batch(batch_size), total_steps),
+                      generator_for=rank_generators(
+                          lambda epoch: torch.Generator().manual_seed(derived_seed(seed, "fine-tune", epoch)),
+                          seed, "fine-tune"),
+                      evaluate=synced_evaluate(lambda: (top1_accuracy(model, val_in),), [model], val_in),
+                      patience=section.patience,
                       sync=lambda: sync(device), label="gradient filter" if filtered else "backprop (same layers)",
                       log_as="gradient_filter" if filtered else "fine_tune_backprop")
         history, stop_reason = outcome.history, outcome.stop_reason

@@ -23,8 +23,9 @@ from nfcompile.core.log import get_logger
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
 from nfcompile.core.results import BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult
-from nfcompile.learning import (BestWeights, eval_mode, fit, local_step, lr_schedule, make_optimizer, set_lr,
+from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_optimizer, set_lr,
                                 top1_accuracies, warmup_steps)
+from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.data.batches import Augment, batch_order, feature_augment
 from nfcompile.data.datasets import DataBundle
 from nfcompile.models import AuxHead, MultiExitNet, UnitNet
@@ -111,17 +112,20 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     units = [net.units[i].to(device) for i in block.units]
     heads = [net.heads[str(i)].to(device) for i in block.units]
     batch = block.batch_size
-    optimizers = [make_optimizer([*u.parameters(), *h.parameters()], train, batch) for u, h in zip(units, heads)]
+    optimizers = [make_optimizer([*u.parameters(), *h.parameters()], train, global_batch(batch))
+                  for u, h in zip(units, heads)]
     steps_per_epoch = math.ceil(len(train_in) / batch)
     total_steps = train.epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(derived_seed(seed, "block", block.index))
     torch.manual_seed(derived_seed(seed, "block-torch", block.index))
 
+    local_steps = LocalSteps(units, heads, device)
+
     def step(h: torch.Tensor, y: torch.Tensor, lr: float) -> list[float]:
         losses = []
-        for unit, head, optimizer in zip(units, heads, optimizers):
+        for local_step, optimizer in zip(local_steps.steps, optimizers):
             set_lr(optimizer, lr)
-            h, loss = local_step(unit, head, h, y, optimizer)
+            h, loss = local_step(h, y, optimizer)
             losses.append(loss)
         return losses
 
@@ -135,11 +139,14 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     try:
         # The block is judged by its last unit: that is what the next block learns from.
         outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                      lr_at=lr_schedule(train, batch, total_steps, warmup_steps(steps_per_epoch, total_steps)),
-                      generator_for=lambda epoch: generator, train_modules=[*units, *heads], evaluate=evaluate,
+                      lr_at=lr_schedule(train, global_batch(batch), total_steps,
+                                        warmup_steps(steps_per_epoch, total_steps)),
+                      generator_for=rank_generators(lambda epoch: generator, seed, "block", block.index),
+                      train_modules=[*units, *heads], evaluate=synced_evaluate(evaluate, [*units, *heads], val_in),
                       patience=train.patience, keep_best=best, label=label, log_as=f"block{block.index}",
                       exit_names=[f"exit_{u:02d}" for u in block.units])
     finally:
+        local_steps.close()
         best.close()
     record = outcome.best
     log.info("%s: %d epoch(s) (%s), best exit accuracy %.4f at epoch %d", label, len(outcome.history),
@@ -212,8 +219,9 @@ def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundl
     """Block 0 reads images. A resumed run rebuilds the cache its next block reads by replaying the
     finished blocks' caching passes in order (same units, same dtype rounding at each boundary), so
     it reads exactly what the uninterrupted run would have."""
-    train_in = ImageInput(data.train, data.preprocessing, image_augment, device)
-    val_in = ImageInput(data.val, data.preprocessing, Augment(), device)
+    # Several processes: each rank reads (and caches, block after block) only its own shard.
+    train_in = shard(ImageInput(data.train, data.preprocessing, image_augment, device), train=True)
+    val_in = shard(ImageInput(data.val, data.preprocessing, Augment(), device), train=False)
     started = time.perf_counter()
     for block in plan.blocks[:index]:
         units = [net.units[i].to(device) for i in block.units]
