@@ -441,20 +441,20 @@ def engine(bundle: str | Path, *, precision: str | None = None) -> EngineRun:
 def _heldout(bundle: Path, manifest: dict):
     """The bundle's whole held-out split, preprocessed as the manifest says, its labels, and PyTorch's
     outputs on it at build time (bundles from before the held-out set: the 32 reference inputs, unlabelled)."""
-    import numpy as np
     import torch
 
     from nfcompile.data import Preprocessing
+    from nfcompile.stages.bundle.manifest import load_array
 
     heldout = manifest.get("heldout")
     if not heldout:
         reference = manifest["reference"]["files"]
-        load = lambda key: np.load(inside(bundle, reference[key]), allow_pickle=False)
+        load = lambda key: load_array(bundle, reference[key])
         log.warning("%s keeps no held-out set with labels (built before it did): validating on the %d reference "
                     "inputs only", bundle, len(load("inputs")))
         return load("inputs"), None, load("pytorch")
     files = heldout["files"]
-    load = lambda key: np.load(inside(bundle, files[key]), allow_pickle=False)
+    load = lambda key: load_array(bundle, files[key])
     pre = manifest["preprocessing"]
     preprocessing = Preprocessing(image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
                                   color=pre.get("color", "rgb"))

@@ -42,7 +42,7 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
         lines += _per_class_section(per_class, images.get("confusion"), selection.chosen if selection else None)
     if isinstance(ort, OrtExport):
         lines += _ort_section(ort)
-    if plan is not None:
+    if plan is not None or train is not None:
         lines += _plan_section(plan, train, images.get("plan"))
     if train is not None:
         lines += _training_section(train, images.get("training"))
@@ -150,22 +150,45 @@ def _ort_section(ort: OrtExport) -> list[str]:
             f"`{ort.mobile_check}`.", ""]
 
 
-def _plan_section(plan: Plan, train: TrainResult | None, image: str | None) -> list[str]:
-    measured = {b.index: b for b in train.blocks} if train and train.method == "neuroflux" else {}
-    rows = []
-    for block in plan.blocks:
-        result = measured.get(block.index)
-        peak = result.measured_peak_bytes if result and result.measured_peak_bytes else None
-        error = f"{(block.predicted_peak_bytes - peak) / peak * 100:+.1f}%" if peak else "-"
-        rows.append([block.index, f"{block.units[0]}-{block.units[-1]}", block.batch_size,
-                     format_bytes(block.predicted_peak_bytes), format_bytes(peak), error,
-                     f"{block.cache_placement} ({format_bytes(block.cache_bytes)})"])
+def _memory_row(label: list[Any], predicted: int | None, result) -> list[Any]:
+    peak = result.measured_peak_bytes if result and result.measured_peak_bytes else None
+    error = f"{(predicted - peak) / peak * 100:+.1f}%" if peak and predicted else "-"
+    rss = result.rss_rise_bytes if result else None
+    return [*label, format_bytes(predicted) if predicted else "-", format_bytes(peak), error,
+            format_bytes(rss) if rss is not None else "-"]
+
+
+def _memory_measured(train: TrainResult | None) -> list[str]:
+    how = next((b.measurement for b in train.blocks if b.measurement), "") if train else ""
+    return ([f"Measured: {how}. Tracked is independent of the plan's model; RSS rise is the process's anonymous "
+             "resident memory over the block, an outside cross-check (higher where the allocator keeps freed "
+             "memory or libraries allocate on first use, lower where memory an earlier block freed is reused).", ""]
+            if how else [])
+
+
+def _plan_section(plan: Plan | None, train: TrainResult | None, image: str | None) -> list[str]:
+    """The memory of the method that trained: NeuroFlux's blocks, or backprop's / gradient filtering's
+    own run, never another method's plan."""
+    method = train.method if train else "neuroflux"
+    header = ["predicted peak", "tracked peak", "prediction error", "process RSS rise"]
+    if method != "neuroflux":
+        rows = [_memory_row([b.batch_size], b.predicted_peak_bytes or None, b) for b in (train.blocks if train else ())]
+        budget = f"budget {format_bytes(plan.budget_bytes)} ({plan.budget_source})" if plan else "no memory budget"
+        lines = ["## Memory", "", f"{method} on {train.device if train else '?'}, {budget}"
+                 + (" (fine-tuning plans no batch: its peak is measured and reported)" if plan is None else "")
+                 + ".", ""]
+        lines += _table(["batch", *header], rows) + _memory_measured(train)
+        return lines
+    measured = {b.index: b for b in train.blocks} if train else {}
+    rows = [_memory_row([block.index, f"{block.units[0]}-{block.units[-1]}", block.batch_size],
+                        block.predicted_peak_bytes, measured.get(block.index))
+            + [f"{block.cache_placement} ({format_bytes(block.cache_bytes)})"] for block in plan.blocks]
     lines = ["## Memory plan", "",
              f"Budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}) on {plan.device}; batch size 1 needs "
              f"at least {format_bytes(plan.min_budget_bytes)}. Auxiliary heads: {plan.head_policy}, filters "
-             f"{[u.head_filters for u in plan.units]}.", ""]
-    lines += _table(["block", "units", "batch", "predicted peak", "measured peak", "prediction error",
-                     "output cache"], rows)
+             f"{[u.head_filters for u in plan.units]}. {plan.accounting}", ""]
+    lines += _table(["block", "units", "batch", *header, "output cache"], rows)
+    lines += _memory_measured(train)
     lines += [f"Same budget, same profiler: backprop fits batch {plan.backprop_batch_size or 'none'}, backprop with "
               f"gradient checkpointing batch {plan.checkpointing_batch_size or 'none'}.", ""]
     if image:
