@@ -101,6 +101,12 @@ def run(bench: Workbench) -> dict[str, Any]:
     return {"setups": setups}
 
 
+def _order(item: tuple[str, Any]) -> tuple[int, int]:
+    """Blocks by index, then backprop (the results file may hold them in any order)."""
+    name = item[0]
+    return (1, 0) if name == "backprop" else (0, int(name.split()[-1]))
+
+
 def render(result: dict[str, Any]) -> str:
     out = ["FLOPs counted by torch's FlopCounterMode for one training step (forward, backward; the "
            "optimizer's arithmetic is not counted), timed in alternating rounds on random inputs. "
@@ -108,7 +114,8 @@ def render(result: dict[str, Any]) -> str:
     for entry in result["setups"]:
         rows = [[name, f["batch_size"], f"{f['flops_per_step'] / 1e9:.3f}", f"{f['flops_per_second'] / 1e9:.2f}",
                  None if f["vs_backprop"] is None else f"{f['vs_backprop']:.2f}x",
-                 f"{f['cpu_seconds'] / f['wall_seconds']:.2f}"] for name, f in entry["contenders"].items()]
+                 f"{f['cpu_seconds'] / f['wall_seconds']:.2f}"]
+                for name, f in sorted(entry["contenders"].items(), key=_order)]
         out.append(f"**{entry['setup']}** at the {entry['budget']} budget (blocks at "
                    f"{batches(entry['block_batches'])})\n")
         out.append(table(["step", "batch", "GFLOP per step", "GFLOP/s", "vs backprop", "CPU/wall"], rows))

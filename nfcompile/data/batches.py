@@ -68,6 +68,10 @@ def feature_augment(image_augment: Augment, image_size: int, feature_size: int, 
     return Augment(flip=image_augment.flip, shift=shift)
 
 
+# An epoch's batch order is one int64 index per sample, alive through the epoch (the plan counts it).
+ORDER_BYTES_PER_SAMPLE = 8
+
+
 def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> list[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     return list(order.split(batch_size))

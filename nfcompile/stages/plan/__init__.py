@@ -20,7 +20,7 @@ from nfcompile.core.results import BlockPlan, Plan, UnitProfile
 from nfcompile.learning import CheckpointedUnits
 from nfcompile.errors import BudgetError, RecipeError
 from nfcompile.learning.parallel import with_gradient_buckets
-from nfcompile.data.batches import Augment, feature_augment
+from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment, feature_augment
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
 from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
@@ -28,7 +28,8 @@ from nfcompile.models import AuxHead, UnitNet, choose_head_filters, unit_shapes_
 from nfcompile.models.heads import head_pool_kernel
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
-from nfcompile.stages.plan.profile import profile_backprop_step, profile_input_fetch, profile_local_step
+from nfcompile.stages.plan.profile import (measure_block_step, profile_backprop_step, profile_input_fetch,
+                                          profile_local_step)
 
 log = get_logger(__name__)
 
@@ -37,6 +38,7 @@ CACHE_DTYPE_BYTES = {"float16": 2, "float32": 4}
 # limit. A plan that fills the budget to the byte overshot it by 0.1% in one benchmark run
 # (allocation order differs slightly between profiling a unit and training its block).
 PLANNING_SHARE = 0.98
+VERIFY_ATTEMPTS = 4  # whole-block measurements per block before the plan gives up on a batch
 
 
 def resolve_budget(section: BudgetSection, device: torch.device) -> tuple[int, str]:
@@ -132,11 +134,16 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                      index + 1, len(shapes), profiles[-1].name, filters, format_bytes(fit.fixed_bytes),
                      format_bytes(fit.bytes_per_sample), profiles[-1].max_batch_size, time.perf_counter() - started)
     network = sum(p.state_bytes for p in profiles) + state_bytes(unit_net.classifier)
-    resident = Resident(device.type, network, profiles)
+    resident = Resident(device.type, network, profiles, order_bytes=train_samples * ORDER_BYTES_PER_SAMPLE)
     _refuse_budget_below_minimum(profiles, fits, budget_bytes, resident)
     blocks = _blocks_with_caches(profiles, fits, usable, train_samples + val_samples, section, device, resident,
                                  recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size, image_augment,
-                                                                               section, device))
+                                                                               section, device),
+                                 measure_block=lambda units, batch: measure_block_step(
+                                     [unit_net.units[i] for i in units],
+                                     [AuxHead(profiles[i].out_shape[0], profiles[i].head_filters, num_classes,
+                                              pool=profiles[i].head_pool, depth=profiles[i].head_depth) for i in units],
+                                     profiles[units[0]].in_shape, num_classes, batch, section=train, device=device))
     backprop = profile_backprop_step(unit_net, (3, image_size, image_size), num_classes,
                                      batch_sizes=section.profile_batch_sizes, budget=usable, max_batch=cap,
                                      section=train, device=device)
@@ -144,16 +151,18 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                                          (3, image_size, image_size), num_classes,
                                          batch_sizes=section.profile_batch_sizes, budget=usable,
                                          max_batch=cap, section=train, device=device)
-    bp_batch, ck_batch = backprop.max_batch(usable, cap), checkpointed.max_batch(usable, cap)
+    # Backprop holds the epoch's sample order beside its step too (on CPU, in the budget's memory).
+    held = resident.order_bytes if device.type == "cpu" else 0
+    bp_batch, ck_batch = backprop.max_batch(usable - held, cap), checkpointed.max_batch(usable - held, cap)
     plan = Plan(
         device=str(device), budget_bytes=budget_bytes, budget_source=budget_source,
         min_budget_bytes=_minimum_budget(profiles, fits, resident)[0],
         head_policy=section.head.policy,
         units=tuple(profiles), blocks=tuple(blocks),
-        backprop_batch_size=bp_batch, backprop_predicted_peak_bytes=backprop.predicted(max(bp_batch, 1)),
+        backprop_batch_size=bp_batch, backprop_predicted_peak_bytes=backprop.predicted(max(bp_batch, 1)) + held,
         backprop_measurements=backprop.measurements,
         checkpointing_batch_size=ck_batch,
-        checkpointing_predicted_peak_bytes=checkpointed.predicted(max(ck_batch, 1)),
+        checkpointing_predicted_peak_bytes=checkpointed.predicted(max(ck_batch, 1)) + held,
         checkpointing_measurements=checkpointed.measurements,
         train_samples=train_samples, val_samples=val_samples, network_state_bytes=network,
         accounting=resident.accounting)
@@ -178,11 +187,12 @@ class Resident:
     device_type: str
     network_bytes: int
     profiles: list[UnitProfile]
+    order_bytes: int = 0  # the epoch's shuffled sample order (int64 indices), held through the epoch
 
     def besides(self, units: list[int]) -> int:
         if self.device_type == "cuda":
             return 0
-        return self.network_bytes - sum(self.profiles[i].state_bytes for i in units)
+        return self.network_bytes - sum(self.profiles[i].state_bytes for i in units) + self.order_bytes
 
     @property
     def accounting(self) -> str:
@@ -192,7 +202,8 @@ class Resident:
             return (f"{common}; finished blocks go back to host RAM and the best-epoch snapshot is kept there; "
                     "the pass that fills the output cache is planned to fit too")
         return (f"{common}; plus the rest of the network's weights ({format_bytes(self.network_bytes)} in all), "
-                "which live in host RAM throughout; the best-epoch snapshot goes to a file; the training "
+                f"which live in host RAM throughout, and the epoch's shuffled sample order "
+                f"({format_bytes(self.order_bytes)}); the best-epoch snapshot goes to a file; the training "
                 "images are not counted; the pass that fills the output cache is planned to fit too")
 
 
@@ -239,7 +250,8 @@ def _recompute_fetch(unit_net: UnitNet, first: int, image_size: int, image_augme
 
 def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int, cached_samples: int,
                         section, device: torch.device, resident: Resident, *,
-                        recompute_fetch: Callable[[int], tuple[int, int]]) -> list[BlockPlan]:
+                        recompute_fetch: Callable[[int], tuple[int, int]],
+                        measure_block: Callable[[list[int], int], int]) -> list[BlockPlan]:
     cap = min(section.max_batch_size, max(p.max_batch_size for p in profiles))
     fetch = [p.fetch_bytes_per_sample for p in profiles]
     # Grouping only needs comparable batch sizes: it plans against the budget less the whole network
@@ -257,7 +269,10 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                                              device, last=k == len(groups) - 1, recompute_fetch=recompute_fetch))
             continue
         # The cache this block reads, and the rest of the network, share the budget with its training.
-        batch = block_max_batch(block_fits, budget - others - input_cache_on_device, cap, fetch[units[0]])
+        room = budget - others - input_cache_on_device
+        batch = block_max_batch(block_fits, room, cap, fetch[units[0]])
+        if batch:
+            batch, block_bytes = _verified_batch(units, batch, block_fits, fetch[units[0]], room, measure_block)
         if batch == 0:
             raise BudgetError(f"block {k} (units {units[0]}-{units[-1]}): its input cache "
                               f"({format_bytes(input_cache_on_device)}) and the rest of the network "
@@ -279,12 +294,26 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                                 device_headroom=headroom, host_limit=host_limit)
         on_device = placement.bytes if placement.placement == "device" else 0
         blocks.append(BlockPlan(index=k, units=tuple(units), batch_size=batch,
-                                predicted_peak_bytes=block_peak(block_fits, batch, fetch[units[0]])
-                                + input_cache_on_device + others,
+                                predicted_peak_bytes=block_bytes + input_cache_on_device + others,
                                 cache_placement=placement.placement, cache_bytes=placement.bytes,
                                 other_resident_bytes=others, caching_peak_bytes=caching + on_device if not last else 0))
         input_cache_on_device = on_device
     return blocks
+
+
+def _verified_batch(units: list[int], batch: int, fits: list[MemoryFit], image_fetch: int, room: int,
+                    measure_block: Callable[[list[int], int], int]) -> tuple[int, int]:
+    """The chosen batch, checked by measuring the whole block's step there and lowered until that fits
+    ``room`` too; returns (batch, the block's peak: the larger of prediction and measurement), batch 0
+    where not even batch 1 fits."""
+    for _ in range(VERIFY_ATTEMPTS):
+        peak = max(block_peak(fits, batch, image_fetch), measure_block(units, batch))
+        if peak <= room:
+            return batch, peak
+        if batch == 1:
+            return 0, peak
+        batch = max(1, min(batch - 1, math.floor(batch * room / peak)))
+    return 0, peak
 
 
 def _caching_peak(units: list[int], fits: list[MemoryFit], batch: int, image_fetch: int,

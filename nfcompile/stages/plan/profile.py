@@ -97,6 +97,26 @@ def profile_local_step(unit: nn.Module, head: nn.Module, in_shape: tuple[int, ..
                     section=section, device=device)
 
 
+def measure_block_step(units: list[nn.Module], heads: list[nn.Module], in_shape: tuple[int, ...], num_classes: int,
+                       batch: int, *, section: TrainSection, device: torch.device) -> int:
+    """The measured peak of a whole block's training step at ``batch``: every unit's local step in turn
+    on the block's input batch, with the block's weights and optimizer state resident (copies). The
+    per-unit fits predict it; this checks the batch a plan chose, where a kernel's scratch memory or the
+    block's input batch (alive across its units' steps) can add to what the fits see."""
+    units = [copy.deepcopy(u).to(device).train() for u in units]
+    heads = [copy.deepcopy(h).to(device).train() for h in heads]
+    optimizers = [make_optimizer([*u.parameters(), *h.parameters()], section, batch) for u, h in zip(units, heads)]
+    meter = PeakMeter(device, [*units, *heads], optimizers, exclude_resident=True)
+    for _ in range(STEPS_PER_MEASUREMENT):
+        with meter.step():
+            x, y = _input_for(in_shape, batch, device, num_classes)
+            h = x
+            for unit, head, optimizer in zip(units, heads, optimizers):
+                h, _ = local_step(unit, head, h, y, optimizer)
+            del x, y, h
+    return meter.reading.total
+
+
 def profile_backprop_step(model: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
                           batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
                           device: torch.device) -> MemoryFit:

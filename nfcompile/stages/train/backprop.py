@@ -16,7 +16,7 @@ from nfcompile.core.repro import derived_seed
 from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
 from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer,
                                 set_lr, top1_accuracy, warmup_steps)
-from nfcompile.data.batches import Augment
+from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment
 from nfcompile.learning.parallel import data_parallel, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetError
@@ -41,7 +41,9 @@ def backprop_batch_size(plan: Plan, train: TrainSection) -> tuple[int, int]:
         raise BudgetError(f"{kind} does not fit budget.memory {format_bytes(plan.budget_bytes)} even at batch "
                           f"size 1 (needs {format_bytes(memory.predicted(1))})",
                           hint="raise budget.memory, or train with train.method: neuroflux")
-    return batch, memory.predicted(batch)
+    # On CPU the epoch's sample order is held in the budget's memory beside the step (as the plan counts it).
+    held = plan.train_samples * ORDER_BYTES_PER_SAMPLE if plan.device.startswith("cpu") else 0
+    return batch, memory.predicted(batch) + held
 
 
 def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: ModelSection, train: TrainSection,
