@@ -79,6 +79,8 @@ class RunRecord(Result):
     blocks: int
     blocks_trained: int
     load_average: float  # 1-minute load average as the run started: how busy the machine was
+    # CPU: per block, the rise of the process's anonymous resident memory (the outside cross-check)
+    rss_rise_bytes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -225,6 +227,7 @@ class Workbench:
             batch_sizes=tuple(b.batch_size for b in result.blocks),
             predicted_peak_bytes=tuple(b.predicted_peak_bytes for b in result.blocks),
             measured_peak_bytes=tuple(b.measured_peak_bytes or 0 for b in result.blocks),
+            rss_rise_bytes=tuple(b.rss_rise_bytes or 0 for b in result.blocks),
             wall_seconds=wall, cpu_seconds=cpu, curve=curve,
             best_val_accuracy=curve[-1][1] if curve else None, blocks=len(result.blocks),
             blocks_trained=sum(b.trained for b in result.blocks), load_average=load)

@@ -53,10 +53,18 @@ class Stage:
     always: bool = False  # cheap and summarizing: never reused
 
 
+# Fields a stage reads only in some recipes, named "field@condition": scoring quantizes every exit
+# only where selection uses INT8 latency.
+ONLY_WHEN: dict[str, Callable[[Recipe], bool]] = {"int8-latency": lambda r: r.select.latency_format == "int8"}
+
+
 def _recipe_fields(recipe: Recipe, fields: tuple[str, ...]) -> dict[str, Any]:
     data = recipe_dict(recipe)
     picked = {}
     for dotted in fields:
+        dotted, _, condition = dotted.partition("@")
+        if condition and not ONLY_WHEN[condition](recipe):
+            continue
         value: Any = data
         for key in dotted.split("."):
             value = value[key]
@@ -455,7 +463,7 @@ def _bundle(build: Build):
 TRAINING_FIELDS = ("seed", "device", "model", "data", "budget", "train")
 SCORE_FIELDS = ("data", "bench.backend", "bench.warmup", "bench.repeats", "bench.batch_sizes", "bench.threads",
                 "bench.table", "export.exporter", "export.opset", "export.simplify", "tensorrt",
-                "select.latency_format", "quantize")
+                "select.latency_format", "quantize@int8-latency")
 
 STAGES: list[Stage] = [
     Stage("plan", TRAINING_FIELDS, _plan, Plan),

@@ -59,6 +59,8 @@ def _group(key: tuple, runs: list[TrainedRun]) -> dict[str, Any]:
         blocks.append({
             "index": index, "batch_size": first.batch_sizes[index], "predicted": predicted,
             "measured_max": max(measured, default=0),
+            "rss_rise_max": max((r.record.rss_rise_bytes[index] for r in runs
+                                 if len(r.record.rss_rise_bytes) > index), default=None),
             "errors": [relative_error(predicted, m) for m in measured],
         })
     return {"setup": setup, "budget": budget, "method": method, "variant": list(variant),
@@ -80,11 +82,12 @@ def render(result: dict[str, Any]) -> str:
         label = group["method"] + (f" ({', '.join(group['variant'])})" if group["variant"] else "")
         per_block = ", ".join(
             f"b{b['batch_size']}: {mib(b['predicted'], 2)} / {mib(b['measured_max'], 2)} ({_worst(b['errors'])})"
+            + (f", RSS +{mib(b['rss_rise_max'], 1)}" if b.get("rss_rise_max") is not None else "")
             + (" **over budget**" if b["measured_max"] > group["budget_bytes"] else "") for b in group["blocks"])
         peak = max((b["measured_max"] for b in group["blocks"]), default=0)
         rows.append([group["setup"], group["budget"], label, group["runs"], per_block,
                      f"{peak / group['budget_bytes']:.0%}"])
-    out.append(table(["setup", "budget", "contender", "runs", "per block: batch: predicted / measured (worst error)",
+    out.append(table(["setup", "budget", "contender", "runs", "per block: batch: predicted / tracked (worst error), process RSS rise",
                       "highest peak of budget"], rows))
     return "\n".join(out)
 
