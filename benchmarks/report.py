@@ -72,14 +72,20 @@ def _values(values: list[Any]) -> str:
 
 
 def merge_documents(document: dict[str, Any], later: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document: ``document`` with the comparisons of ``later`` runs appended (each keeps the
-    command, machine load and time of its own run)."""
-    merged = dict(document, comparisons=list(document["comparisons"]))
+    """One document: ``document`` with the comparisons of ``later`` runs, each of which replaces the
+    same comparison of an earlier run in its place, or joins at the end (each keeps the command,
+    machine load and time of its own run)."""
+    comparisons = list(document["comparisons"])
     for extra in later:
         for outcome in extra["comparisons"]:
-            merged["comparisons"].append({**outcome, "run": {"command": extra["command"], "started": extra["started"],
-                                                             "load_average": extra["machine"].get("load_average")}})
-    return merged
+            tagged = {**outcome, "run": {"command": extra["command"], "started": extra["started"],
+                                         "load_average": extra["machine"].get("load_average")}}
+            names = [c["name"] for c in comparisons]
+            if outcome["name"] in names:
+                comparisons[names.index(outcome["name"])] = tagged
+            else:
+                comparisons.append(tagged)
+    return dict(document, comparisons=comparisons)
 
 
 def render_results(document: dict[str, Any], results_file: str, also: Sequence[str] = ()) -> str:

@@ -287,12 +287,16 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
 
     _, _, document = suite_run
     first = {**document, "comparisons": [o for o in document["comparisons"] if o["name"] != "minimum_budget"]}
-    later = {**document, "command": "python -m benchmarks.run --only minimum_budget",
-             "comparisons": [o for o in document["comparisons"] if o["name"] == "minimum_budget"]}
-    text = render_results(merge_documents(first, [later]), "a.json + b.json", also=["b.json"])
+    later = {**document, "command": "python -m benchmarks.run --only minimum_budget ablations",
+             "comparisons": [o for o in document["comparisons"] if o["name"] in ("minimum_budget", "ablations")]}
+    merged = merge_documents(first, [later])
+    # A later run's comparison replaces the earlier one in its place; a new one joins at the end.
+    assert [o["name"] for o in merged["comparisons"]] == [o["name"] for o in first["comparisons"]] + ["minimum_budget"]
+    assert "run" in merged["comparisons"][2] and "run" not in merged["comparisons"][1]
+    text = render_results(merged, "a.json + b.json", also=["b.json"])
     assert "## Goals: does NeuroFlux pay for itself?" in text
     for goal in ("1. accuracy", "2. engine", "3. time to accuracy", "4. where only NeuroFlux trains",
                  "5. smaller deliverable"):
         assert f"| {goal} |" in text, goal
-    assert "from a later run: `python -m benchmarks.run --only minimum_budget`" in text
+    assert "from a later run: `python -m benchmarks.run --only minimum_budget ablations`" in text
     assert "--also b.json" in text
