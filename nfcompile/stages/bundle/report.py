@@ -186,7 +186,7 @@ def _plan_section(plan: Plan | None, train: TrainResult | None, image: str | Non
     lines = ["## Memory plan", "",
              f"Budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}) on {plan.device}; batch size 1 needs "
              f"at least {format_bytes(plan.min_budget_bytes)}. Auxiliary heads: {plan.head_policy}, filters "
-             f"{[u.head_filters for u in plan.units]}. {plan.accounting}", ""]
+             f"{[u.head_filters for u in plan.units]}. A block's peak counts {plan.accounting}.", ""]
     lines += _table(["block", "units", "batch", *header, "output cache"], rows)
     lines += _memory_measured(train)
     lines += [f"Same budget, same profiler: backprop fits batch {plan.backprop_batch_size or 'none'}, backprop with "
