@@ -13,3 +13,4 @@ from benchmarks.comparisons import gradient_filter  # noqa: F401
 from benchmarks.comparisons import pruning  # noqa: F401
 from benchmarks.comparisons import engine_efficiency  # noqa: F401
 from benchmarks.comparisons import minimum_budget  # noqa: F401
+from benchmarks.comparisons import accuracy_gap  # noqa: F401

@@ -1,13 +1,15 @@
 """3. Ablations: each NeuroFlux design choice switched off, one at a time, against the default.
 
-All five contenders (the default and four variants) train interleaved at one budget, repeat after
+Every contender (the default and one variant per ablation) train interleaved at one budget, repeat after
 repeat with rotating order, on the same data and seed. Each variant is compared with the default
 from the same repeat:
 
 - adaptive vs fixed-width auxiliary heads (`train.neuroflux.head.policy`): memory, batch sizes, accuracy;
 - per-block batch sizes vs one global batch (every block at the plan's smallest): time;
 - the activation cache vs recomputing the earlier blocks for every batch (`cache.placement: recompute`): time;
-- early stop of deeper blocks (`stop_stalled_blocks`) on vs off: time and the exit selection picks.
+- early stop of deeper blocks (`stop_stalled_blocks`) on vs off: time and the exit selection picks;
+- large-batch learning: every block's batch capped at 32 (`max_batch_size`: more, smaller steps per
+  epoch), and twice the learning rate (`reference_batch_size` halved): accuracy against time.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ ABLATIONS = (
     Ablation("cache", "recompute earlier blocks", "activation cache", ("train.neuroflux.cache.placement=recompute",)),
     Ablation("early_stop", "early stop on", "early stop off", ("train.neuroflux.stop_stalled_blocks=true",),
              selects_exit=True),
+    # The global-batch ablation's deeper blocks learned more per epoch at a smaller batch: is it the
+    # number of steps (the cap) or a learning rate too low for large batches (twice the lr)?
+    Ablation("batch_cap", "block batch capped at 32", "each block's largest batch",
+             ("train.neuroflux.max_batch_size=32",)),
+    Ablation("lr", "twice the learning rate", "the recipe's learning rate", ("train.reference_batch_size=32",)),
 )
 
 

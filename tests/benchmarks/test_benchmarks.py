@@ -21,7 +21,7 @@ from benchmarks.results import machine_slug, results_path  # noqa: E402
 from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
 
 SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
-         "pruning", "engine_efficiency", "minimum_budget"]
+         "pruning", "engine_efficiency", "minimum_budget", "accuracy_gap"]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -191,7 +191,7 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert set(deliverable["summary"]["throughput_gain"]) == {"1", "32"}
 
     (ablations,) = result["ablations"]["setups"]
-    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop"]
+    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap", "lr"]
     assert ablations["variants"]["fixed-width heads"]["head_filters"] == [64] * 9
     assert len(set(ablations["variants"]["one global batch"]["batch_sizes"])) == 1
     assert ablations["variants"]["recompute earlier blocks"]["cache_placements"][0] == "recompute"
@@ -280,6 +280,30 @@ def test_minimum_budgets_are_ordered_and_the_run_below_them_holds_its_budget(sui
             assert max(below["measured_peak_bytes"]) <= below["budget_bytes"]
     else:
         assert below is None
+
+
+def test_linear_probes_read_what_features_carry():
+    import numpy as np
+
+    from benchmarks.comparisons.accuracy_gap import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    informative = rng.normal(size=(600, 8)) + 3.0 * np.eye(3, 8)[labels]
+    assert probe_accuracy(informative[:400], labels[:400], informative[400:], labels[400:]) > 0.9
+    noise = rng.normal(size=(600, 8))
+    assert probe_accuracy(noise[:400], labels[:400], noise[400:], labels[400:]) < 0.5
+
+
+def test_accuracy_gap_probes_every_exit_of_both_methods(suite_run):
+    _, _, document = suite_run
+    (entry,) = _results(document)["accuracy_gap"]["setups"]
+    exits = entry["exits"]
+    assert exits and len(entry["head_val_accuracy"]) == len(exits)
+    assert set(entry["probe_val_accuracy"]) == {"neuroflux", "backprop", "untrained"}
+    for accuracies in entry["probe_val_accuracy"].values():
+        assert len(accuracies) == len(exits) and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert entry["val_samples"] == 32
 
 
 def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(suite_run):
