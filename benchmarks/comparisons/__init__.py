@@ -14,3 +14,5 @@ from benchmarks.comparisons import pruning  # noqa: F401
 from benchmarks.comparisons import engine_efficiency  # noqa: F401
 from benchmarks.comparisons import minimum_budget  # noqa: F401
 from benchmarks.comparisons import accuracy_gap  # noqa: F401
+from benchmarks.comparisons import scaling  # noqa: F401
+from benchmarks.comparisons import learning_rate  # noqa: F401

@@ -72,13 +72,18 @@ def config_lr(bench: Workbench, run_) -> float:
     return recipe.train.lr * 64 / recipe.train.reference_batch_size
 
 
-def gap_at_picked_rates(entry: dict[str, Any]) -> float | None:
-    """NeuroFlux's test accuracy minus backprop's, each at the rate validation picked for it."""
+def picked_rows(entry: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Each method's run at the rate validation picked for it (None unless every method fitted)."""
     picked = entry["picked_factor"]
     if set(picked) != set(METHODS):
         return None
-    chosen = {r["method"]: r for r in entry["rows"] if r["fits"] and r["factor"] == picked[r["method"]]}
-    return chosen["neuroflux"]["test_accuracy"] - chosen["backprop"]["test_accuracy"]
+    return {r["method"]: r for r in entry["rows"] if r["fits"] and r["factor"] == picked[r["method"]]}
+
+
+def gap_at_picked_rates(entry: dict[str, Any]) -> float | None:
+    """NeuroFlux's test accuracy minus backprop's, each at the rate validation picked for it."""
+    chosen = picked_rows(entry)
+    return None if chosen is None else chosen["neuroflux"]["test_accuracy"] - chosen["backprop"]["test_accuracy"]
 
 
 def render(result: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from benchmarks.results import machine_slug, results_path  # noqa: E402
 from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
 
 SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
-         "pruning", "engine_efficiency", "minimum_budget", "accuracy_gap"]
+         "pruning", "engine_efficiency", "minimum_budget", "accuracy_gap", "scaling", "learning_rate"]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -324,3 +324,45 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
         assert f"| {goal} |" in text, goal
     assert "from a later run: `python -m benchmarks.run --only minimum_budget ablations`" in text
     assert "--also b.json" in text
+
+
+def test_scaling_trains_one_and_two_processes_at_the_same_global_batch(suite_run):
+    from benchmarks.comparisons.scaling import render
+
+    _, _, document = suite_run
+    result = _results(document)["scaling"]
+    (one,), (two,) = result["runs"]["1"], result["runs"]["2"]
+    assert (one["world_size"], two["world_size"]) == (1, 2) and one["seed"] == two["seed"]
+    assert len(two["rank_cpu_seconds"]) == 2 and two["weights_identical"] is True
+    assert len(one["blocks"]) == len(two["blocks"]) == len(result["global_batches"]) >= 2
+    for block_one, block_two, global_batch in zip(one["blocks"], two["blocks"], result["global_batches"]):
+        # Same global batch: the two ranks split the one process's batch, over the same samples.
+        assert block_one["global_batch"] == block_two["global_batch"] == global_batch
+        assert block_one["per_rank_batch"] == 2 * block_two["per_rank_batch"]
+        assert block_one["samples"] == block_two["samples"] == result["train_samples"] * block_one["epochs"]
+        assert block_two["samples_per_second"] == pytest.approx(block_two["samples"] / block_two["train_seconds"])
+    assert result["ratio"] == [pytest.approx(two["samples_per_second"] / one["samples_per_second"])]
+    text = render(result)
+    assert "| all blocks |" in text and "CUDA/NCCL: not measured" in text
+
+
+def test_learning_rate_picks_each_methods_rate_on_validation(suite_run):
+    from benchmarks.comparisons.learning_rate import gap_at_picked_rates
+
+    _, _, document = suite_run
+    (entry,) = _results(document)["learning_rate"]["setups"]
+    rows = {(r["method"], r["factor"]): r for r in entry["rows"] if r["fits"]}
+    assert {("neuroflux", 1), ("neuroflux", 2)} <= set(rows)
+    assert rows[("neuroflux", 2)]["lr"] == pytest.approx(2 * rows[("neuroflux", 1)]["lr"])
+    for method, factor in entry["picked_factor"].items():
+        # The pick is the validation winner, whatever the test split says.
+        assert rows[(method, factor)]["val_accuracy"] == max(r["val_accuracy"] for (m, _), r in rows.items()
+                                                             if m == method)
+    if set(entry["picked_factor"]) == {"neuroflux", "backprop"}:
+        picked = {m: rows[(m, f)]["test_accuracy"] for m, f in entry["picked_factor"].items()}
+        assert gap_at_picked_rates(entry) == pytest.approx(picked["neuroflux"] - picked["backprop"])
+        # Goal 1 is also read at the picked rates, beside the recipe's rate.
+        from benchmarks.goals import render_goals
+
+        row = next(line for line in render_goals(document).splitlines() if "validation picked for it" in line)
+        assert f"{gap_at_picked_rates(entry) * 100:+.2f} pt" in row
