@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.comparisons.learning_rate import picked_rows
 from benchmarks.markdown import DASH, mib, table
 
 ACCURACY_ANCHOR = ("AugLocal about 0.65 pt behind backprop per layer on CIFAR-10, InfoPro 0.8 pt at 4 modules, "
@@ -34,6 +35,17 @@ def _accuracy_rows(results: dict[str, Any]) -> list[list[Any]]:
                          f"validation) {best:.1%} vs backprop's full model {full:.1%} on the test split, same "
                          f"epoch budget", f"{delta:+.2f} pt", "within 1.0 pt (stretch 0.5)",
                          _verdict(delta, -1.0), ACCURACY_ANCHOR])
+    for entry in results.get("learning_rate", {}).get("setups", []):
+        chosen = picked_rows(entry)
+        if chosen is None:
+            continue
+        nf, bp = chosen["neuroflux"], chosen["backprop"]
+        delta = (nf["test_accuracy"] - bp["test_accuracy"]) * 100
+        rows.append(["1. accuracy", f"{entry['setup']}, each method at the learning rate validation picked for it "
+                     f"(NeuroFlux x{nf['factor']}, backprop x{bp['factor']} the recipe's): NeuroFlux's best exit "
+                     f"(exit_{nf['exit']:02d}) {nf['test_accuracy']:.1%} vs backprop's {bp['test_accuracy']:.1%} on "
+                     "the test split", f"{delta:+.2f} pt", "within 1.0 pt (stretch 0.5)", _verdict(delta, -1.0),
+                     ACCURACY_ANCHOR])
     return rows
 
 
