@@ -1,9 +1,10 @@
-"""Scaling: block training on 1 and 2 processes (torchrun, gloo, one thread each), same global batch.
+"""Scaling: block training on 1 and 2 processes (torchrun), same global batch.
 
 Both world sizes are real `torch.distributed.run --standalone` jobs of `benchmarks/scaling_worker.py`, which
 trains exactly as `nfcompile build`'s train stage does (`distributed_job`, then `train_model`: one DDP
 per unit+head, sharded training and validation sets and caches, validation counts summed over the
-ranks). They train the same plan, made once here for one process: the suite's first setup (ResNet-18)
+ranks): on the CPU with gloo and one thread per process; with `--device cuda` on a machine with two or
+more GPUs, with nccl and one GPU per process (`LOCAL_RANK`). They train the same plan, made once here for one process: the suite's first setup (ResNet-18)
 at the ablation budget. The same global batch per block: the 1-process job trains every block at the
 plan's batch rounded down to an even number b, the 2-process job at b/2 per rank; with the shard half
 the size, every epoch takes the same optimizer steps, over the same global batch, at the same
@@ -58,10 +59,20 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _launch(job: Path, world: int) -> dict[str, Any]:
+def backend_for(device: str, cuda_devices: int) -> str | None:
+    """nccl with one GPU per process where the suite runs on CUDA with two GPUs or more, gloo on the CPU;
+    None where the suite runs on CUDA with fewer than two GPUs (nothing to scale out to)."""
+    if device.startswith("cuda"):
+        return "nccl" if cuda_devices >= len(WORLD_SIZES) else None
+    return "gloo"
+
+
+def _launch(job: Path, world: int, backend: str) -> dict[str, Any]:
     """One torchrun job of the worker; returns rank 0's record plus the job's wall, children CPU, load."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if backend == "gloo":
+        env["OMP_NUM_THREADS"] = "1"  # one thread per process: two processes on the two cores
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
                "-m", "benchmarks.scaling_worker", str(job)]
     load_before = list(os.getloadavg())
@@ -97,10 +108,16 @@ def run(bench: Workbench) -> dict[str, Any]:
     from nfcompile.recipe import recipe_dict
 
     config = bench.config
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend = backend_for(config.device, cuda_devices)
+    if backend is None:
+        raise RuntimeError(f"the suite runs on {config.device} and this machine has {cuda_devices} CUDA device(s): "
+                           "scaling needs two GPUs (or run it on the CPU)")
     setup = config.setups[0]
     epochs = min(EPOCHS, bench.recipe(setup).train.epochs)
     rounds = ROUNDS if config.mode == "full" else 1
-    overrides = ("threads=1", "distributed.backend=gloo", f"train.epochs={epochs}")
+    overrides = (*(("threads=1",) if backend == "gloo" else ()), f"distributed.backend={backend}",
+                 f"train.epochs={epochs}")
     recipe = bench.recipe(setup, config.ablation_budget, overrides)
     plan = bench.plan(recipe)
     train_samples = len(bench.data(recipe).train)
@@ -114,7 +131,7 @@ def run(bench: Workbench) -> dict[str, Any]:
             job = folder / f"round{round_}-world{world}.json"
             job.write_text(json.dumps({"recipe": recipe_dict(recipe), "plan": _plan_for(plan, global_batches, world)
                                        .to_dict(), "seed": seed, "out": str(folder / f"round{round_}-world{world}")}))
-            record = _launch(job, world)
+            record = _launch(job, world, backend)
             result = record.pop("result")
             record["blocks"] = _block_figures(result, world, train_samples)
             record["best_exit_val_accuracy"] = max(result["exit_val_accuracy"], default=None)
@@ -126,11 +143,12 @@ def run(bench: Workbench) -> dict[str, Any]:
     ratios = [two["samples_per_second"] / one["samples_per_second"] for one, two in zip(runs["1"], runs["2"])]
     block_ratios = [[b2["samples_per_second"] / b1["samples_per_second"]
                      for b1, b2 in zip(one["blocks"], two["blocks"])] for one, two in zip(runs["1"], runs["2"])]
-    return {"setup": setup.name, "budget": config.ablation_budget, "epochs": epochs, "rounds": rounds,
+    return {"setup": setup.name, "budget": config.ablation_budget, "backend": backend, "epochs": epochs,
+            "rounds": rounds,
             "train_samples": train_samples, "val_samples": len(bench.data(recipe).val),
             "plan_batches": [b.batch_size for b in plan.blocks], "global_batches": global_batches,
             "runs": runs, "ratio": ratios, "block_ratio": block_ratios,
-            "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+            "cuda_devices": cuda_devices}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -148,11 +166,14 @@ def _range(values: list[float | None], fmt: str) -> str | None:
 
 def render(result: dict[str, Any]) -> str:
     one, two = result["runs"]["1"], result["runs"]["2"]
+    backend = result.get("backend", "gloo")  # results from before the CUDA variant ran gloo
+    per_process = ("gloo, `threads: 1` and OMP_NUM_THREADS=1 per process" if backend == "gloo"
+                   else f"{backend}, one GPU per process")
     out = [(f"**{result['setup']}** at the {result['budget']} budget, {result['train_samples']} training images, "
            f"{result['epochs']} epochs per block (fewer than the other comparisons, to keep the jobs short), "
            f"{result['rounds']} round(s) of a 1-process and a 2-process job, alternating which goes first. Each job is "
            "`python -m torch.distributed.run --standalone --nproc-per-node N -m benchmarks.scaling_worker JOB` "
-           "(gloo, `threads: 1` and OMP_NUM_THREADS=1 per process), training the plan made once for one process "
+           f"({per_process}), training the plan made once for one process "
            f"(blocks at {batches(result['plan_batches'])}) with every block at the same **global** batch "
            f"({batches(result['global_batches'])}, rounded down to even): one process at b, two at b/2 each on "
            "half the training set, so both take the same optimizer steps at the same learning rate. Samples/s = "
@@ -184,9 +205,10 @@ def render(result: dict[str, Any]) -> str:
                      ", ".join(f"{r['load_before'][0]:.1f}→{r['load_after'][0]:.1f}" for r in records)])
     out.append(table(["processes", "training s (epochs)", "job wall s", "job CPU s (all processes)",
                       "train_model CPU s (ranks summed)", "load (1 min) before→after, per round"], jobs))
-    devices = result.get("cuda_devices", 0)
-    out.append(f"CUDA/NCCL: not measured. This machine has {devices} CUDA device(s) and no GPU was lent to this "
-               "run; the CUDA/NCCL variant (one process per GPU) is not implemented in this comparison yet.\n")
+    if backend == "gloo":
+        out.append(f"CUDA/NCCL: not measured. This run trained on the CPU, on a machine with "
+                   f"{result.get('cuda_devices', 0)} CUDA device(s); `python -m benchmarks.run --device cuda --only "
+                   "scaling` on a machine with two GPUs or more runs the same jobs with nccl, one GPU per process.\n")
     return "\n".join(out)
 
 

@@ -366,3 +366,11 @@ def test_learning_rate_picks_each_methods_rate_on_validation(suite_run):
 
         row = next(line for line in render_goals(document).splitlines() if "validation picked for it" in line)
         assert f"{gap_at_picked_rates(entry) * 100:+.2f} pt" in row
+
+
+def test_scaling_runs_nccl_only_on_cuda_with_two_gpus():
+    from benchmarks.comparisons.scaling import backend_for
+
+    assert backend_for("cpu", 0) == backend_for("cpu", 8) == "gloo"
+    assert backend_for("cuda", 0) is None and backend_for("cuda:0", 1) is None
+    assert backend_for("cuda", 2) == backend_for("cuda", 8) == "nccl"
