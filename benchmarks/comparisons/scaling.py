@@ -1,20 +1,21 @@
 """Scaling: block training on 1 and 2 processes (torchrun), same global batch.
 
-Both world sizes are real `torch.distributed.run --standalone` jobs of `benchmarks/scaling_worker.py`, which
-trains exactly as `nfcompile build`'s train stage does (`distributed_job`, then `train_model`: one DDP
-per unit+head, sharded training and validation sets and caches, validation counts summed over the
+Both world sizes are real `torch.distributed.run --standalone` jobs of `benchmarks/scaling_worker.py`,
+which trains exactly as `nfcompile build`'s train stage does (`distributed_job`, then `train_model`: one
+DDP per unit+head, sharded training and validation sets and caches, validation counts summed over the
 ranks): on the CPU with gloo and one thread per process; with `--device cuda` on a machine with two or
-more GPUs, with nccl and one GPU per process (`LOCAL_RANK`). They train the same plan, made once here for one process: the suite's first setup (ResNet-18)
-at the ablation budget. The same global batch per block: the 1-process job trains every block at the
-plan's batch rounded down to an even number b, the 2-process job at b/2 per rank; with the shard half
-the size, every epoch takes the same optimizer steps, over the same global batch, at the same
-learning rate (scaled to world size x per-rank batch). `nfcompile build --nproc 2` would instead plan
-per process under the same budget and train each rank at about the 1-process batch, doubling the
-global batch: that measures something else (a larger batch), so this comparison fixes the plan.
+more GPUs, with nccl and one GPU per process (`LOCAL_RANK`). They train the same plan, made once here
+for one process: the suite's first setup (ResNet-18) at the ablation budget. The same global batch per
+block: the 1-process job trains every block at the plan's batch rounded down to an even number b, the
+2-process job at b/2 per rank; with the shard half the size, every epoch takes the same optimizer steps,
+over the same global batch, at the same learning rate (scaled to world size x per-rank batch).
+`nfcompile build --nproc 2` would instead plan per process under the same budget and train each rank at
+about the 1-process batch, doubling the global batch: that measures something else (a larger batch), so
+this comparison fixes the plan.
 
-Per block: samples/s = samples trained (world size x shard length x epochs) / the block's epoch
-seconds on rank 0 (its steps and its per-epoch sharded validation; not the plan, process start, data
-loading, or the caching pass after the block, reported beside). The runs alternate 1, 2, 2, 1, ...
+Per block: samples/s = samples trained (world size x shard length x epochs) / the block's epoch seconds
+on rank 0 (its steps and its per-epoch sharded validation; not the plan, process start, data loading, or
+the caching pass after the block, reported beside). The runs alternate 1, 2, 2, 1, ...
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ def run(bench: Workbench) -> dict[str, Any]:
 
     config = bench.config
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    backend = backend_for(config.device, cuda_devices)
+    backend = backend_for(bench.device.type, cuda_devices)  # the resolved device: --device auto too
     if backend is None:
-        raise RuntimeError(f"the suite runs on {config.device} and this machine has {cuda_devices} CUDA device(s): "
+        raise RuntimeError(f"the suite runs on {bench.device} and this machine has {cuda_devices} CUDA device(s): "
                            "scaling needs two GPUs (or run it on the CPU)")
     setup = config.setups[0]
     epochs = min(EPOCHS, bench.recipe(setup).train.epochs)
