@@ -40,7 +40,7 @@ log = get_logger("nfcompile.benchmarks")
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     names = [c.name for c in list_comparisons()]
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one repeat, two budgets, shorter schedules (~8 min)")
+    parser.add_argument("--quick", action="store_true", help="one repeat, two budgets, shorter schedules (~23 min)")
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"run only these: {', '.join(names)}")
     parser.add_argument("--list", action="store_true", help="list the comparisons and exit")
     parser.add_argument("--repeats", type=int, help="repeats per comparison (default: 3, pruning 5; 1 with --quick)")
