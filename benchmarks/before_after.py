@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,22 +22,19 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.cpu import children_cpu_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SUFFIX = "quickstart-before-after.json"
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _build(tree: Path, recipe: str, out: Path) -> dict:
     load_before = list(os.getloadavg())
-    cpu_before, started = _children_cpu(), time.perf_counter()
+    cpu_before, started = children_cpu_seconds(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "nfcompile", "-q", "build", recipe, "--out", str(out)], cwd=tree,
                           capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
+    wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu_before
     entry = {"exit_code": done.returncode, "wall_seconds": wall, "cpu_seconds": cpu,
              "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
     manifests = sorted(out.glob("*/*/manifest.json"), key=lambda p: p.stat().st_mtime)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -24,11 +23,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     def train(meter: str, folder: str) -> dict:
         memory.BlockMeter.__enter__, memory.BlockMeter.__exit__ = (
             shipped if meter == "on" else (lambda self: self, null_exit))
-        load, cpu, started = os.getloadavg()[0], _cpu(), time.perf_counter()
+        load, cpu, started = os.getloadavg()[0], time.process_time(), time.perf_counter()
         try:
             trained = nfcompile.train(REPO / args.recipe, ["log.tensorboard=false"], out_dir=folder)
         finally:
             memory.BlockMeter.__enter__, memory.BlockMeter.__exit__ = shipped
         return {"meter": meter, "block_seconds": sum(b.seconds for b in trained.train.blocks),
-                "wall_seconds": time.perf_counter() - started, "cpu_seconds": _cpu() - cpu, "load_before": load}
+                "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+                "load_before": load}
 
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="nfcompile-meter-overhead-") as folder:

@@ -21,7 +21,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
+
+from benchmarks.cpu import children_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = {
@@ -44,15 +45,12 @@ def _spin(stop) -> None:  # the other busy process: one core, pure Python
 
 
 def _run(env: dict[str, str], threads: str, epochs: int, out: Path) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
+    before, started = children_cpu_seconds(), time.perf_counter()
     subprocess.run([sys.executable, "-m", "nfcompile", "-q", "train", str(REPO / "recipes" / "quickstart.yaml"),
                     "--out", str(out), "--set", f"train.epochs={epochs}", "--set", threads],
                    env={**os.environ, **env}, check=True, capture_output=True, cwd=REPO)
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_seconds": wall, "cpu_seconds": cpu}
+    return {"wall_seconds": wall, "cpu_seconds": children_cpu_seconds() - before}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,13 +24,13 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import children_cpu_seconds
 from benchmarks.markdown import batches, table
 from benchmarks.registry import Comparison, register_comparison
 from benchmarks.workbench import Workbench
@@ -55,11 +55,6 @@ def _plan_for(plan, global_batches: list[int], world: int):
                                val_samples=math.ceil(plan.val_samples / world))
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def backend_for(device: str, cuda_devices: int) -> str | None:
     """nccl with one GPU per process where the suite runs on CUDA with two GPUs or more, gloo on the CPU;
     None where the suite runs on CUDA with fewer than two GPUs (nothing to scale out to)."""
@@ -77,10 +72,10 @@ def _launch(job: Path, world: int, backend: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
                "-m", "benchmarks.scaling_worker", str(job)]
     load_before = list(os.getloadavg())
-    cpu, wall = _children_cpu(), time.perf_counter()
+    cpu, wall = children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_SECONDS)
-    wall, cpu = time.perf_counter() - wall, _children_cpu() - cpu
+    wall, cpu = time.perf_counter() - wall, children_cpu_seconds() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"{world}-process job failed ({done.returncode}): {done.stderr[-2000:]}")
     record = json.loads(job.with_suffix(".out.json").read_text())
@@ -145,16 +140,10 @@ def run(bench: Workbench) -> dict[str, Any]:
     block_ratios = [[b2["samples_per_second"] / b1["samples_per_second"]
                      for b1, b2 in zip(one["blocks"], two["blocks"])] for one, two in zip(runs["1"], runs["2"])]
     return {"setup": setup.name, "budget": config.ablation_budget, "backend": backend, "epochs": epochs,
-            "rounds": rounds,
-            "train_samples": train_samples, "val_samples": len(bench.data(recipe).val),
+            "rounds": rounds, "train_samples": train_samples, "val_samples": len(bench.data(recipe).val),
             "plan_batches": [b.batch_size for b in plan.blocks], "global_batches": global_batches,
             "runs": runs, "ratio": ratios, "block_ratio": block_ratios,
             "cuda_devices": cuda_devices}
-
-
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def _range(values: list[float | None], fmt: str) -> str | None:
