@@ -33,7 +33,7 @@ def _accuracy_rows(results: dict[str, Any]) -> list[list[Any]]:
             delta = None if best is None or full is None else (best - full) * 100
             rows.append(["1. accuracy", f"{entry['setup']}: NeuroFlux's best exit ({r['best_exit']['name']}, picked on "
                          f"validation) {best:.1%} vs backprop's full model {full:.1%} on the test split, same "
-                         f"epoch budget", f"{delta:+.2f} pt", "within 1.0 pt (stretch 0.5)",
+                         f"epoch budget, each at its default rate", f"{delta:+.2f} pt", "within 1.0 pt (stretch 0.5)",
                          _verdict(delta, -1.0), ACCURACY_ANCHOR])
     for entry in results.get("learning_rate", {}).get("setups", []):
         chosen = picked_rows(entry)
@@ -42,7 +42,7 @@ def _accuracy_rows(results: dict[str, Any]) -> list[list[Any]]:
         nf, bp = chosen["neuroflux"], chosen["backprop"]
         delta = (nf["test_accuracy"] - bp["test_accuracy"]) * 100
         rows.append(["1. accuracy", f"{entry['setup']}, each method at the learning rate validation picked for it "
-                     f"(NeuroFlux x{nf['factor']}, backprop x{bp['factor']} the recipe's): NeuroFlux's best exit "
+                     f"(NeuroFlux x{nf['factor']}, backprop x{bp['factor']} its default): NeuroFlux's best exit "
                      f"(exit_{nf['exit']:02d}) {nf['test_accuracy']:.1%} vs backprop's {bp['test_accuracy']:.1%} on "
                      "the test split", f"{delta:+.2f} pt", "within 1.0 pt (stretch 0.5)", _verdict(delta, -1.0),
                      ACCURACY_ANCHOR])

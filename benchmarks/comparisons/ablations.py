@@ -9,7 +9,8 @@ from the same repeat:
 - the activation cache vs recomputing the earlier blocks for every batch (`cache.placement: recompute`): time;
 - early stop of deeper blocks (`stop_stalled_blocks`) on vs off: time and the exit selection picks;
 - large-batch learning: every block's batch capped at 32 (`max_batch_size`: more, smaller steps per
-  epoch), and twice the learning rate (`reference_batch_size` halved): accuracy against time.
+  epoch), and NeuroFlux at backprop's learning rate (`neuroflux.lr_scale: 1` against the default 2):
+  accuracy against time.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ ABLATIONS = (
     Ablation("early_stop", "early stop on", "early stop off", ("train.neuroflux.stop_stalled_blocks=true",),
              selects_exit=True),
     # The global-batch ablation's deeper blocks learned more per epoch at a smaller batch: is it the
-    # number of steps (the cap) or a learning rate too low for large batches (twice the lr)?
+    # number of steps (the cap) or a learning rate too low for large batches (NeuroFlux's own rate)?
     Ablation("batch_cap", "block batch capped at 32", "each block's largest batch",
              ("train.neuroflux.max_batch_size=32",)),
-    Ablation("lr", "twice the learning rate", "the recipe's learning rate", ("train.reference_batch_size=32",)),
+    Ablation("lr", "backprop's learning rate (lr_scale 1)", "twice backprop's rate (lr_scale 2)",
+             ("train.neuroflux.lr_scale=1",)),
 )
 
 

@@ -178,6 +178,10 @@ class CacheSection(Section):
 class NeuroFluxSection(Section):
     head: HeadSection = HeadSection()
     cache: CacheSection = CacheSection()
+    lr_scale: Annotated[float, Field(gt=0.0, le=16.0)] = Field(
+        2.0, description="NeuroFlux's units train at train.lr times this. A unit learns from its shallow "
+        "auxiliary head, not from the whole network's gradient: validation picked twice backprop's rate in all "
+        "four benchmark setups (benchmarks comparison 12).")
     block_split_ratio: Annotated[float, Field(ge=1.0)] = Field(
         2.0, description="Start a new block where a unit's largest batch differs from the block's by more "
         "than this factor.")

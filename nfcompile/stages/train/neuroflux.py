@@ -112,7 +112,9 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     units = [net.units[i].to(device) for i in block.units]
     heads = [net.heads[str(i)].to(device) for i in block.units]
     batch = block.batch_size
-    optimizers = [make_optimizer([*u.parameters(), *h.parameters()], train, global_batch(batch))
+    # NeuroFlux's own rate: the shared train.lr times neuroflux.lr_scale.
+    local = train.model_copy(update={"lr": train.lr * train.neuroflux.lr_scale})
+    optimizers = [make_optimizer([*u.parameters(), *h.parameters()], local, global_batch(batch))
                   for u, h in zip(units, heads)]
     steps_per_epoch = math.ceil(len(train_in) / batch)
     total_steps = train.epochs * steps_per_epoch
@@ -139,7 +141,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     try:
         # The block is judged by its last unit: that is what the next block learns from.
         outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                      lr_at=lr_schedule(train, global_batch(batch), total_steps,
+                      lr_at=lr_schedule(local, global_batch(batch), total_steps,
                                         warmup_steps(steps_per_epoch, total_steps)),
                       generator_for=rank_generators(lambda epoch: generator, seed, "block", block.index),
                       train_modules=[*units, *heads], evaluate=synced_evaluate(evaluate, [*units, *heads], val_in),
