@@ -181,7 +181,8 @@ class NeuroFluxSection(Section):
     lr_scale: Annotated[float, Field(gt=0.0, le=16.0)] = Field(
         2.0, description="NeuroFlux's units train at train.lr times this. A unit learns from its shallow "
         "auxiliary head, not from the whole network's gradient: validation picked twice backprop's rate in all "
-        "four benchmark setups (benchmarks comparison 12).")
+        "four benchmark setups (benchmarks comparison 12), at batches up to about 100. Where blocks train at "
+        "batches of several hundred the scaled rate is large already: the quickstart keeps 1.")
     block_split_ratio: Annotated[float, Field(ge=1.0)] = Field(
         2.0, description="Start a new block where a unit's largest batch differs from the block's by more "
         "than this factor.")
