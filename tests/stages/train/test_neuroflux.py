@@ -148,6 +148,16 @@ def test_stalled_blocks_are_skipped(data, tmp_path):
     assert outcome.result.exit_units == tuple(u for b in outcome.result.blocks if b.trained for u in b.units)
 
 
+def test_blocks_train_at_the_recipes_rate_times_lr_scale(data, tmp_path):
+    rates = {}
+    for scale in (1.0, 2.0):
+        train = _train_section(lr_scale=scale).model_copy(update={"epochs": 2})
+        outcome = _train(_plan(train, data), train, data, tmp_path / str(scale))
+        rates[scale] = [[epoch.lr for epoch in block.history] for block in outcome.result.blocks]
+    assert all(lr > 0 for block in rates[1.0] for lr in block) and len(rates[1.0]) >= 2
+    assert rates[2.0] == [pytest.approx([2 * lr for lr in block]) for block in rates[1.0]]
+
+
 def test_backprop_baseline_uses_the_profiled_batch(tmp_path):
     plan, result, train_samples = _fresh(tmp_path, method="backprop", budget="4MiB")
     (block,) = result.blocks
