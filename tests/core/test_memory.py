@@ -28,6 +28,19 @@ def test_live_tensor_bytes_counts_allocations_and_frees():
     del b, c
 
 
+def test_every_tensor_an_operator_returns_is_counted_whatever_the_container():
+    """Operators return a tensor, a tuple (a named one too), a list, or (rarely) nested containers: the
+    tracker reads the first three directly and must still see every tensor in each."""
+    x = torch.zeros(8, 10)  # created before: not counted
+    with LiveTensorBytes() as tracker:
+        parts = torch.split(torch.ones(40), 10)  # ones: 160 bytes; the parts are views of it
+        values, indices = torch.max(x, dim=1)  # a named tuple: 32 + 64 bytes
+        summed = torch._foreach_add([x, x], 1.0)  # a list: 2 x 320 bytes
+    assert tracker.peak == 160 + 32 + 64 + 2 * 320
+    del parts, values, indices, summed
+    assert tracker.current == 0
+
+
 def test_peak_matches_torch_memtracker_on_a_training_step():
     from torch.distributed._tools.mem_tracker import MemTracker
 
