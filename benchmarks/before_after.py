@@ -6,7 +6,7 @@ Each round builds the recipe once with the code of ``REV`` (a `git worktree` of 
 folder) and once with this working tree, one after the other, each in its own process with the same
 interpreter. Per build it records every stage's seconds (from the bundle's manifest), the wall time,
 the CPU time of the process (user + system, from `resource.getrusage` of the children), and the
-machine's load before and after. Writes `benchmarks/results/<date>-quickstart-before-after.json`;
+machine's load before and after. Writes `benchmarks/results/<date>-quickstart-before-after.json` (`-2`, `-3`... when taken);
 `benchmarks.comparisons.pipeline_overhead` renders the latest one into comparison 5.
 """
 
@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.cpu import children_cpu_seconds
+from benchmarks.results import unused_path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SUFFIX = "quickstart-before-after.json"
+NAME = "quickstart-before-after"  # files: <date>-NAME.json, then <date>-NAME-2.json, ...
 
 
 def _build(tree: Path, recipe: str, out: Path) -> dict:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 "after_dirty": dirty, "date": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
                 "command": " ".join(["python -m benchmarks.before_after", *(argv or sys.argv[1:])]), "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{started:%Y-%m-%d}-{SUFFIX}"
+    path = unused_path(RESULTS, f"{started:%Y-%m-%d}-{NAME}")
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(path)
     return 0 if all(run["exit_code"] == 0 for run in runs) else 1

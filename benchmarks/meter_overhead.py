@@ -7,7 +7,7 @@ round once with `core.memory.BlockMeter` as shipped and once with a meter that m
 alternating which goes first. The null meter is swapped in here, not offered as a recipe option: the
 budget promise needs the meter on every real run. Per run it records the blocks' training seconds
 (what the meter is active over), the wall and CPU time of the call and the load; the ratio on / off is
-paired within each round. Writes `benchmarks/results/<date>-meter-overhead.json`.
+paired within each round. Writes `benchmarks/results/<date>-meter-overhead.json` (`-2`, `-3`... when taken).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from benchmarks.results import unused_path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": " ".join(["python -m benchmarks.meter_overhead", *(argv or sys.argv[1:])]),
                 "runs": runs, "ratio_on_off": ratios}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{started:%Y-%m-%d}-meter-overhead.json"
+    path = unused_path(RESULTS, f"{started:%Y-%m-%d}-meter-overhead")
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(path)
     for ratio in ratios:

@@ -43,7 +43,11 @@ def machine_slug(fingerprint: dict[str, Any]) -> str:
 
 
 def results_path(folder: Path, started: datetime, slug: str, mode: str) -> Path:
-    stem = f"{started:%Y-%m-%d}-{slug}" + ("" if mode == "full" else f"-{mode}")
+    return unused_path(folder, f"{started:%Y-%m-%d}-{slug}" + ("" if mode == "full" else f"-{mode}"))
+
+
+def unused_path(folder: Path, stem: str) -> Path:
+    """``folder/stem.json``, or ``stem-2.json``, ``stem-3.json``...: a results file is never overwritten."""
     path = Path(folder) / f"{stem}.json"
     number = 2
     while path.exists():

@@ -110,10 +110,11 @@ def render(result: dict[str, Any]) -> str:
 
 def latest_before_after() -> Path | None:
     """The newest results file of `python -m benchmarks.before_after`, if any was committed."""
-    from benchmarks.before_after import RESULTS, SUFFIX
+    from benchmarks.before_after import NAME, RESULTS
 
-    found = sorted(RESULTS.glob(f"*-{SUFFIX}"))
-    return found[-1] if found else None
+    found = [*RESULTS.glob(f"*-{NAME}.json"), *RESULTS.glob(f"*-{NAME}-*.json")]
+    # Newest by the date each file records: a day's second file (-2) does not sort after its first.
+    return max(found, key=lambda path: (read_json(path).get("date", ""), path.name)) if found else None
 
 
 def render_before_after(document: dict[str, Any], name: str) -> str:

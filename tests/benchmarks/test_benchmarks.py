@@ -118,6 +118,24 @@ def test_results_files_are_named_by_date_and_machine_and_never_overwritten(tmp_p
     assert results_path(tmp_path, when, slug, "quick").name == f"2025-01-02-{slug}-quick.json"
 
 
+def test_comparison_5_reads_the_newest_before_after_file_of_a_day_with_two(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.before_after as before_after
+    from benchmarks.comparisons.pipeline_overhead import latest_before_after
+    from benchmarks.results import unused_path
+
+    monkeypatch.setattr(before_after, "RESULTS", tmp_path)
+    first = unused_path(tmp_path, f"2025-01-02-{before_after.NAME}")
+    first.write_text(json.dumps({"date": "2025-01-02T10:00:00+00:00"}))
+    second = unused_path(tmp_path, f"2025-01-02-{before_after.NAME}")
+    second.write_text(json.dumps({"date": "2025-01-02T18:00:00+00:00"}))
+    assert second.name == f"2025-01-02-{before_after.NAME}-2.json"
+    assert latest_before_after() == second
+    (tmp_path / f"2025-01-01-{before_after.NAME}.json").write_text(json.dumps({"date": "2025-01-01T23:00:00+00:00"}))
+    assert latest_before_after() == second
+
+
 # --------------------------------------------------------------------------- the whole suite, tiny
 
 
