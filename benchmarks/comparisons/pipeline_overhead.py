@@ -121,23 +121,34 @@ def render_before_after(document: dict[str, Any], name: str) -> str:
     """The quickstart built by an earlier revision and by this one, interleaved in one run."""
     runs = document["runs"]
     stages = ("plan", "train", "score", "select", "export", "bench", "bundle")
-    header = ["round", "code", *(f"{s} s" for s in stages), "score / train", "build wall s", "build CPU s",
-              "load before -> after (1 min)"]
+    header = ["round", "code", *(f"{s} s" for s in stages), "plan / train", "score / train", "build wall s",
+              "build CPU s", "load before -> after (1 min)"]
     rows = []
+    train_seconds: dict[tuple[int, str], float] = {}
     for run in runs:
         seconds = {k: v["seconds"] for k, v in run.get("stages", {}).items() if v["status"] in RAN}
-        share = (f"{seconds['score'] / seconds['train'] * 100:.0f}%" if seconds.get("train") and "score" in seconds
-                 else "–")
+        shares = [f"{seconds[s] / seconds['train'] * 100:.0f}%" if seconds.get("train") and s in seconds else "–"
+                  for s in ("plan", "score")]
+        if seconds.get("train"):
+            train_seconds[(run["round"], run["code"])] = seconds["train"]
         rows.append([run["round"], run["code"], *(f"{seconds[s]:.1f}" if s in seconds else "–" for s in stages),
-                     share, f"{run['wall_seconds']:.1f}", f"{run['cpu_seconds']:.1f}",
+                     *shares, f"{run['wall_seconds']:.1f}", f"{run['cpu_seconds']:.1f}",
                      f"{run['load_average_before'][0]:.2f} -> {run['load_average_after'][0]:.2f}"])
+    # Training changes between revisions too (what a block measures, the batches the plan checks), so
+    # plan and scoring are read against each build's own training, and the training ratio is shown.
+    ratios = sorted(train_seconds[(r, "after")] / train_seconds[(r, "before")]
+                    for r in {run["round"] for run in runs}
+                    if (r, "after") in train_seconds and (r, "before") in train_seconds)
+    training = (f" Training itself took {ratios[0]:.2f}-{ratios[-1]:.2f}x as long after as before in the same "
+                "round, so plan and scoring are compared as shares of each build's own training."
+                if ratios else "")
     return "\n".join([
         f"**Quickstart before and after** (`{document['command']}`, {name}): `{document['recipe']}` built by "
         f"{document['before'][:10]} (before) and {document['after'][:10]}"
         f"{' plus uncommitted changes' if document.get('after_dirty') else ''} (after), one build after the other "
         f"in each round on {document['cpu_count']} CPUs. CPU time is the build process's user + system time; the "
         "load average (1 min) before and after each build says how busy the machine was (other users' jobs "
-        "included). Training is not what changed: compare score with train within each build.\n",
+        f"included).{training}\n",
         table(header, rows)])
 
 

@@ -136,6 +136,23 @@ def test_comparison_5_reads_the_newest_before_after_file_of_a_day_with_two(tmp_p
     assert latest_before_after() == second
 
 
+def test_comparison_5_states_how_training_itself_changed_and_each_builds_shares():
+    from benchmarks.comparisons.pipeline_overhead import render_before_after
+
+    def run(round_, code, plan, train, score):
+        stages = {name: {"seconds": s, "status": "ok"} for name, s in (("plan", plan), ("train", train), ("score", score))}
+        return {"round": round_, "code": code, "stages": stages, "wall_seconds": 60.0, "cpu_seconds": 90.0,
+                "load_average_before": [0.5, 0.5, 0.5], "load_average_after": [1.0, 1.0, 1.0]}
+
+    document = {"command": "python -m benchmarks.before_after --before abc", "recipe": "recipes/quickstart.yaml",
+                "before": "a" * 40, "after": "b" * 40, "cpu_count": 2,
+                "runs": [run(1, "before", 10.0, 20.0, 25.0), run(1, "after", 6.0, 30.0, 9.0),
+                         run(2, "before", 10.0, 25.0, 25.0), run(2, "after", 6.0, 30.0, 9.0)]}
+    text = render_before_after(document, "x.json")
+    assert "Training itself took 1.20-1.50x as long after as before" in text
+    assert "| 1 | after | 6.0 | 30.0 | 9.0 | – | – | – | – | 20% | 30% |" in text
+
+
 # --------------------------------------------------------------------------- the whole suite, tiny
 
 
