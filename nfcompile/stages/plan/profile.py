@@ -63,7 +63,9 @@ def _timed_step(run_step: Callable[[], object], device: torch.device) -> float:
 
 def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], num_classes: int, *,
              batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
-             device: torch.device) -> MemoryFit:
+             device: torch.device, timed_step: bool = True) -> MemoryFit:
+    """``timed_step``: also time one step at the largest batch measured (the plan records the time per
+    sample of every unit; the backprop baselines' would be thrown away, so they skip it)."""
     measured: dict[int, int] = {}
     persistent = 0
     timed: tuple[int, list[nn.Module], torch.optim.Optimizer] | None = None
@@ -98,6 +100,8 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
         # At most 4x beyond what was measured: a line through the flat optimizer regime can point
         # far past the budget, and a measurement there costs time without adding information.
         measure(min(target, largest * MAX_STEP_UP))
+    if not timed_step:
+        return fit_memory(list(measured.items()), persistent)
     # Time per sample at the largest batch measured: the closest to how training will run (timed
     # without the tracker's overhead, on the copies that batch was measured with).
     batch, copies, optimizer = timed
@@ -140,10 +144,10 @@ def measure_block_step(units: list[nn.Module], heads: list[nn.Module], in_shape:
 def profile_backprop_step(model: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
                           batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
                           device: torch.device) -> MemoryFit:
-    """The whole network trained end to end (plain, or checkpointed when ``model`` is)."""
+    """The whole network trained end to end (plain, or checkpointed when ``model`` is): memory only."""
     return _profile([model], lambda m, x, y, opt: backprop_step(m[0], x, y, opt), in_shape, num_classes,
                     batch_sizes=batch_sizes, budget=budget, max_batch=max_batch, section=section,
-                    device=device)
+                    device=device, timed_step=False)
 
 
 def profile_input_fetch(make_source: Callable[[int], object], batch_sizes: tuple[int, ...],

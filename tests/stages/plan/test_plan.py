@@ -121,6 +121,7 @@ def test_plan_fits_the_budget_and_sizes_backprop_with_the_same_profiler():
     assert plan.budget_bytes == 2 * 2**20
     assert all(b.predicted_peak_bytes <= plan.budget_bytes for b in plan.blocks)
     assert [u for b in plan.blocks for u in b.units] == [0, 1, 2]
+    assert all(unit.seconds_per_sample > 0 for unit in plan.units)  # every unit's step is timed too
     backprop = fit_memory(list(plan.backprop_measurements))
     planned = int(plan.budget_bytes * PLANNING_SHARE)  # batches are sized with a small margin
     assert plan.backprop_batch_size == backprop.max_batch(planned, 512)
