@@ -81,6 +81,7 @@ class RunRecord(Result):
     load_average: float  # 1-minute load average as the run started: how busy the machine was
     # CPU: per block, the rise of the process's anonymous resident memory (the outside cross-check)
     rss_rise_bytes: tuple[int, ...] = ()
+    time_spent: dict[str, float] = dataclasses.field(default_factory=dict)  # `TrainResult.time_spent()`
 
 
 @dataclass
@@ -230,7 +231,8 @@ class Workbench:
             rss_rise_bytes=tuple(b.rss_rise_bytes or 0 for b in result.blocks),
             wall_seconds=wall, cpu_seconds=cpu, curve=curve,
             best_val_accuracy=curve[-1][1] if curve else None, blocks=len(result.blocks),
-            blocks_trained=sum(b.trained for b in result.blocks), load_average=load)
+            blocks_trained=sum(b.trained for b in result.blocks), load_average=load,
+            time_spent=result.time_spent())
         log.info("%s @ %s: %s seed %d%s: %.1f s wall, %.1f s CPU, best val accuracy %.4f, batch %s, load %.1f",
                  spec.setup.name, spec.budget, result.method, spec.seed, _describe(spec), wall, cpu,
                  record.best_val_accuracy or 0.0, list(record.batch_sizes), load)

@@ -5,6 +5,10 @@ arithmetic rate backprop gets: each block's training step (every unit's local st
 batch, heads included) and backprop's end-to-end step (at the largest batch the same budget allows)
 are counted with torch's FlopCounterMode and timed back to back, alternating, on random inputs of
 the right shapes. FLOP/s = counted FLOPs x steps / wall seconds (CPU seconds beside).
+
+Beside it, the whole NeuroFlux training run at the same budget (the default contender, reused when
+another comparison of the same suite run trained it), split by where its time went
+(`TrainResult.time_spent`): what is not a training step is the run's overhead.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.markdown import batches, table
 from benchmarks.registry import Comparison, register_comparison
-from benchmarks.workbench import Workbench
+from benchmarks.workbench import RunSpec, Workbench
+from nfcompile.core.results import TIME_PHASES
 from nfcompile.learning import backprop_step, local_step, make_optimizer
 from nfcompile.models import MultiExitNet
 from nfcompile.stages.train.neuroflux import attach_aux_heads
@@ -96,8 +101,11 @@ def run(bench: Workbench) -> dict[str, Any]:
         for name, f in figures.items():
             f["vs_backprop"] = (f["flops_per_second"] / backprop["flops_per_second"]
                                 if backprop and name != "backprop" else None)
+        whole = bench.train(RunSpec(setup, config.ablation_budget)).record
         setups.append({"setup": setup.name, "budget": config.ablation_budget,
-                       "block_batches": [b.batch_size for b in plan.blocks], "contenders": figures})
+                       "block_batches": [b.batch_size for b in plan.blocks], "contenders": figures,
+                       "whole_run": {"wall_seconds": whole.wall_seconds, "time_spent": whole.time_spent,
+                                     "load_average": whole.load_average}})
     return {"setups": setups}
 
 
@@ -119,7 +127,21 @@ def render(result: dict[str, Any]) -> str:
         out.append(f"**{entry['setup']}** at the {entry['budget']} budget (blocks at "
                    f"{batches(entry['block_batches'])})\n")
         out.append(table(["step", "batch", "GFLOP per step", "GFLOP/s", "vs backprop", "CPU/wall"], rows))
+        out += _whole_run(entry.get("whole_run"))
     return "\n".join(out)
+
+
+def _whole_run(whole: dict[str, Any] | None) -> list[str]:
+    """Where the whole NeuroFlux run's time went, and its overhead: everything but the training steps."""
+    if not whole or not whole.get("time_spent"):
+        return []
+    spent, total = whole["time_spent"], sum(whole["time_spent"].values())
+    rows = [[TIME_PHASES.get(phase, phase), f"{seconds:.1f}", f"{seconds / total:.1%}"]
+            for phase, seconds in sorted(spent.items(), key=lambda kv: -kv[1])]
+    overhead = 1 - spent.get("steps", 0.0) / total
+    return [f"\nThe whole NeuroFlux run at this budget ({total:.1f} s, load {whole['load_average']:.1f} as it "
+            f"started): **{overhead:.1%} of it is not training steps** (the run's overhead).\n",
+            table(["where the time went", "seconds", "share"], rows)]
 
 
 register_comparison(Comparison(

@@ -161,6 +161,20 @@ class BlockResult(Result):
     rss_rise_bytes: int | None = None  # CPU: rise of the process's anonymous resident memory over the block
     peak_breakdown: dict[str, int] = field(default_factory=dict)  # what held the memory at the peak (CPU)
     measurement: str = ""  # how the peak was measured, in words
+    # Where the block's time went (`learning.loop.FitOutcome.time_spent`); a NeuroFlux block adds its
+    # "caching pass" (when its output feeds the next block) and "memory meter's scan".
+    time_spent: dict[str, float] = field(default_factory=dict)
+
+
+TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks)
+    "steps": "training steps (forward, losses, backward, optimizer)",
+    "batches": "preparing batches (image or cache reads, augmentation)",
+    "evaluation": "evaluating every exit after each epoch",
+    "snapshots": "best-epoch snapshots",
+    "caching pass": "caching passes",
+    "memory meter's scan": "the memory meter's scan of live tensors before each block",
+    "rest": "the rest (checkpoints, moving blocks, logging)",
+}
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,18 @@ class TrainResult(Result):
     exit_val_accuracy: tuple[float, ...]  # same order as exit_units
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)  # method-specific figures
+
+    def time_spent(self) -> dict[str, float]:
+        """Where the whole training's seconds went, summed over its blocks (`BlockResult.time_spent`);
+        "rest" is what no block's phases account for: checkpoints, moving finished blocks, logging.
+        Empty for a record without the breakdown."""
+        spent: dict[str, float] = {}
+        for block in self.blocks:
+            for phase, seconds in block.time_spent.items():
+                spent[phase] = spent.get(phase, 0.0) + seconds
+        if spent:
+            spent["rest"] = max(0.0, self.seconds - sum(spent.values()))
+        return spent
 
 
 @dataclass(frozen=True)

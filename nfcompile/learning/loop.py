@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Sequence
 
 import torch
@@ -37,6 +37,11 @@ class FitOutcome:
     best_epoch: int  # 1-based; 0 where nothing was evaluated
     steps: int  # optimizer steps taken in this call
     step_seconds: list[float]  # wall time of every step (fetch included)
+    # Where the call's time went, in seconds: "batches" (preparing them: reading images or the
+    # activation cache, augmentation), "steps" (forward, losses, backward, optimizer), "evaluation"
+    # (every exit on the validation split after each epoch), "snapshots" (keeping and restoring the
+    # best epoch's weights). On an asynchronous device part of a batch's preparation lands in steps.
+    time_spent: dict[str, float] = field(default_factory=dict)
 
     @property
     def best(self) -> EpochRecord | None:
@@ -66,6 +71,7 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
     history: list[EpochRecord] = []
     step_seconds: list[float] = []
     best_metric, best_epoch, stop_reason = -math.inf, 0, "epochs"
+    spent = dict.fromkeys(("batches", "steps", "evaluation", "snapshots"), 0.0)
     total = len(epochs) * steps_per_epoch
     with progress_bar(label or "train", total) as advance:
         for epoch in epochs:
@@ -85,11 +91,15 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
                     # Fetched inside the step: preparing the batch counts against the budget.
                     with memory_phase("batch"):
                         x, y = source.fetch(indices, generator, train=True)
+                    fetched = time.perf_counter()
                     step_losses = step(x, y, lr)
                     del x, y
                 if sync is not None:
                     sync()
-                step_seconds.append(time.perf_counter() - started)
+                finished = time.perf_counter()
+                step_seconds.append(finished - started)
+                spent["batches"] += fetched - started
+                spent["steps"] += finished - fetched
                 if after_step is not None:
                     after_step()
                 losses = [a + b * len(indices) for a, b in
@@ -97,8 +107,10 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
                 seen += len(indices)
                 step_index += 1
                 advance(epoch=epoch + 1, loss=losses[-1] / seen)  # running mean over the epoch
+            evaluated = time.perf_counter()
             with memory_phase("evaluation"):
                 accuracy = tuple(evaluate()) if evaluate is not None else ()
+            spent["evaluation"] += time.perf_counter() - evaluated
             record = EpochRecord(epoch=epoch + 1, lr=lr, train_loss=tuple(loss / max(1, seen) for loss in losses),
                                  val_accuracy=accuracy, seconds=time.perf_counter() - epoch_start)
             history.append(record)
@@ -109,13 +121,17 @@ def fit(step: Step, source, *, batch_size: int, epochs: range, lr_at: Callable[[
                 if accuracy[-1] > best_metric:
                     best_metric, best_epoch = accuracy[-1], len(history)
                     if keep_best is not None:
+                        kept = time.perf_counter()
                         keep_best.keep()
+                        spent["snapshots"] += time.perf_counter() - kept
                 elif patience and len(history) - best_epoch >= patience:
                     stop_reason = "patience"
                     break
     if keep_best is not None:
+        restored = time.perf_counter()
         keep_best.restore()
-    return FitOutcome(history, stop_reason, best_epoch, len(step_seconds), step_seconds)
+        spent["snapshots"] += time.perf_counter() - restored
+    return FitOutcome(history, stop_reason, best_epoch, len(step_seconds), step_seconds, spent)
 
 
 def _log_epoch(prefix: str, record: EpochRecord, exit_names: Sequence[str]) -> None:

@@ -292,7 +292,7 @@ def test_cli_lists_the_comparisons(capsys):
 
 
 def test_engine_efficiency_counts_and_times_every_block_and_backprop(suite_run):
-    _, _, document = suite_run
+    folder, _, document = suite_run
     (entry,) = _results(document)["engine_efficiency"]["setups"]
     contenders = entry["contenders"]
     assert set(contenders) == {f"block {i}" for i in range(len(entry["block_batches"]))} | {"backprop"}
@@ -303,6 +303,11 @@ def test_engine_efficiency_counts_and_times_every_block_and_backprop(suite_run):
         if name != "backprop":
             assert figures["vs_backprop"] == pytest.approx(
                 figures["flops_per_second"] / contenders["backprop"]["flops_per_second"])
+    # The whole NeuroFlux run beside it, split by where its time went; the rendered section says its overhead.
+    spent = entry["whole_run"]["time_spent"]
+    assert {"steps", "batches", "evaluation", "snapshots", "rest"} <= set(spent) and spent["steps"] > 0
+    assert 0 < sum(spent.values()) <= entry["whole_run"]["wall_seconds"]  # the call also sets up and scopes it
+    assert "of it is not training steps" in (folder / "RESULTS.md").read_text()
 
 
 def test_minimum_budgets_are_ordered_and_the_run_below_them_holds_its_budget(suite_run):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.results import (DeliverableLatency, ExitScores, OrtExport, Plan, Selection, StageRecord,
-                                    TrainResult, Validation)
+from nfcompile.core.results import (TIME_PHASES, DeliverableLatency, ExitScores, OrtExport, Plan, Selection,
+                                    StageRecord, TrainResult, Validation)
 
 
 def _pct(value: float | None) -> str:
@@ -203,6 +203,11 @@ def _training_section(train: TrainResult, image: str | None) -> list[str]:
     lines = ["## Training", "", f"Method {train.method} on {train.device}, {train.seconds:.1f} s in all.", ""]
     lines += _table(["block", "units", "batch", "epochs", "stopped", "best val. accuracy per exit (%)", "train s",
                      "cache s"], rows)
+    spent = train.time_spent()
+    if spent and train.seconds > 0:
+        shares = ", ".join(f"{TIME_PHASES.get(phase, phase)} {seconds:.1f} s ({seconds / train.seconds:.0%})"
+                           for phase, seconds in spent.items())
+        lines += [f"Where the time went: {shares}.", ""]
     if image:
         lines += [f"![training curves]({image})", ""]
     return lines

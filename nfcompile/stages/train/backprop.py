@@ -94,7 +94,8 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
         index=0, units=tuple(range(last + 1)), batch_size=batch, trained=True, stop_reason=outcome.stop_reason,
         epochs_run=len(outcome.history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=None,
         predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes, seconds=time.perf_counter() - started,
-        cache_placement="none", cache_bytes=0, cache_seconds=0.0, history=tuple(outcome.history)), meter.reading)
+        cache_placement="none", cache_bytes=0, cache_seconds=0.0, history=tuple(outcome.history),
+        time_spent=outcome.time_spent), meter.reading)
     log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s (predicted %s)", method,
              len(outcome.history), best_accuracy, format_bytes(block.measured_peak_bytes),
              format_bytes(plan.budget_bytes), format_bytes(predicted))

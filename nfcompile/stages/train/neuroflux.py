@@ -69,15 +69,20 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             modules = [*(net.units[i] for i in block.units), *(net.heads[str(i)] for i in block.units)]
             caches = [*train_in.device_tensors(), *val_in.device_tensors()]
             # One meter over the whole block: every step, evaluation, the snapshot and the caching pass.
+            scan_start = time.perf_counter()
             with block_meter(device, modules, data, caches) as meter:
+                scanned = time.perf_counter() - scan_start  # its scan of every live tensor (CPU)
                 result = _train_block(block, net, train_in, val_in, plan=plan, train=train, device=device,
                                       seed=seed, snapshot_folder=out_dir)
                 if block.index < len(plan.blocks) - 1:
                     cache_start = time.perf_counter()
                     train_in, val_in = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
                                                     image_augment=image_augment, device=device, folder=cache_folder)
-                    result = replace(result, cache_seconds=time.perf_counter() - cache_start)
-            result = with_memory(result, meter.reading)
+                    cached = time.perf_counter() - cache_start
+                    result = replace(result, cache_seconds=cached,
+                                     time_spent={**result.time_spent, "caching pass": cached})
+            result = with_memory(replace(result, time_spent={**result.time_spent, "memory meter's scan": scanned}),
+                                 meter.reading)
             log.info("block %d: measured peak %s of %s (predicted %s)%s", block.index,
                      format_bytes(result.measured_peak_bytes), format_bytes(plan.budget_bytes),
                      format_bytes(block.predicted_peak_bytes),
@@ -158,7 +163,8 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
                        best_val_accuracy=record.val_accuracy, measured_peak_bytes=None,
                        predicted_peak_bytes=block.predicted_peak_bytes, budget_bytes=plan.budget_bytes,
                        seconds=time.perf_counter() - started, cache_placement=block.cache_placement,
-                       cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history))
+                       cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history),
+                       time_spent=outcome.time_spent)
 
 
 def block_exits(units: list[nn.Module], heads: list[nn.Module], h: torch.Tensor) -> list[torch.Tensor]:

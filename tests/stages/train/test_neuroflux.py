@@ -84,6 +84,20 @@ def test_disk_cache_is_used_and_cleaned_up(data, tmp_path):
     assert not list((tmp_path / "cache").glob("*.bin")), "cache files must be deleted after training"
 
 
+def test_the_training_time_is_accounted_for_by_phase(data, tmp_path):
+    train = _train_section(cache={"placement": "disk"}).model_copy(update={"epochs": 2})
+    result = _train(_plan(train, data), train, data, tmp_path).result
+    for block in result.blocks:
+        phases = {"steps", "batches", "evaluation", "snapshots", "memory meter's scan"}
+        assert set(block.time_spent) == (phases | {"caching pass"} if block.cache_placement != "none" else phases)
+        assert all(seconds > 0 for seconds in block.time_spent.values()), block.time_spent
+        # The phases inside the block never add up to more than the block's own time and its caching pass.
+        inside = sum(block.time_spent.values()) - block.time_spent["memory meter's scan"]
+        assert inside <= block.seconds + block.cache_seconds
+    spent = result.time_spent()
+    assert spent["rest"] >= 0 and sum(spent.values()) == pytest.approx(result.seconds)
+
+
 def test_device_cache_counts_against_the_measured_peak(tmp_path):
     plan, result, _ = _fresh(tmp_path, budget="2MiB", cache="device")
     first, second = result.blocks[:2]
