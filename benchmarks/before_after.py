@@ -6,8 +6,9 @@ Each round builds the recipe once with the code of ``REV`` (a `git worktree` of 
 folder) and once with this working tree, one after the other, each in its own process with the same
 interpreter. Per build it records every stage's seconds (from the bundle's manifest), the wall time,
 the CPU time of the process (user + system, from `resource.getrusage` of the children), and the
-machine's load before and after. Writes `benchmarks/results/<date>-quickstart-before-after.json` (`-2`, `-3`... when taken);
-`benchmarks.comparisons.pipeline_overhead` renders the latest one into comparison 5.
+machine's load before and after. Writes `benchmarks/results/<date>-quickstart-before-after.json`
+(`-2`, `-3`... when taken); `benchmarks.comparisons.pipeline_overhead` renders the newest one into
+comparison 5.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def test_comparison_5_states_how_training_itself_changed_and_each_builds_shares(
     from benchmarks.comparisons.pipeline_overhead import render_before_after
 
     def run(round_, code, plan, train, score):
-        stages = {name: {"seconds": s, "status": "ok"} for name, s in (("plan", plan), ("train", train), ("score", score))}
+        stages = {name: {"seconds": s, "status": "ok"}
+                  for name, s in (("plan", plan), ("train", train), ("score", score))}
         return {"round": round_, "code": code, "stages": stages, "wall_seconds": 60.0, "cpu_seconds": 90.0,
                 "load_average_before": [0.5, 0.5, 0.5], "load_average_after": [1.0, 1.0, 1.0]}
 
