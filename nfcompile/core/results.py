@@ -190,11 +190,12 @@ class TrainResult(Result):
     details: dict[str, Any] = field(default_factory=dict)  # method-specific figures
 
     def time_spent(self) -> dict[str, float]:
-        """Where the whole training's seconds went, summed over its blocks (`BlockResult.time_spent`);
-        "rest" is what no block's phases account for: checkpoints, moving finished blocks, logging.
-        Empty for a record without the breakdown."""
+        """Where this run's seconds went, summed over the blocks it trained (`BlockResult.time_spent`;
+        blocks a resumed run restored were timed by an earlier process); "rest" is what no block's
+        phases account for: checkpoints, moving finished blocks, a resumed run rebuilding its cache,
+        logging. Empty for a record without the breakdown."""
         spent: dict[str, float] = {}
-        for block in self.blocks:
+        for block in self.blocks[int(self.details.get("resumed_blocks", 0)):]:
             for phase, seconds in block.time_spent.items():
                 spent[phase] = spent.get(phase, 0.0) + seconds
         if spent:

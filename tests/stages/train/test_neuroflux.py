@@ -132,6 +132,9 @@ def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, mon
     resumed = _train(plan, train, data, tmp_path / "run", resume=True, budget=budget)
     assert calls == [0, 1, *range(1, len(plan.blocks))], "block 0 must not be trained again"
     assert resumed.result.details["resumed_blocks"] == 1
+    # Its time is split over the blocks this process trained, not the one restored from the checkpoint.
+    spent = resumed.result.time_spent()
+    assert spent["rest"] > 0 and sum(spent.values()) == pytest.approx(resumed.result.seconds)
     for a, b in zip(full.net.state_dict().values(), resumed.net.state_dict().values()):
         assert torch.equal(a, b)
 
