@@ -14,7 +14,6 @@ comparison 5.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.cpu import children_cpu_seconds
-from benchmarks.results import unused_path
+from benchmarks.results import RESULTS_DIR, unused_path
+from nfcompile.core.io import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 NAME = "quickstart-before-after"  # files: <date>-NAME.json, then <date>-NAME-2.json, ...
 
 
@@ -43,7 +42,7 @@ def _build(tree: Path, recipe: str, out: Path) -> dict:
     if done.returncode != 0 or not manifests:
         entry["error"] = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no bundle"]
         return entry
-    manifest = json.loads(manifests[-1].read_text())
+    manifest = read_json(manifests[-1])
     entry["stages"] = {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in manifest["stages"]}
     return entry
 
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {"format": "nfcompile.before_after/1", "recipe": args.recipe, "before": revision, "after": after,
                 "after_dirty": dirty, "date": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
                 "command": " ".join(["python -m benchmarks.before_after", *(argv or sys.argv[1:])]), "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = unused_path(RESULTS, f"{started:%Y-%m-%d}-{NAME}")
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    path = write_json(unused_path(RESULTS_DIR, f"{started:%Y-%m-%d}-{NAME}"), document)
     print(path)
     return 0 if all(run["exit_code"] == 0 for run in runs) else 1
 

@@ -13,7 +13,6 @@ paired within each round. Writes `benchmarks/results/<date>-meter-overhead.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,10 +20,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.results import unused_path
+from benchmarks.results import RESULTS_DIR, unused_path
+from nfcompile.core.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 "date": started.isoformat(timespec="seconds"),
                 "command": " ".join(["python -m benchmarks.meter_overhead", *(argv or sys.argv[1:])]),
                 "runs": runs, "ratio_on_off": ratios}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = unused_path(RESULTS, f"{started:%Y-%m-%d}-meter-overhead")
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    path = write_json(unused_path(RESULTS_DIR, f"{started:%Y-%m-%d}-meter-overhead"), document)
     print(path)
     for ratio in ratios:
         print(f"round {ratio['round']}: training seconds on/off {ratio['block_seconds']:.2f}x, "

@@ -81,11 +81,13 @@ def write_results(document: dict[str, Any], path: Path) -> Path:
 
 
 def latest_results(folder: Path = RESULTS_DIR) -> Path | None:
-    """The newest results file by its recorded finish time (file names sort by date only)."""
-    files = sorted(Path(folder).glob("*.json"))
-    if not files:
+    """The newest suite results file by its recorded finish time (file names sort by date only); the
+    folder also holds the single-purpose benchmarks' files (before_after, meter_overhead, shared_cpu)."""
+    documents = {path: read_json(path) for path in sorted(Path(folder).glob("*.json"))}
+    suite = [path for path, document in documents.items() if document.get("format") == FORMAT]
+    if not suite:
         return None
-    return max(files, key=lambda p: (read_json(p).get("finished", ""), p.name))
+    return max(suite, key=lambda p: (documents[p].get("finished", ""), p.name))
 
 
 def _total_memory() -> int | None:

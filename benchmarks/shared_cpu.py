@@ -18,7 +18,6 @@ so drift in the machine's load falls on each alike. Wall and CPU seconds of ever
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import subprocess
@@ -30,6 +29,8 @@ from pathlib import Path
 from statistics import median
 
 from benchmarks.cpu import children_cpu_seconds
+from benchmarks.results import RESULTS_DIR, unused_path
+from nfcompile.core.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = {
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     runs: list[dict] = []
     load_start = os.getloadavg()
@@ -90,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 "finished": datetime.now(timezone.utc).isoformat(), "cpu_count": os.cpu_count(),
                 "load_average_start": load_start, "load_average_end": os.getloadavg(),
                 "epochs": args.epochs, "runs": runs, "summary": summary}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"shared-cpu-{datetime.now():%Y-%m-%d}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    path = write_json(unused_path(args.results_dir, f"shared-cpu-{datetime.now():%Y-%m-%d}"), document)
     for name, figures in summary.items():
         print(f"{name:20} quiet {figures['quiet_wall_median']:6.1f} s, beside a busy process "
               f"{figures['loaded_wall_median']:6.1f} s ({figures['loaded_over_quiet']:.2f}x)")

@@ -23,6 +23,7 @@ from nfcompile.recipe import with_overrides
 
 from benchmarks.markdown import spread, table
 from benchmarks.measures import ratio, spread_dict
+from benchmarks.results import RESULTS_DIR
 from benchmarks.registry import Comparison, register_comparison
 from benchmarks.workbench import Workbench
 
@@ -108,11 +109,11 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def latest_before_after() -> Path | None:
+def latest_before_after(folder: Path = RESULTS_DIR) -> Path | None:
     """The newest results file of `python -m benchmarks.before_after`, if any was committed."""
-    from benchmarks.before_after import NAME, RESULTS
+    from benchmarks.before_after import NAME
 
-    found = [*RESULTS.glob(f"*-{NAME}.json"), *RESULTS.glob(f"*-{NAME}-*.json")]
+    found = [*folder.glob(f"*-{NAME}.json"), *folder.glob(f"*-{NAME}-*.json")]
     # Newest by the date each file records: a day's second file (-2) does not sort after its first.
     return max(found, key=lambda path: (read_json(path).get("date", ""), path.name)) if found else None
 

@@ -118,22 +118,35 @@ def test_results_files_are_named_by_date_and_machine_and_never_overwritten(tmp_p
     assert results_path(tmp_path, when, slug, "quick").name == f"2025-01-02-{slug}-quick.json"
 
 
-def test_comparison_5_reads_the_newest_before_after_file_of_a_day_with_two(tmp_path, monkeypatch):
+def test_the_newest_suite_results_file_is_found_among_the_other_benchmarks_files(tmp_path):
+    import json
+
+    from benchmarks.results import FORMAT, latest_results
+
+    assert latest_results(tmp_path) is None
+    (tmp_path / "2025-01-02-x.json").write_text(json.dumps({"format": FORMAT, "finished": "2025-01-02T10:00:00"}))
+    (tmp_path / "2025-01-02-x-2.json").write_text(json.dumps({"format": FORMAT, "finished": "2025-01-02T12:00:00"}))
+    # A later shared_cpu file records "finished" too, but it is not a suite run.
+    (tmp_path / "shared-cpu-2025-01-03.json").write_text(json.dumps({"finished": "2025-01-03T09:00:00"}))
+    (tmp_path / "2025-01-03-meter-overhead.json").write_text(json.dumps({"format": "nfcompile.meter_overhead/1"}))
+    assert latest_results(tmp_path) == tmp_path / "2025-01-02-x-2.json"
+
+
+def test_comparison_5_reads_the_newest_before_after_file_of_a_day_with_two(tmp_path):
     import json
 
     import benchmarks.before_after as before_after
     from benchmarks.comparisons.pipeline_overhead import latest_before_after
     from benchmarks.results import unused_path
 
-    monkeypatch.setattr(before_after, "RESULTS", tmp_path)
     first = unused_path(tmp_path, f"2025-01-02-{before_after.NAME}")
     first.write_text(json.dumps({"date": "2025-01-02T10:00:00+00:00"}))
     second = unused_path(tmp_path, f"2025-01-02-{before_after.NAME}")
     second.write_text(json.dumps({"date": "2025-01-02T18:00:00+00:00"}))
     assert second.name == f"2025-01-02-{before_after.NAME}-2.json"
-    assert latest_before_after() == second
+    assert latest_before_after(tmp_path) == second
     (tmp_path / f"2025-01-01-{before_after.NAME}.json").write_text(json.dumps({"date": "2025-01-01T23:00:00+00:00"}))
-    assert latest_before_after() == second
+    assert latest_before_after(tmp_path) == second
 
 
 def test_comparison_5_states_how_training_itself_changed_and_each_builds_shares():
