@@ -84,7 +84,7 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
                 del x, y
         measured[batch] = meter.reading.total
         persistent = max(persistent, meter.reading.persistent)
-        if timed is None or batch > timed[0]:
+        if timed_step and (timed is None or batch > timed[0]):
             timed = (batch, copies, optimizer)  # only the largest batch is timed, below
 
     for batch in sorted({min(b, max_batch) for b in batch_sizes}):
