@@ -430,3 +430,12 @@ def test_scaling_runs_nccl_only_on_cuda_with_two_gpus():
     assert backend_for("cpu", 0) == backend_for("cpu", 8) == "gloo"
     assert backend_for("cuda", 0) is None and backend_for("cuda:0", 1) is None
     assert backend_for("cuda", 2) == backend_for("cuda", 8) == "nccl"
+
+
+def test_the_batch_layout_check_holds_the_nchw_gradient_to_its_float64_reference():
+    from benchmarks.batch_layout import crash_check
+
+    # NCHW is the control: it must finish and match the hand-computed gradient, or the check
+    # that flags NHWC as wrong or crashing would be judging against a broken reference.
+    check = crash_check(1, "nchw")
+    assert check["exit_code"] == 0 and check["worst_relative_error"] < 1e-5, check
