@@ -275,8 +275,9 @@ def _exit_quantizer(build: Build):
         raise NfcompileError("select.latency_format int8 times every exit's INT8 graph, and quantize.enabled "
                              "is false", hint="set quantize.enabled: true, or select.latency_format: fp32")
     calibration = build.calibration_array(section.calibration_samples)
+    activations = _int8_activations(build)
     return lambda onnx_path, folder: folder / quantize_int8(onnx_path, section, calibration_inputs=calibration,
-                                                             out_dir=folder).path
+                                                             out_dir=folder, activations=activations).path
 
 
 def _select(build: Build) -> Selection:
@@ -382,7 +383,14 @@ def _quantize(build: Build) -> QuantResult:
         raise StageSkipped("quantize.enabled is false")
     return quantize_int8(build.run.path / build.results["export"].path, section,
                          calibration_inputs=build.calibration_array(section.calibration_samples),
-                         out_dir=build.run.path)
+                         out_dir=build.run.path, activations=_int8_activations(build))
+
+
+def _int8_activations(build: Build) -> str:
+    from nfcompile.stages.quantize import activation_format
+
+    recipe = build.recipe
+    return activation_format(recipe.quantize, bench_backend=recipe.bench.backend, tensorrt=recipe.tensorrt)
 
 
 def _validate_int8(build: Build) -> Validation:

@@ -485,6 +485,7 @@ class QuantResult(Result):
     quantized_tensors: int  # tensors carried in INT8 (one DequantizeLinear each)
     bytes: int
     sha256: str
+    activations: str = "int8"  # int8 (symmetric, TensorRT-ready) or uint8 (asymmetric, ONNX Runtime CPU)
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,11 @@ class QuantizeSection(Section):
     calibration_samples: PositiveInt = Field(256, description="Training samples used for calibration.")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration.")
     per_channel: bool = Field(True, description="Per-channel weight scales.")
+    activations: Literal["auto", "int8", "uint8"] = Field(
+        "auto", description="int8: signed and symmetric (zero point 0), what TensorRT's explicit quantization takes; "
+        "uint8: unsigned with a calibrated zero point, the pairing (uint8 activations, int8 weights) ONNX "
+        "Runtime's x86 CPU kernels are built for; auto: int8 when an INT8 engine is built or bench.backend is not "
+        "ort-cpu, else uint8. Weights are int8 and symmetric either way.")
     max_accuracy_drop: Fraction = Field(0.01, description="Gate: INT8 accuracy may drop this much (0.01 = 1 point).")
 
 
@@ -384,6 +389,9 @@ class Recipe(Section):
     def _consistent(self) -> "Recipe":
         if self.tensorrt.enabled and self.tensorrt.precision == "int8" and not self.quantize.enabled:
             raise ValueError("tensorrt.precision int8 builds from the QDQ model: set quantize.enabled: true")
+        if self.tensorrt.enabled and self.tensorrt.precision == "int8" and self.quantize.activations == "uint8":
+            raise ValueError("tensorrt.precision int8 builds from the QDQ model, and TensorRT takes only int8 "
+                             "activations with zero point 0: set quantize.activations: int8 (or auto)")
         if self.train.method == "gradient_filter" and self.model.pretrained is None:
             raise ValueError("train.method gradient_filter fine-tunes a trained model: set model.pretrained")
         if self.select.latency_batch_size not in self.bench.batch_sizes:

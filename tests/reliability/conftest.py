@@ -16,7 +16,7 @@ import pytest
 from reliability.helpers import reliability_recipe, start_cli
 
 
-BUILT = {"concurrent_builds", "reference_bundle"}  # fixtures that run real builds
+BUILT = {"concurrent_builds", "reference_bundle", "int8_models"}  # fixtures that run real builds
 
 
 def pytest_collection_modifyitems(items):
@@ -78,3 +78,28 @@ def concurrent_builds(workspace) -> ConcurrentBuilds:
 def reference_bundle(concurrent_builds) -> Path:
     """A complete bundle of the reliability recipe, built without interruption."""
     return concurrent_builds.bundles[0]
+
+
+@pytest.fixture(scope="session")
+def int8_models(reference_bundle, tmp_path_factory) -> dict[str, Path]:
+    """The reference bundle's QDQ model in both activation formats: its own model.int8.onnx (uint8, as
+    `quantize.activations: auto` gives for ONNX Runtime on the CPU) and its model.onnx quantized here
+    with int8 activations, the TensorRT form, on the calibration samples the build used."""
+    import onnx
+
+    from nfcompile.core.io import read_json
+    from nfcompile.data import calibration_images, load_data
+    from nfcompile.recipe.load import validate_recipe
+    from nfcompile.stages.quantize import quantize_int8
+
+    own = reference_bundle / "model.int8.onnx"
+    metadata = {p.key: p.value for p in onnx.load(str(own), load_external_data=False).metadata_props}
+    assert "uint8 activations" in metadata["quantization"], metadata["quantization"]
+    recipe_file = reference_bundle / "state" / "recipe.json"
+    recipe = validate_recipe(read_json(recipe_file)["recipe"], source=str(recipe_file))
+    data = load_data(recipe.data, recipe.seed)
+    samples = calibration_images(data.train, recipe.quantize.calibration_samples, recipe.seed)
+    out = tmp_path_factory.mktemp("int8-activations")
+    result = quantize_int8(reference_bundle / "model.onnx", recipe.quantize, out_dir=out, activations="int8",
+                           calibration_inputs=data.preprocessing.normalize(samples.images).numpy())
+    return {"uint8": own, "int8": out / result.path}

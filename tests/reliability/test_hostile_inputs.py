@@ -487,9 +487,10 @@ def test_click_usage_errors_are_one_line(monkeypatch, capsys, tmp_path, args, fr
 # --------------------------------------------------------------------------- INT8 in every onnxruntime mode
 
 
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
 @pytest.mark.parametrize("style", ["Fixed", "Runtime"])
-def test_onnxruntime_converts_the_int8_model_in_every_style(tmp_path, reference_bundle, style):
-    model = Path(shutil.copy(reference_bundle / "model.int8.onnx", tmp_path / "model.int8.onnx"))
+def test_onnxruntime_converts_the_int8_model_in_every_style(tmp_path, int8_models, activations, style):
+    model = Path(shutil.copy(int8_models[activations], tmp_path / "model.int8.onnx"))
     result = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(model),
                              "--optimization_style", style], capture_output=True, text=True, timeout=300,
                             cwd=tmp_path)
@@ -497,7 +498,8 @@ def test_onnxruntime_converts_the_int8_model_in_every_style(tmp_path, reference_
     assert list(tmp_path.glob("*.ort"))
 
 
-def test_int8_parity_holds_with_graph_optimizations_disabled(reference_bundle):
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_int8_parity_holds_with_graph_optimizations_disabled(reference_bundle, int8_models, activations):
     """The INT8 model computes the same function whether onnxruntime fuses it or not: top-1 agreement
     on the bundle's reference inputs, and the two runs differ far less than INT8 differs from FP32."""
     import onnxruntime as ort
@@ -508,8 +510,7 @@ def test_int8_parity_holds_with_graph_optimizations_disabled(reference_bundle):
     for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"):
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        session = ort.InferenceSession(str(reference_bundle / "model.int8.onnx"), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(int8_models[activations]), options, providers=["CPUExecutionProvider"])
         outputs[level] = session.run(None, {session.get_inputs()[0].name: x})[0]
     optimized = outputs["ORT_ENABLE_ALL"]
     quantization_error = float(np.abs(optimized - fp32).max())
@@ -518,14 +519,26 @@ def test_int8_parity_holds_with_graph_optimizations_disabled(reference_bundle):
         assert float(np.abs(out - optimized).max()) <= 0.25 * quantization_error, (level, quantization_error)
 
 
-def test_the_int8_graph_keeps_fp32_biases_and_logits(reference_bundle):
+def test_the_tensorrt_int8_graph_keeps_fp32_biases_and_logits(int8_models):
     import onnx
     from onnx import TensorProto
 
-    model = onnx.load(str(reference_bundle / "model.int8.onnx"))
+    model = onnx.load(str(int8_models["int8"]))
     constants = {init.name: init for init in model.graph.initializer}
     dq_inputs = [constants.get(n.input[0]) for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert not [t.name for t in dq_inputs if t is not None and t.data_type == TensorProto.INT32]  # TensorRT: no INT32 DQ
+    producers = {out: node for node in model.graph.node for out in node.output}
+    assert producers[model.graph.output[0].name].op_type not in ("DequantizeLinear", "QuantizeLinear")
+
+
+def test_the_onnx_runtime_int8_graph_keeps_int32_biases_and_fp32_logits(int8_models):
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(int8_models["uint8"]))
+    constants = {init.name: init for init in model.graph.initializer}
+    dq_inputs = [constants.get(n.input[0]) for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert [t.name for t in dq_inputs if t is not None and t.data_type == TensorProto.INT32]  # ORT's own QDQ form
     producers = {out: node for node in model.graph.node for out in node.output}
     assert producers[model.graph.output[0].name].op_type not in ("DequantizeLinear", "QuantizeLinear")
 

@@ -24,6 +24,8 @@ def build_engine(onnx_path: str | Path, int8_onnx_path: str | Path | None, secti
     """Write ``out_dir/model.engine`` (and ``timing.cache``) for ``section.precision``."""
     if not section.enabled:
         raise StageSkipped("disabled in the recipe (tensorrt.enabled: false)")
+    if section.precision == "int8" and int8_onnx_path is not None:
+        _require_tensorrt_qdq(Path(int8_onnx_path))  # on any machine: the file is wrong, not the machine
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise StageSkipped(reason)
@@ -46,6 +48,23 @@ def build_engine(onnx_path: str | Path, int8_onnx_path: str | Path | None, secti
                         gpu=build.fingerprint.gpu, compute_capability=build.fingerprint.compute_capability,
                         profile=build.profile, build_seconds=build.build_seconds, bytes=build.bytes,
                         sha256=sha256_file(build.path), timing_cache=TIMING_CACHE_FILE)
+
+
+def _require_tensorrt_qdq(path: Path) -> None:
+    """TensorRT's explicit quantization takes int8 Q/DQ with zero point 0; a QDQ model made for ONNX
+    Runtime on the CPU (`quantize.activations: uint8`) is refused here by name, not by the parser."""
+    import onnx
+
+    from nfcompile.stages.quantize import zero_point_violations
+
+    if not path.is_file():
+        raise InputError(f"{path}: ONNX file not found")
+    violations = zero_point_violations(onnx.load(str(path), load_external_data=False))
+    if violations:
+        raise InputError(f"{path.name}: not a TensorRT INT8 model ({len(violations)} Q/DQ zero point(s) TensorRT "
+                         f"rejects, first: {violations[0]})",
+                         hint="it was quantized for ONNX Runtime (quantize.activations: uint8); build with "
+                              "quantize.activations: int8 for an INT8 engine, or use precision fp16")
 
 
 def _input_dims(onnx_path: Path) -> tuple[int, ...]:

@@ -1,20 +1,31 @@
-"""Static INT8 quantization to a QDQ ONNX model that TensorRT builds from (explicit quantization).
+"""Static INT8 quantization to a QDQ ONNX model, for TensorRT (explicit quantization) or ONNX Runtime.
 
 ONNX Runtime's `quantize_static` calibrates activation ranges on samples from the training split.
-The settings follow what TensorRT's explicit quantization accepts: signed INT8, symmetric
-activations and weights (every zero point 0), per-channel weight scales where the recipe asks,
-and FP32 biases (TensorRT has no INT32 DequantizeLinear). The written graph is checked for zero
-points before it lands.
+Weights are signed INT8 and symmetric, with per-channel scales where the recipe asks (biases: below).
+Activations come in one of two formats
+(`quantize.activations`, resolved by `activation_format`):
+
+- int8: signed and symmetric, every zero point 0: what TensorRT's explicit quantization accepts. The
+  written graph is checked for zero points before it lands.
+- uint8: unsigned, with the zero point calibration gives. ONNX Runtime's x86 CPU kernels run
+  uint8 activations against int8 weights; signed activations take a slower path there. On this
+  2-core AMD EPYC (AVX-512 VNNI), the quickstart's exit ran 2.0x (batch 1) and 2.7x (batch 32) faster
+  than FP32 as uint8 and 0.48x and 0.52x FP32's speed as int8, at the same test accuracy
+  (benchmarks/results/2026-12-05-int8-activations.json, `python -m benchmarks.int8_activations`).
+  Post-ReLU activations are non-negative, so uint8 also spends all 256 levels on them where
+  symmetric int8 spends 128.
 
 The graph must also be one every onnxruntime tool takes and that computes the same at every graph
-optimization level. Two settings see to it. Biases are quantized by onnxruntime (to INT32 at input
-scale x weight scale, as its fused kernels use them) and each bias DequantizeLinear of a constant
-is then folded back to an FP32 constant holding exactly those values: with plain FP32 biases
-onnxruntime's optimizer re-quantized them itself, so ORT_DISABLE_ALL computed another function
-(up to 0.36 apart on the logits of the tiny test model, against 0.06 now), and its runtime-style
-ORT conversion built a malformed bias DequantizeLinear for the classifier's Gemm. The classifier's
-output (the graph output) is not quantized: logits stay FP32, as every caller reads them. Accuracy is not judged here: the validate stage compares this model with
-PyTorch and the gate bounds the accuracy drop.
+optimization level. Biases are quantized by onnxruntime (to INT32 at input scale x weight scale, as
+its fused kernels use them): with plain FP32 biases onnxruntime's optimizer re-quantized them itself,
+so ORT_DISABLE_ALL computed another function (up to 0.36 apart on the logits of the tiny test model,
+against 0.06 now). The uint8 graph keeps those INT32 biases behind their DequantizeLinear, ONNX
+Runtime's own QDQ form. The int8 graph is for TensorRT, which has no INT32 DequantizeLinear: each
+bias DequantizeLinear of a constant is folded back to an FP32 constant holding exactly those values.
+(Folded, a uint8 graph fails onnxruntime's runtime-style ORT conversion: its optimizer builds a
+malformed bias DequantizeLinear for the Conv; onnxruntime 1.32.) The classifier's output (the graph
+output) is not quantized: logits stay FP32, as every caller reads them. Accuracy is not judged
+here: the validate stage compares this model with PyTorch and the gate bounds the accuracy drop.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from nfcompile.core.io import atomic_path, sha256_file
 from nfcompile.core.log import get_logger
 from nfcompile.core.results import QuantResult
 from nfcompile.errors import InputError, NfcompileError, StageSkipped
-from nfcompile.recipe.schema import QuantizeSection
+from nfcompile.recipe.schema import QuantizeSection, TensorRTSection
 from nfcompile.runtime.onnx_io import set_metadata
 
 log = get_logger(__name__)
@@ -45,13 +56,28 @@ class QuantizationError(NfcompileError):
     """onnxruntime produced a graph TensorRT cannot use (a bug here or there, not the user's)."""
 
 
+ACTIVATION_FORMATS = ("int8", "uint8")
+
+
+def activation_format(section: QuantizeSection, *, bench_backend: str, tensorrt: TensorRTSection) -> str:
+    """``section.activations`` resolved: auto is int8 where TensorRT takes the model (an INT8 engine is
+    built from it, or the bench backend is not ONNX Runtime on the CPU), else uint8."""
+    if section.activations != "auto":
+        return section.activations
+    engine_int8 = tensorrt.enabled and tensorrt.precision == "int8"
+    return "int8" if engine_int8 or bench_backend != "ort-cpu" else "uint8"
+
+
 def quantize_int8(onnx_path: str | Path, section: QuantizeSection, *, calibration_inputs: np.ndarray,
-                  out_dir: str | Path) -> QuantResult:
+                  out_dir: str | Path, activations: str = "int8") -> QuantResult:
     """Write ``out_dir/model.int8.onnx`` from the FP32 ONNX at ``onnx_path``.
 
     ``calibration_inputs`` are preprocessed samples of the training split (N, C, H, W); the first
-    ``section.calibration_samples`` of them calibrate the activation ranges.
+    ``section.calibration_samples`` of them calibrate the activation ranges. ``activations``: int8
+    (TensorRT-ready) or uint8 (`activation_format` resolves the recipe's choice).
     """
+    if activations not in ACTIVATION_FORMATS:
+        raise ValueError(f"activations {activations!r}: one of {ACTIVATION_FORMATS}")
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -77,27 +103,30 @@ def quantize_int8(onnx_path: str | Path, section: QuantizeSection, *, calibratio
             quantize_static(
                 str(prepared), str(tmp), _CalibrationReader(input_name, samples, CALIBRATION_BATCH_SIZE),
                 quant_format=QuantFormat.QDQ, per_channel=section.per_channel, reduce_range=False,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=_calibration_method(section.calibration_method),
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": True,
+                activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=_calibration_method(section.calibration_method),
+                extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True,
+                               "QuantizeBias": True,
                                "DedicatedQDQPair": True,
                                "OpTypesToExcludeOutputQuantization": _output_op_types(prepared)},
             )
         quantized = onnx.load(str(tmp))
-        fold_bias_dequantize(quantized)
-        violations = zero_point_violations(quantized)
+        if activations == "int8":
+            fold_bias_dequantize(quantized)  # TensorRT has no INT32 DequantizeLinear
+        violations = zero_point_violations(quantized) if activations == "int8" else []
         if violations:
             raise QuantizationError(f"onnxruntime wrote {len(violations)} zero point(s) TensorRT rejects, "
                                     f"first: {violations[0]}", hint="report this with the onnxruntime version")
         # The FP32 file's metadata (recipe, exit, preprocessing, labels) travels, plus how this file was made.
         set_metadata(quantized, {prop.key: prop.value for prop in source.metadata_props})
-        set_metadata(quantized, {"quantization": _describe(section, len(samples))})
+        set_metadata(quantized, {"quantization": _describe(section, activations, len(samples))})
         onnx.checker.check_model(quantized)
         onnx.save_model(quantized, str(tmp))
-    log.info("quantize: %s written (%s)", path.name, _describe(section, len(samples)))
+    log.info("quantize: %s written (%s)", path.name, _describe(section, activations, len(samples)))
     return QuantResult(path=INT8_ONNX_FILE, source=onnx_path.name, calibration_samples=int(len(samples)),
                        calibration_method=section.calibration_method, per_channel=section.per_channel,
-                       symmetric=True, quantized_tensors=_count(quantized, "DequantizeLinear"),
+                       symmetric=activations == "int8", activations=activations,
+                       quantized_tensors=_count(quantized, "DequantizeLinear"),
                        bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
@@ -166,9 +195,11 @@ def _calibration_method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
-def _describe(section: QuantizeSection, samples: int) -> str:
+def _describe(section: QuantizeSection, activations: str, samples: int) -> str:
     weights = "per-channel" if section.per_channel else "per-tensor"
-    return (f"static QDQ int8, symmetric, {weights} weights, {section.calibration_method} calibration "
+    kind = ("int8 activations, symmetric (TensorRT-ready)" if activations == "int8"
+            else "uint8 activations, asymmetric (ONNX Runtime CPU)")
+    return (f"static QDQ, {kind}, int8 symmetric {weights} weights, {section.calibration_method} calibration "
             f"on {samples} training samples")
 
 

@@ -76,3 +76,21 @@ def test_recipe_timing_cache_is_read_not_written(tensorrt_here, tiny_onnx, tmp_p
     second = tmp_path / "second"
     build_engine(tiny_onnx, None, SECTION.model_copy(update={"timing_cache": seed}), out_dir=second)
     assert sha256_file(seed) == before and (second / "timing.cache").exists()
+
+
+def test_an_int8_engine_refuses_a_qdq_model_made_for_onnx_runtime_on_any_machine(tiny_onnx, tmp_path):
+    import numpy as np
+
+    from nfcompile.errors import InputError
+    from nfcompile.recipe.schema import QuantizeSection
+    from nfcompile.stages.quantize import quantize_int8
+
+    samples = np.random.default_rng(0).standard_normal((16, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)
+    uint8 = quantize_int8(tiny_onnx, QuantizeSection(calibration_samples=16), calibration_inputs=samples,
+                          out_dir=tmp_path / "uint8", activations="uint8")
+    engine_dir = tmp_path / "engine"
+    engine_dir.mkdir()
+    with pytest.raises(InputError, match="not a TensorRT INT8 model") as refused:
+        build_engine(tiny_onnx, tmp_path / "uint8" / uint8.path, TensorRTSection(precision="int8"), out_dir=engine_dir)
+    assert "quantize.activations: int8" in refused.value.hint
+    assert list(engine_dir.iterdir()) == []

@@ -1,4 +1,5 @@
-"""quantize_int8: a TensorRT-ready QDQ file (INT8, zero points 0) whose accuracy drop is measured."""
+"""quantize_int8: a QDQ file, TensorRT-ready (int8, zero points 0) or for ONNX Runtime on the CPU (uint8
+activations), whose accuracy drop is measured."""
 
 from __future__ import annotations
 
@@ -155,3 +156,66 @@ def test_disabled_and_empty_calibration(setup, tmp_path):
         quantize_int8(out_dir / "model.onnx", QuantizeSection(), calibration_inputs=splits["train"][0][:0],
                       out_dir=tmp_path)
     assert not (tmp_path / "model.int8.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def quantized_uint8(setup, tmp_path_factory):
+    _, out_dir, splits = setup
+    folder = tmp_path_factory.mktemp("uint8")
+    result = quantize_int8(out_dir / "model.onnx", QuantizeSection(calibration_samples=48),
+                           calibration_inputs=splits["train"][0], out_dir=folder, activations="uint8")
+    return result, folder
+
+
+def test_uint8_activations_carry_calibrated_zero_points_weights_stay_int8_biases_int32(quantized_uint8):
+    result, folder = quantized_uint8
+    assert result.activations == "uint8" and not result.symmetric
+    model = onnx.load(str(folder / "model.int8.onnx"))
+    assert "uint8 activations" in {p.key: p.value for p in model.metadata_props}["quantization"]
+    weights = {n.output[0] for n in dequantize_nodes_of_weights(model)}
+    assert weights, "conv/linear weights must be stored as INT8"
+    activation_zero_points = [_initializer(model, n.input[2]) for n in model.graph.node
+                              if n.op_type == "QuantizeLinear"]
+    assert activation_zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in activation_zero_points)
+    # Asymmetric: the zero points follow the calibrated ranges (the input image's is not 0).
+    assert any(numpy_helper.to_array(z).any() for z in activation_zero_points)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] in weights:
+            zero_point = _initializer(model, node.input[2])
+            assert zero_point.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(zero_point).any()
+    # Biases stay INT32 behind their DequantizeLinear, ONNX Runtime's own QDQ form (folded, its runtime-style
+    # ORT conversion breaks): tests/reliability converts it.
+    assert any(init.data_type == onnx.TensorProto.INT32 for init in model.graph.initializer)
+    # The TensorRT check would refuse this file, which is why it only runs on int8 activations.
+    assert zero_point_violations(model)
+
+
+def test_uint8_model_is_validated_like_the_int8_one(setup, quantized_uint8):
+    module, _, splits = setup
+    _, folder = quantized_uint8
+    inputs, labels = splits["test"]
+    comparison = validate_onnx(module, folder / "model.int8.onnx", ValidateSection(), inputs=inputs, labels=labels)
+    assert comparison.top1_agreement >= 0.9
+    assert 0 < comparison.max_abs_error < 1.0
+
+
+def test_auto_activations_follow_where_the_model_runs():
+    from nfcompile.recipe.schema import TensorRTSection
+    from nfcompile.stages.quantize import activation_format
+
+    auto = QuantizeSection()
+    assert activation_format(auto, bench_backend="ort-cpu", tensorrt=TensorRTSection()) == "uint8"
+    assert activation_format(auto, bench_backend="ort-cpu", tensorrt=TensorRTSection(precision="int8")) == "int8"
+    assert activation_format(auto, bench_backend="tensorrt", tensorrt=TensorRTSection()) == "int8"
+    assert activation_format(auto, bench_backend="ort-cuda", tensorrt=TensorRTSection(enabled=False)) == "int8"
+    assert activation_format(QuantizeSection(activations="int8"), bench_backend="ort-cpu",
+                             tensorrt=TensorRTSection()) == "int8"
+
+
+def test_a_tensorrt_int8_engine_refuses_uint8_activations_in_the_recipe():
+    from pydantic import ValidationError
+
+    from nfcompile.recipe.schema import Recipe
+
+    with pytest.raises(ValidationError, match="quantize.activations: int8"):
+        Recipe.model_validate({"name": "x", "quantize": {"activations": "uint8"}, "tensorrt": {"precision": "int8"}})
