@@ -197,6 +197,9 @@ def test_jetson_recipe_runs_on_a_tiny_cifar_with_overrides(tmp_path):
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["dataset"]["name"] == "cifar10" and len(manifest["labels"]) == 10
     assert manifest["overrides"] == overrides
+    # The Jetson's INT8 engine builds from model.int8.onnx: TensorRT's form, though this build benchmarks on a CPU.
+    quantize = json.loads((artifact / "state" / "quantize.json").read_text())["result"]
+    assert quantize["activations"] == "int8" and quantize["symmetric"]
 
 
 def test_tensorboard_events_hold_every_block_epoch_and_exit_score(bundle):
@@ -226,3 +229,27 @@ def test_tensorboard_events_hold_every_block_epoch_and_exit_score(bundle):
     exits = json.loads((path / "exits.json").read_text())
     for score in exits["exits"]:
         assert events.Scalars(f"exits/{score['name']}/params")[0].value == score["params"]
+
+
+def test_the_int8_activations_benchmark_times_both_formats_on_a_bundle(bundle, tmp_path, monkeypatch):
+    """An ort-cpu build quantizes with uint8 activations (auto); the benchmark quantizes the bundle's FP32
+    model both ways and times the three models together."""
+    path, _ = bundle
+    quantize = json.loads((path / "state" / "quantize.json").read_text())["result"]
+    assert quantize["activations"] == "uint8" and not quantize["symmetric"]
+    if str(REPO) not in sys.path:  # `benchmarks` lives beside the package, not inside it
+        sys.path.insert(0, str(REPO))
+    import benchmarks.int8_activations as benchmark
+
+    monkeypatch.setattr(benchmark, "RESULTS_DIR", tmp_path)
+    assert benchmark.main([str(path), "--batch-sizes", "1", "4", "--repeats", "5"]) == 0
+    (written,) = tmp_path.glob("*-int8-activations.json")
+    document = json.loads(written.read_text())
+    assert [row["model"] for row in document["models"]] == ["fp32", "int8 activations", "uint8 activations"]
+    for row in document["models"]:
+        assert [lat["batch_size"] for lat in row["latency"]] == [1, 4]
+        assert all(lat["runs"] == 5 and lat["p50_ms"] > 0 for lat in row["latency"])
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    assert document["models"][0]["fp32_p50_over_this"] == [1.0, 1.0]
+    assert document["models"][1]["bytes"] < document["models"][0]["bytes"]
+    assert document["load"]["cpu_count"] == os.cpu_count()
