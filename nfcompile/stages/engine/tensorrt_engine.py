@@ -63,8 +63,9 @@ def _require_tensorrt_qdq(path: Path) -> None:
     if violations:
         raise InputError(f"{path.name}: not a TensorRT INT8 model ({len(violations)} Q/DQ zero point(s) TensorRT "
                          f"rejects, first: {violations[0]})",
-                         hint="it was quantized for ONNX Runtime (quantize.activations: uint8); build with "
-                              "quantize.activations: int8 for an INT8 engine, or use precision fp16")
+                         hint="its activations are uint8, for ONNX Runtime on a CPU (quantize.activations: "
+                              "uint8, or auto with bench.backend ort-cpu): build with quantize.activations: int8 "
+                              "for an INT8 engine, or use precision fp16")
 
 
 def _input_dims(onnx_path: Path) -> tuple[int, ...]:
