@@ -136,6 +136,8 @@ def test_the_report_times_fp32_and_int8_and_shows_the_test_split_per_class(built
     assert [lat["batch_size"] for lat in timed["int8"]["latency"]] == [1, 8]
     faster = all(v > 1.0 for v in manifest["latency"]["int8_speedup"].values())
     assert ("INT8 is not faster than FP32 on this device" in report) != faster
+    assert manifest["model"]["int8"]["activations"] == "uint8"  # an ort-cpu recipe, auto
+    assert "activations are uint8 with calibrated zero points" in report
     per_class = json.loads((built.path / "per_class.json").read_text())
     assert sum(c["samples"] for c in per_class["classes"]) == per_class["samples"] == manifest["heldout"]["samples"]
     assert np.array(per_class["confusion_matrix"]).sum() == per_class["samples"]

@@ -101,7 +101,8 @@ def write_bundle(root: Path, inputs: BundleInputs) -> Artifact:
         versions=inputs.versions, device=inputs.device, plan=inputs.plan, train=inputs.train, scores=inputs.scores,
         selection=inputs.selection, validations=inputs.validations, records=records, images=images,
         extra_sections=[*_finetune_section(inputs.train), *_prune_section(inputs.prune)],
-        deliverables=inputs.deliverable_latency, per_class=per_class, ort=inputs.exports.get("ort")))
+        deliverables=inputs.deliverable_latency, per_class=per_class, ort=inputs.exports.get("ort"),
+        int8=inputs.exports.get("int8")))
     manifest = _manifest(root, inputs, records, references)
     manifest["heldout"] = heldout or None
     manifest["latency"] = inputs.deliverable_latency.to_dict() if inputs.deliverable_latency else None

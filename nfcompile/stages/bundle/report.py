@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from nfcompile.core.bytesize import format_bytes
-from nfcompile.core.results import (TIME_PHASES, DeliverableLatency, ExitScores, OrtExport, Plan, Selection,
-                                    StageRecord, TrainResult, Validation)
+from nfcompile.core.results import (TIME_PHASES, DeliverableLatency, ExitScores, OrtExport, Plan, QuantResult,
+                                    Selection, StageRecord, TrainResult, Validation)
 
 
 def _pct(value: float | None) -> str:
@@ -28,7 +28,7 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
                   train: TrainResult | None, scores: ExitScores | None, selection: Selection | None,
                   validations: dict[str, Validation], records: list[StageRecord], images: dict[str, str],
                   extra_sections: list[str], deliverables: DeliverableLatency | None = None,
-                  per_class: dict[str, Any] | None = None, ort: Any = None) -> str:
+                  per_class: dict[str, Any] | None = None, ort: Any = None, int8: Any = None) -> str:
     lines = [f"# nfcompile build: {recipe_name}", "",
              f"Run `{run_id}` · recipe `{recipe_source or '(in memory)'}` (sha256 `{recipe_sha256[:16]}`) · "
              f"nfcompile {versions.get('nfcompile')} · torch {versions.get('torch')} · "
@@ -37,7 +37,7 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
     if scores is not None and selection is not None:
         lines += _result_section(scores, selection)
     if deliverables is not None:
-        lines += _deliverables_section(deliverables)
+        lines += _deliverables_section(deliverables, int8 if isinstance(int8, QuantResult) else None)
     if per_class is not None:
         lines += _per_class_section(per_class, images.get("confusion"), selection.chosen if selection else None)
     if isinstance(ort, OrtExport):
@@ -96,7 +96,7 @@ def _throughput(batch: int, p50_ms: float) -> str:
     return "-" if p50_ms <= 0 else f"{batch * 1000 / p50_ms:,.0f}/s"
 
 
-def _deliverables_section(timed: DeliverableLatency) -> list[str]:
+def _deliverables_section(timed: DeliverableLatency, int8: QuantResult | None) -> list[str]:
     batches = [lat.batch_size for lat in timed.formats[0].latency]
     header = ["format", "file", "size"]
     for batch in batches:
@@ -125,6 +125,12 @@ def _deliverables_section(timed: DeliverableLatency) -> list[str]:
                       "(TensorRT, a phone NPU), not for speed here.", ""]
         else:
             lines += [f"INT8 speed-up over FP32 on this device (FP32 p50 / INT8 p50): {ratios}.", ""]
+    if int8 is not None:
+        lines += [("The INT8 model's activations are uint8 with calibrated zero points, the form ONNX Runtime's "
+                   "CPU kernels are built for; a TensorRT INT8 engine needs `quantize.activations: int8`."
+                   if int8.activations == "uint8" else
+                   "The INT8 model's activations are int8 with zero point 0, the form TensorRT's INT8 engines "
+                   "take; for ONNX Runtime on an x86 CPU, `quantize.activations: uint8` gives the faster form."), ""]
     return lines
 
 
