@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.results import RESULTS_DIR, unused_path
+from benchmarks.results import RESULTS_DIR, machine_fingerprint, unused_path
 from nfcompile.core.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads_before)
     crashes = [crash_check(threads, layout) for threads in (1, 2) for layout in ("nchw", "nhwc")]
     document = {"format": "nfcompile.batch_layout/1", "cpu_count": os.cpu_count(),
+                "machine": machine_fingerprint(torch.device("cpu")),
                 "torch": torch.__version__, "onednn": _onednn_version(),
                 "date": started.isoformat(timespec="seconds"), "load_at_start": load_at_start,
                 "load_at_end": list(os.getloadavg()),

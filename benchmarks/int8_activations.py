@@ -23,8 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
+import torch
 
-from benchmarks.results import RESULTS_DIR, unused_path
+from benchmarks.results import RESULTS_DIR, machine_fingerprint, unused_path
 from nfcompile.core.io import read_json, write_json
 
 
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     document = {"format": "nfcompile.int8_activations/1", "bundle": str(args.bundle), "recipe": recipe.name,
                 "date": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
+                "machine": machine_fingerprint(torch.device("cpu")), "onnxruntime": onnxruntime.__version__,
                 "command": " ".join(["python -m benchmarks.int8_activations", *(argv or sys.argv[1:])]),
                 "load": load.to_dict(), "load_average_end": list(os.getloadavg()),
                 "timing_wall_seconds": wall, "timing_cpu_seconds": cpu, "threads": recipe.bench.threads,

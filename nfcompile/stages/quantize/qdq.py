@@ -8,9 +8,9 @@ Activations come in one of two formats
 - int8: signed and symmetric, every zero point 0: what TensorRT's explicit quantization accepts. The
   written graph is checked for zero points before it lands.
 - uint8: unsigned, with the zero point calibration gives. ONNX Runtime's x86 CPU kernels run
-  uint8 activations against int8 weights; signed activations take a slower path there. On this
-  2-core AMD EPYC (AVX-512 VNNI), the quickstart's exit ran 2.0x (batch 1) and 2.7x (batch 32) faster
-  than FP32 as uint8 and 0.48x and 0.52x FP32's speed as int8, at the same test accuracy
+  uint8 activations against int8 weights; signed activations take a slower path there. On a 2-core
+  Intel Xeon (AVX-512 VNNI, AMX), the quickstart's exit ran 2.1x (batch 1) and 2.5x (batch 32) faster
+  than FP32 as uint8 and at 0.54x and 0.49x FP32's speed as int8, at the same test accuracy
   (benchmarks/results/2026-12-05-int8-activations.json, `python -m benchmarks.int8_activations`).
   Post-ReLU activations are non-negative, so uint8 also spends all 256 levels on them where
   symmetric int8 spends 128.
