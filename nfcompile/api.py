@@ -94,6 +94,7 @@ def plan(recipe: RecipeLike, overrides: Iterable[str] = ()) -> Plan:
     from nfcompile.data import load_data
     from nfcompile.models import build_unit_net
     from nfcompile.stages.plan import plan_training
+    from nfcompile.stages.plan.profile_cache import ProfileCache
 
     loaded, _ = load_checked_recipe(recipe, overrides)
     data = load_data(loaded.data, loaded.seed)
@@ -101,7 +102,8 @@ def plan(recipe: RecipeLike, overrides: Iterable[str] = ()) -> Plan:
     classes = loaded.model.num_classes or data.info.num_classes
     return plan_training(build_unit_net(loaded.model, classes), classes, image_size=loaded.data.image_size,
                          train_samples=len(data.train), val_samples=len(data.val), budget=loaded.budget,
-                         train=loaded.train, augment=loaded.data.augment, device=resolve_device(loaded.device))
+                         train=loaded.train, augment=loaded.data.augment, device=resolve_device(loaded.device),
+                         cache=ProfileCache.for_recipe(loaded.train.neuroflux.reuse_profiles))
 
 
 # --------------------------------------------------------------------------- build / train / select / export

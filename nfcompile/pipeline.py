@@ -226,6 +226,7 @@ def _files_of(result: Any) -> list[str]:
 def _plan(build: Build) -> Plan:
     from nfcompile.learning.parallel import shard_length
     from nfcompile.stages.plan import plan_training
+    from nfcompile.stages.plan.profile_cache import ProfileCache
 
     recipe = build.recipe
     if recipe.train.method == "gradient_filter":
@@ -235,7 +236,8 @@ def _plan(build: Build) -> Plan:
                          # The budget is per process: caches hold one rank's shard.
                          train_samples=shard_length(len(build.data.train)),
                          val_samples=shard_length(len(build.data.val)),
-                         budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=build.device)
+                         budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=build.device,
+                         cache=ProfileCache.for_recipe(recipe.train.neuroflux.reuse_profiles))
 
 
 def _train(build: Build) -> TrainResult:

@@ -70,7 +70,9 @@ def plan_table(plan, train=None) -> Table:
     table.caption = (f"backprop at this budget: batch {plan.backprop_batch_size or 'none fits'}; with gradient "
                      f"checkpointing: batch {plan.checkpointing_batch_size or 'none fits'}; "
                      f"batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
-                     f"{plan.accounting or 'its own units and heads'}.")
+                     f"{plan.accounting or 'its own units and heads'}. Step profiles: {plan.profiles_measured} "
+                     f"measured, {plan.profiles_reused} reused from earlier measurements "
+                     "(train.neuroflux.reuse_profiles).")
     return table
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,16 @@ from nfcompile.models.heads import AuxHead
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLASSES = 4
 TINY_SIZE = 16
+
+# The suite's own profile cache, empty at the start of every session: builds never read or fill the
+# user's, and later builds of the same tiny recipes reuse earlier tests' profiles as repeated builds do.
+PROFILE_CACHE = tempfile.mkdtemp(prefix="nfcompile-test-cache-")
+os.environ["NFCOMPILE_CACHE_DIR"] = PROFILE_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(PROFILE_CACHE, ignore_errors=True)
+
 
 # One thread: the tiny test models gain nothing from a second one, and on a loaded machine
 # OpenMP threads of several processes oversubscribing two cores make everything several times slower.

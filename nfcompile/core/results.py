@@ -126,6 +126,10 @@ class Plan(Result):
     network_state_bytes: int = 0  # parameters and buffers of every unit, head and the classifier
     # What a block's predicted peak counts, in words (it differs between CPU and CUDA).
     accounting: str = ""
+    # Step profiles (units, block checks, baselines) measured by this plan, and reused from an earlier
+    # plan's measurements (train.neuroflux.reuse_profiles).
+    profiles_measured: int = 0
+    profiles_reused: int = 0
 
 
 # --------------------------------------------------------------------------- train

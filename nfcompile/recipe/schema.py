@@ -189,6 +189,10 @@ class NeuroFluxSection(Section):
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(
         (4, 16), description="Batch sizes at which each unit's training step is measured (two or more).")
     max_batch_size: PositiveInt = Field(512, description="Upper bound on any block's batch size.")
+    reuse_profiles: bool = Field(
+        True, description="Reuse the unit, block and baseline profiles an earlier plan measured on this machine "
+        "for the same code, model, input, budget and step settings (kept in $NFCOMPILE_CACHE_DIR/profiles, else "
+        "the user's cache folder); false measures every time.")
     stop_stalled_blocks: bool = Field(
         False, description="Skip the remaining blocks once a block's best exit fails to beat the earlier "
         "exits by `stall_delta`.")

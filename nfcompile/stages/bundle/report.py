@@ -196,10 +196,18 @@ def _plan_section(plan: Plan | None, train: TrainResult | None, image: str | Non
     lines += _table(["block", "units", "batch", *header, "output cache"], rows)
     lines += _memory_measured(train)
     lines += [f"Same budget, same profiler: backprop fits batch {plan.backprop_batch_size or 'none'}, backprop with "
-              f"gradient checkpointing batch {plan.checkpointing_batch_size or 'none'}.", ""]
+              f"gradient checkpointing batch {plan.checkpointing_batch_size or 'none'}. {_profiles(plan)}", ""]
     if image:
         lines += [f"![memory plan]({image})", ""]
     return lines
+
+
+def _profiles(plan: Plan) -> str:
+    if not plan.profiles_reused:
+        return f"Every one of the {plan.profiles_measured} step profiles was measured by this plan."
+    return (f"Step profiles: {plan.profiles_measured} measured by this plan, {plan.profiles_reused} reused from an "
+            "earlier plan's measurements on this machine with the same code, model and settings "
+            "(`train.neuroflux.reuse_profiles`).")
 
 
 def _training_section(train: TrainResult, image: str | None) -> list[str]:

@@ -30,6 +30,7 @@ from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
 from nfcompile.stages.plan.profile import (measure_block_step, profile_backprop_step, profile_input_fetch,
                                           profile_local_step)
+from nfcompile.stages.plan.profile_cache import ProfileCache
 
 log = get_logger(__name__)
 
@@ -93,8 +94,10 @@ def input_source_for(unit: int, in_shape: tuple[int, ...], count: int, *, image_
 
 def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train_samples: int,
                   val_samples: int, budget: BudgetSection, train: TrainSection, augment: AugmentSection,
-                  device: torch.device) -> Plan:
+                  device: torch.device, cache: ProfileCache | None = None) -> Plan:
+    """``cache``: where measured profiles are reused (`ProfileCache.for_recipe`); None measures all."""
     section = train.neuroflux
+    cache = cache or ProfileCache(None)
     budget_bytes, budget_source = resolve_budget(budget, device)
     usable = int(budget_bytes * PLANNING_SHARE)
     if section.cache.placement == "host" and device.type == "cpu":
@@ -112,8 +115,12 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
             filters = choose_head_filters(section.head, out_shape, unit_bytes)
             pool = head_pool_kernel(section.head, out_shape[-1])
             head = AuxHead(out_shape[0], filters, num_classes, pool=pool, depth=section.head.depth)
-            fit = profile_local_step(unit, head, in_shape, num_classes, batch_sizes=section.profile_batch_sizes,
-                                     budget=usable, max_batch=cap, section=train, device=device)
+            fit = cache.fit("local_step", [unit, head],
+                            lambda: profile_local_step(unit, head, in_shape, num_classes,
+                                                       batch_sizes=section.profile_batch_sizes, budget=usable,
+                                                       max_batch=cap, section=train, device=device),
+                            train=train, device=device, in_shape=in_shape, num_classes=num_classes,
+                            batch_sizes=section.profile_batch_sizes, budget=usable, max_batch=cap)
             fit = with_gradient_buckets(fit, unit, head)  # several processes: DDP's buckets
             fits.append(fit)
             fetch = profile_input_fetch(
@@ -139,18 +146,22 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     blocks = _blocks_with_caches(profiles, fits, usable, train_samples + val_samples, section, device, resident,
                                  recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size, image_augment,
                                                                                section, device),
-                                 measure_block=lambda units, batch: measure_block_step(
-                                     [unit_net.units[i] for i in units],
+                                 measure_block=lambda units, batch: _measure_block(
+                                     cache, [unit_net.units[i] for i in units],
                                      [AuxHead(profiles[i].out_shape[0], profiles[i].head_filters, num_classes,
                                               pool=profiles[i].head_pool, depth=profiles[i].head_depth) for i in units],
-                                     profiles[units[0]].in_shape, num_classes, batch, section=train, device=device))
-    backprop = profile_backprop_step(unit_net, (3, image_size, image_size), num_classes,
-                                     batch_sizes=section.profile_batch_sizes, budget=usable, max_batch=cap,
-                                     section=train, device=device)
-    checkpointed = profile_backprop_step(CheckpointedUnits(unit_net.units, unit_net.classifier),
-                                         (3, image_size, image_size), num_classes,
-                                         batch_sizes=section.profile_batch_sizes, budget=usable,
-                                         max_batch=cap, section=train, device=device)
+                                     profiles[units[0]].in_shape, num_classes, batch, train=train, device=device))
+    image_shape = (3, image_size, image_size)
+    baselines = {}
+    for kind, model in (("backprop_step", unit_net),
+                        ("checkpointed_backprop_step", CheckpointedUnits(unit_net.units, unit_net.classifier))):
+        baselines[kind] = cache.fit(
+            kind, [model], lambda: profile_backprop_step(model, image_shape, num_classes,
+                                                         batch_sizes=section.profile_batch_sizes, budget=usable,
+                                                         max_batch=cap, section=train, device=device),
+            train=train, device=device, in_shape=image_shape, num_classes=num_classes,
+            batch_sizes=section.profile_batch_sizes, budget=usable, max_batch=cap)
+    backprop, checkpointed = baselines["backprop_step"], baselines["checkpointed_backprop_step"]
     # Backprop holds the epoch's sample order beside its step too (on CPU, in the budget's memory).
     held = resident.order_bytes if device.type == "cpu" else 0
     bp_batch, ck_batch = backprop.max_batch(usable - held, cap), checkpointed.max_batch(usable - held, cap)
@@ -165,11 +176,20 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
         checkpointing_predicted_peak_bytes=checkpointed.predicted(max(ck_batch, 1)) + held,
         checkpointing_measurements=checkpointed.measurements,
         train_samples=train_samples, val_samples=val_samples, network_state_bytes=network,
-        accounting=resident.accounting)
-    log.info("plan: %d units in %d blocks, batch sizes %s under %s; backprop batch %s, checkpointed %s",
-             len(profiles), len(blocks), [b.batch_size for b in blocks], format_bytes(budget_bytes),
-             bp_batch or "none fits", ck_batch or "none fits")
+        accounting=resident.accounting, profiles_measured=cache.measured, profiles_reused=cache.reused)
+    log.info("plan: %d units in %d blocks, batch sizes %s under %s; backprop batch %s, checkpointed %s; "
+             "profiles: %s", len(profiles), len(blocks), [b.batch_size for b in blocks], format_bytes(budget_bytes),
+             bp_batch or "none fits", ck_batch or "none fits", cache.describe())
     return plan
+
+
+def _measure_block(cache: ProfileCache, units: list[nn.Module], heads: list[nn.Module], in_shape: tuple[int, ...],
+                   num_classes: int, batch: int, *, train: TrainSection, device: torch.device) -> int:
+    return cache.peak("block_step", [*units, *heads],
+                      lambda: measure_block_step(units, heads, in_shape, num_classes, batch, section=train,
+                                                 device=device),
+                      train=train, device=device, in_shape=in_shape, num_classes=num_classes, batch=batch,
+                      units=len(units))
 
 
 @dataclass(frozen=True)
