@@ -4,11 +4,12 @@
 
 Each round builds the recipe once with the code of ``REV`` (a `git worktree` of it in a temporary
 folder) and once with this working tree, one after the other, each in its own process with the same
-interpreter. Per build it records every stage's seconds (from the bundle's manifest), the wall time,
-the CPU time of the process (user + system, from `resource.getrusage` of the children), and the
-machine's load before and after. Writes `benchmarks/results/<date>-quickstart-before-after.json`
-(`-2`, `-3`... when taken); `benchmarks.comparisons.pipeline_overhead` renders the newest one into
-comparison 5.
+interpreter and an empty profile cache (every build measures its profiles, as a first build does).
+Per build it records every stage's seconds (from the bundle's manifest), the wall time, the CPU time
+of the process (user + system, from `resource.getrusage` of the children), the machine's load before
+and after, and how many step profiles the plan measured and reused. Writes
+`benchmarks/results/<date>-quickstart-before-after.json` (`-2`, `-3`... when taken);
+`benchmarks.comparisons.pipeline_overhead` renders the newest one into comparison 5.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ REPO = Path(__file__).resolve().parents[1]
 NAME = "quickstart-before-after"  # files: <date>-NAME.json, then <date>-NAME-2.json, ...
 
 
-def _build(tree: Path, recipe: str, out: Path) -> dict:
+def timed_build(tree: Path, recipe: str, out: Path, *, profile_cache: Path | None = None) -> dict:
+    """Build ``recipe`` with the code in ``tree`` in its own process: its stages' seconds, wall and CPU time.
+
+    ``profile_cache``: the folder of reused step profiles (`train.neuroflux.reuse_profiles`); None gives
+    the build a fresh empty one, so it measures every profile as a first build does."""
     load_before = list(os.getloadavg())
-    cpu_before, started = children_cpu_seconds(), time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "nfcompile", "-q", "build", recipe, "--out", str(out)], cwd=tree,
-                          capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu_before
+    with tempfile.TemporaryDirectory(prefix="nfcompile-profiles-") as fresh:
+        env = {**os.environ, "NFCOMPILE_CACHE_DIR": str(profile_cache or fresh)}
+        cpu_before, started = children_cpu_seconds(), time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "nfcompile", "-q", "build", recipe, "--out", str(out)],
+                              cwd=tree, capture_output=True, text=True, env=env)
+        wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu_before
     entry = {"exit_code": done.returncode, "wall_seconds": wall, "cpu_seconds": cpu,
              "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
     manifests = sorted(out.glob("*/*/manifest.json"), key=lambda p: p.stat().st_mtime)
@@ -44,6 +51,11 @@ def _build(tree: Path, recipe: str, out: Path) -> dict:
         return entry
     manifest = read_json(manifests[-1])
     entry["stages"] = {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in manifest["stages"]}
+    plan = manifests[-1].parent / "state" / "plan.json"
+    if plan.is_file():  # revisions before profile reuse record neither count
+        result = read_json(plan).get("result") or {}
+        entry["step_profiles"] = {k: result[f"profiles_{k}"] for k in ("measured", "reused")
+                                  if f"profiles_{k}" in result}
     return entry
 
 
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 for label, tree in (("before", worktree), ("after", REPO)):
                     print(f"round {round_ + 1}: {label}", file=sys.stderr, flush=True)
-                    entry = _build(tree, args.recipe, Path(folder) / f"out-{label}-{round_}")
+                    entry = timed_build(tree, args.recipe, Path(folder) / f"out-{label}-{round_}")
                     runs.append({"round": round_ + 1, "code": label, **entry})
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, capture_output=True)

@@ -253,3 +253,19 @@ def test_the_int8_activations_benchmark_times_both_formats_on_a_bundle(bundle, t
     assert document["models"][0]["fp32_p50_over_this"] == [1.0, 1.0]
     assert document["models"][1]["bytes"] < document["models"][0]["bytes"]
     assert document["load"]["cpu_count"] == os.cpu_count()
+
+
+def test_the_profile_cache_benchmark_builds_with_an_empty_and_a_warm_cache(workspace, tmp_path, monkeypatch):
+    if str(REPO) not in sys.path:  # `benchmarks` lives beside the package, not inside it
+        sys.path.insert(0, str(REPO))
+    import benchmarks.profile_cache as benchmark
+
+    monkeypatch.setattr(benchmark, "RESULTS_DIR", tmp_path)
+    assert benchmark.main(["--recipe", str(workspace / "tiny.yaml"), "--rounds", "1"]) == 0
+    (written,) = tmp_path.glob("*-profile-cache.json")
+    runs = {run["profiles"]: run for run in json.loads(written.read_text())["runs"]}
+    empty, warm = runs["empty cache"], runs["warm cache"]
+    # An empty cache measures every distinct step; only identical units (same structure, input and head) reuse.
+    assert empty["step_profiles"]["measured"] > empty["step_profiles"]["reused"]
+    assert warm["step_profiles"] == {"measured": 0, "reused": sum(empty["step_profiles"].values())}
+    assert empty["stages"]["plan"]["status"] == warm["stages"]["plan"]["status"] == "ok"
