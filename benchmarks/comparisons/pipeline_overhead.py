@@ -106,6 +106,9 @@ def render(result: dict[str, Any]) -> str:
     latest = latest_before_after()
     if latest is not None:
         out.append(render_before_after(read_json(latest), latest.name))
+    reuse = latest_profile_cache()
+    if reuse is not None:
+        out.append(render_profile_cache(read_json(reuse), reuse.name))
     return "\n".join(out)
 
 
@@ -118,23 +121,30 @@ def latest_before_after(folder: Path = RESULTS_DIR) -> Path | None:
     return max(found, key=lambda path: (read_json(path).get("date", ""), path.name)) if found else None
 
 
-def render_before_after(document: dict[str, Any], name: str) -> str:
-    """The quickstart built by an earlier revision and by this one, interleaved in one run."""
-    runs = document["runs"]
-    stages = ("plan", "train", "score", "select", "export", "bench", "bundle")
-    header = ["round", "code", *(f"{s} s" for s in stages), "plan / train", "score / train", "build wall s",
+BUILD_STAGES = ("plan", "train", "score", "select", "export", "bench", "bundle")
+
+
+def _builds_table(runs: list[dict[str, Any]], label: str) -> str:
+    """One row per timed quickstart build: stage seconds, plan and scoring against its own training,
+    wall and CPU time, load. ``label``: the run field that tells the contenders apart."""
+    header = ["round", label, *(f"{s} s" for s in BUILD_STAGES), "plan / train", "score / train", "build wall s",
               "build CPU s", "load before -> after (1 min)"]
     rows = []
-    train_seconds: dict[tuple[int, str], float] = {}
     for run in runs:
         seconds = {k: v["seconds"] for k, v in run.get("stages", {}).items() if v["status"] in RAN}
         shares = [f"{seconds[s] / seconds['train'] * 100:.0f}%" if seconds.get("train") and s in seconds else "–"
                   for s in ("plan", "score")]
-        if seconds.get("train"):
-            train_seconds[(run["round"], run["code"])] = seconds["train"]
-        rows.append([run["round"], run["code"], *(f"{seconds[s]:.1f}" if s in seconds else "–" for s in stages),
+        rows.append([run["round"], run[label], *(f"{seconds[s]:.1f}" if s in seconds else "–" for s in BUILD_STAGES),
                      *shares, f"{run['wall_seconds']:.1f}", f"{run['cpu_seconds']:.1f}",
                      f"{run['load_average_before'][0]:.2f} -> {run['load_average_after'][0]:.2f}"])
+    return table(header, rows)
+
+
+def render_before_after(document: dict[str, Any], name: str) -> str:
+    """The quickstart built by an earlier revision and by this one, interleaved in one run."""
+    runs = document["runs"]
+    train_seconds = {(run["round"], run["code"]): run["stages"]["train"]["seconds"] for run in runs
+                     if run.get("stages", {}).get("train", {}).get("status") in RAN}
     # Training changes between revisions too (what a block measures, the batches the plan checks), so
     # plan and scoring are read against each build's own training, and the training ratio is shown.
     ratios = sorted(train_seconds[(r, "after")] / train_seconds[(r, "before")]
@@ -150,7 +160,24 @@ def render_before_after(document: dict[str, Any], name: str) -> str:
         f"in each round on {document['cpu_count']} CPUs. CPU time is the build process's user + system time; the "
         "load average (1 min) before and after each build says how busy the machine was (other users' jobs "
         f"included).{training}\n",
-        table(header, rows)])
+        _builds_table(runs, "code")])
+
+
+def latest_profile_cache(folder: Path = RESULTS_DIR) -> Path | None:
+    """The newest results file of `python -m benchmarks.profile_cache`, if any was committed."""
+    found = [*folder.glob("*-profile-cache.json"), *folder.glob("*-profile-cache-*.json")]
+    return max(found, key=lambda path: (read_json(path).get("date", ""), path.name)) if found else None
+
+
+def render_profile_cache(document: dict[str, Any], name: str) -> str:
+    """The quickstart built with an empty and with a warm profile cache, interleaved in one run."""
+    return "\n".join([
+        f"**Quickstart with reused step profiles** (`{document['command']}`, {name}): `{document['recipe']}` "
+        "built by the same code with an empty profile cache (a first build: every unit, block check and "
+        "backprop baseline measured) and with the cache an earlier build filled "
+        f"(`train.neuroflux.reuse_profiles`), one build after the other in each round on {document['cpu_count']} "
+        "CPUs.\n",
+        _builds_table(document["runs"], "profiles")])
 
 
 register_comparison(Comparison(

@@ -167,6 +167,27 @@ def test_comparison_5_states_how_training_itself_changed_and_each_builds_shares(
     assert "| 1 | after | 6.0 | 30.0 | 9.0 | – | – | – | – | 20% | 30% |" in text
 
 
+def test_comparison_5_shows_the_newest_profile_cache_run_with_each_builds_plan_share(tmp_path):
+    import json
+
+    from benchmarks.comparisons.pipeline_overhead import latest_profile_cache, render_profile_cache
+
+    def run(round_, profiles, plan, train):
+        stages = {name: {"seconds": s, "status": "ok"} for name, s in (("plan", plan), ("train", train))}
+        return {"round": round_, "profiles": profiles, "stages": stages, "wall_seconds": 40.0, "cpu_seconds": 60.0,
+                "load_average_before": [1.0, 1.0, 1.0], "load_average_after": [1.2, 1.0, 1.0]}
+
+    document = {"command": "python -m benchmarks.profile_cache", "recipe": "recipes/quickstart.yaml", "cpu_count": 2,
+                "date": "2025-01-02T10:00:00+00:00",
+                "runs": [run(1, "empty cache", 4.0, 20.0), run(1, "warm cache", 1.0, 20.0)]}
+    assert latest_profile_cache(tmp_path) is None
+    (tmp_path / "2025-01-02-profile-cache.json").write_text(json.dumps(document))
+    assert latest_profile_cache(tmp_path) == tmp_path / "2025-01-02-profile-cache.json"
+    text = render_profile_cache(document, "x.json")
+    assert "| 1 | empty cache | 4.0 | 20.0 | – | – | – | – | – | 20% | – |" in text
+    assert "| 1 | warm cache | 1.0 | 20.0 | – | – | – | – | – | 5% | – |" in text
+
+
 # --------------------------------------------------------------------------- the whole suite, tiny
 
 
