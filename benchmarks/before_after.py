@@ -3,7 +3,8 @@
     python -m benchmarks.before_after --before REV [--rounds 1] [--recipe recipes/quickstart.yaml]
 
 Each round builds the recipe once with the code of ``REV`` (a `git worktree` of it in a temporary
-folder) and once with this working tree, one after the other, each in its own process with the same
+folder) and once with this working tree, one after the other (which goes first alternates between
+rounds), each in its own process with the same
 interpreter and an empty profile cache (every build measures its profiles, as a first build does).
 Per build it records every stage's seconds (from the bundle's manifest), the wall time, the CPU time
 of the process (user + system, from `resource.getrusage` of the children), the machine's load before
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                        capture_output=True, check=True)
         try:
             for round_ in range(args.rounds):
-                for label, tree in (("before", worktree), ("after", REPO)):
+                contenders = (("before", worktree), ("after", REPO))
+                # Alternate which goes first: a build right after another can run slower or faster
+                # (a neighbour's load, the page cache), and that must not land on one side only.
+                for label, tree in contenders if round_ % 2 == 0 else contenders[::-1]:
                     print(f"round {round_ + 1}: {label}", file=sys.stderr, flush=True)
                     entry = timed_build(tree, args.recipe, Path(folder) / f"out-{label}-{round_}")
                     runs.append({"round": round_ + 1, "code": label, **entry})

@@ -4,9 +4,9 @@
 
 A first build of a recipe measures every unit's, block's and backprop baseline's training step; a
 later build of the same model on the same machine reads them back (`train.neuroflux.reuse_profiles`).
-Each round builds the recipe twice with this tree, each in its own process: once with an empty
-profile cache (what a first build, or a CI machine without a kept cache, does) and once with a
-cache an untimed build filled beforehand. Per build: every stage's seconds, wall and CPU time, the
+Each round builds the recipe twice with this tree, each in its own process (which goes first
+alternates between rounds): once with an empty profile cache (what a first build, or a CI machine
+without a kept cache, does) and once with a cache an untimed build filled beforehand. Per build: every stage's seconds, wall and CPU time, the
 load before and after (`benchmarks.before_after.timed_build`). Writes
 `benchmarks/results/<date>-profile-cache.json` (`-2`, `-3`... when taken) and prints plan / train.
 """
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the build that fills the cache failed: {filled.get('error')}", file=sys.stderr)
             return 1
         for round_ in range(args.rounds):
-            for label, cache in (("empty cache", None), ("warm cache", warm)):
+            contenders = (("empty cache", None), ("warm cache", warm))
+            for label, cache in contenders if round_ % 2 == 0 else contenders[::-1]:  # who goes first alternates
                 print(f"round {round_ + 1}: {label}", file=sys.stderr, flush=True)
                 entry = timed_build(REPO, args.recipe, Path(folder) / f"out-{round_}-{label.split()[0]}",
                                     profile_cache=cache)

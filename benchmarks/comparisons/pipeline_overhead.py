@@ -157,9 +157,9 @@ def render_before_after(document: dict[str, Any], name: str) -> str:
         f"**Quickstart before and after** (`{document['command']}`, {name}): `{document['recipe']}` built by "
         f"{document['before'][:10]} (before) and {document['after'][:10]}"
         f"{' plus uncommitted changes' if document.get('after_dirty') else ''} (after), one build after the other "
-        f"in each round on {document['cpu_count']} CPUs. CPU time is the build process's user + system time; the "
-        "load average (1 min) before and after each build says how busy the machine was (other users' jobs "
-        f"included).{training}\n",
+        f"in each round, in the table's order, on {document['cpu_count']} CPUs. CPU time is the build process's "
+        "user + system time; the load average (1 min) before and after each build says how busy the machine was "
+        f"(other users' jobs included).{training}\n",
         _builds_table(runs, "code")])
 
 
@@ -175,8 +175,8 @@ def render_profile_cache(document: dict[str, Any], name: str) -> str:
         f"**Quickstart with reused step profiles** (`{document['command']}`, {name}): `{document['recipe']}` "
         "built by the same code with an empty profile cache (a first build: every unit, block check and "
         "backprop baseline measured) and with the cache an earlier build filled "
-        f"(`train.neuroflux.reuse_profiles`), one build after the other in each round on {document['cpu_count']} "
-        "CPUs.\n",
+        f"(`train.neuroflux.reuse_profiles`), one build after the other in each round, in the "
+        f"table's order, on {document['cpu_count']} CPUs.\n",
         _builds_table(document["runs"], "profiles")])
 
 
