@@ -24,8 +24,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from benchmarks.cpu import children_cpu_seconds
-from benchmarks.results import RESULTS_DIR, unused_path
+from benchmarks.results import RESULTS_DIR, machine_fingerprint, unused_path
 from nfcompile.core.io import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     document = {"format": "nfcompile.before_after/1", "recipe": args.recipe, "before": revision, "after": after,
                 "after_dirty": dirty, "date": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
+                "machine": machine_fingerprint(torch.device("cpu")),
                 "command": " ".join(["python -m benchmarks.before_after", *(argv or sys.argv[1:])]), "runs": runs}
     path = write_json(unused_path(RESULTS_DIR, f"{started:%Y-%m-%d}-{NAME}"), document)
     print(path)

@@ -21,8 +21,10 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from benchmarks.before_after import REPO, timed_build
-from benchmarks.results import RESULTS_DIR, unused_path
+from benchmarks.results import RESULTS_DIR, machine_fingerprint, unused_path
 from nfcompile.core.io import write_json
 
 
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append({"round": round_ + 1, "profiles": label, **entry})
     document = {"format": "nfcompile.profile_cache/1", "recipe": args.recipe,
                 "date": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
+                "machine": machine_fingerprint(torch.device("cpu")),
                 "command": " ".join(["python -m benchmarks.profile_cache", *(argv or sys.argv[1:])]), "runs": runs}
     path = write_json(unused_path(RESULTS_DIR, f"{started:%Y-%m-%d}-profile-cache"), document)
     print(path)

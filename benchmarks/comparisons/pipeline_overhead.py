@@ -157,10 +157,15 @@ def render_before_after(document: dict[str, Any], name: str) -> str:
         f"**Quickstart before and after** (`{document['command']}`, {name}): `{document['recipe']}` built by "
         f"{document['before'][:10]} (before) and {document['after'][:10]}"
         f"{' plus uncommitted changes' if document.get('after_dirty') else ''} (after), one build after the other "
-        f"in each round, in the table's order, on {document['cpu_count']} CPUs. CPU time is the build process's "
+        f"in each round, in the table's order, on {_machine(document)}. CPU time is the build process's "
         "user + system time; the load average (1 min) before and after each build says how busy the machine was "
         f"(other users' jobs included).{training}\n",
         _builds_table(runs, "code")])
+
+
+def _machine(document: dict[str, Any]) -> str:
+    processor = (document.get("machine") or {}).get("processor")  # recorded from 2026-12-05 on
+    return f"{processor} ({document['cpu_count']} CPUs)" if processor else f"{document['cpu_count']} CPUs"
 
 
 def latest_profile_cache(folder: Path = RESULTS_DIR) -> Path | None:
@@ -176,7 +181,7 @@ def render_profile_cache(document: dict[str, Any], name: str) -> str:
         "built by the same code with an empty profile cache (a first build: every unit, block check and "
         "backprop baseline measured) and with the cache an earlier build filled "
         f"(`train.neuroflux.reuse_profiles`), one build after the other in each round, in the "
-        f"table's order, on {document['cpu_count']} CPUs.\n",
+        f"table's order, on {_machine(document)}.\n",
         _builds_table(document["runs"], "profiles")])
 
 
