@@ -54,8 +54,10 @@ class Stage:
 
 
 # Fields a stage reads only in some recipes, named "field@condition": scoring quantizes every exit
-# only where selection uses INT8 latency.
-ONLY_WHEN: dict[str, Callable[[Recipe], bool]] = {"int8-latency": lambda r: r.select.latency_format == "int8"}
+# only where selection uses INT8 latency; quantize.activations auto picks the INT8 form by where the
+# model runs (the bench backend, a TensorRT INT8 engine).
+ONLY_WHEN: dict[str, Callable[[Recipe], bool]] = {"int8-latency": lambda r: r.select.latency_format == "int8",
+                                                  "auto-activations": lambda r: r.quantize.activations == "auto"}
 
 
 def _recipe_fields(recipe: Recipe, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -474,6 +476,8 @@ TRAINING_FIELDS = ("seed", "device", "model", "data", "budget", "train")
 SCORE_FIELDS = ("data", "bench.backend", "bench.warmup", "bench.repeats", "bench.batch_sizes", "bench.threads",
                 "bench.table", "export.exporter", "export.opset", "export.simplify", "tensorrt",
                 "select.latency_format", "quantize@int8-latency")
+QUANTIZE_FIELDS = ("quantize", "bench.backend@auto-activations", "tensorrt.enabled@auto-activations",
+                   "tensorrt.precision@auto-activations")
 
 STAGES: list[Stage] = [
     Stage("plan", TRAINING_FIELDS, _plan, Plan),
@@ -485,7 +489,7 @@ STAGES: list[Stage] = [
     Stage("validate_fp32", ("validate",), _validate_fp32, Validation),
     Stage("ort_format", ("export.ort_format",), _ort_format, OrtExport),
     Stage("validate_ort", ("validate",), _validate_ort, Validation),
-    Stage("quantize", ("quantize",), _quantize, QuantResult),
+    Stage("quantize", QUANTIZE_FIELDS, _quantize, QuantResult),
     Stage("validate_int8", ("quantize", "validate"), _validate_int8, Validation),
     Stage("bench", ("bench",), _bench, DeliverableLatency),
     Stage("engine", ("tensorrt",), _engine, EngineResult),

@@ -153,11 +153,18 @@ def test_a_changed_recipe_reruns_only_the_stages_it_affects(workspace, tmp_path)
     statuses = {name: record.status for name, record in build.records.items()}
     assert [statuses[s] for s in ("plan", "train", "score", "select", "export", "validate_fp32")] == ["reused"] * 6
     assert statuses["quantize"] == statuses["validate_int8"] == "ok"
+    assert build.results["quantize"].activations == "uint8"  # ort-cpu bench, fp16 engine: ONNX Runtime's form
     assert statuses["prune"] == "skipped"
 
     reselected = load_recipe(workspace / "tiny.yaml", ["quantize.calibration_samples=32", "select.within_points=50"])
     build = run_pipeline(reselected, run, resume=True, until="select")
     assert build.records["score"].status == "reused" and build.records["select"].status == "ok"
+
+    # quantize.activations auto follows where the model runs: an INT8 engine gets TensorRT's int8 form.
+    engine = load_recipe(workspace / "tiny.yaml", ["quantize.calibration_samples=32", "select.within_points=50",
+                                                   "tensorrt.precision=int8"])
+    build = run_pipeline(engine, run, resume=True, until="quantize")
+    assert build.records["quantize"].status == "ok" and build.results["quantize"].activations == "int8"
 
     # A gate that cannot pass: the CLI continues this run and exits 3 naming the number.
     result = run_cli("build", str(workspace / "tiny.yaml"), "--run", str(run.path),
