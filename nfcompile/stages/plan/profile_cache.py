@@ -95,7 +95,7 @@ class ProfileCache:
         path = self.folder / f"{key}.json"
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
-            if entry.get("format") == FORMAT and entry.get("key") == key:
+            if isinstance(entry, dict) and entry.get("format") == FORMAT and entry.get("key") == key:
                 value = decode(entry["value"])
                 self.reused += 1
                 return value

@@ -80,13 +80,13 @@ def test_a_damaged_entry_is_measured_again_and_replaced(tmp_path):
     calls: list = []
     first = _fit(ProfileCache(tmp_path), unit, head, in_shape, calls=calls)
     (entry,) = tmp_path.glob("*.json")
-    for damage in ("{not json", json.dumps({"format": "nfcompile.profile/1", "key": entry.stem,
-                                            "value": {**dataclasses.asdict(first), "bytes_per_sample": -5}})):
+    for damage in ("{not json", "[1, 2]", json.dumps({"format": "nfcompile.profile/1", "key": entry.stem,
+                                                      "value": {**dataclasses.asdict(first), "bytes_per_sample": -5}})):
         entry.write_text(damage)
         again = ProfileCache(tmp_path)
         assert _fit(again, unit, head, in_shape, calls=calls).measurements == first.measurements
         assert again.measured == 1
-    assert len(calls) == 3 and json.loads(entry.read_text())["value"]["bytes_per_sample"] > 0
+    assert len(calls) == 4 and json.loads(entry.read_text())["value"]["bytes_per_sample"] > 0
 
 
 def test_an_unwritable_cache_warns_once_and_the_plan_goes_on(tmp_path, caplog):
