@@ -44,6 +44,9 @@ log = get_logger(__name__)
 
 CACHE_ENV = "NFCOMPILE_CACHE_DIR"
 FORMAT = "nfcompile.profile/1"
+# Entries kept (about 1 KB each): every code change keys afresh, so the oldest go once a write
+# passes this many.
+MAX_ENTRIES = 2000
 # Training settings no single step reads: changing them keeps the profiles (the learning rate scales
 # values, never sizes).
 STEP_INDEPENDENT = {"epochs": True, "patience": True, "schedule": True, "lr": True, "reference_batch_size": True,
@@ -112,11 +115,28 @@ class ProfileCache:
         try:
             write_json(path, {"format": FORMAT, "key": key, "kind": kind, "value": value,
                               "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            self._trim()
         except (NfcompileError, OSError) as exc:
             if not self._write_failed:  # once per plan: the build goes on measuring
                 log.warning("profile cache: cannot write %s (%s); profiles will be measured again next time",
                             self.folder, exc)
             self._write_failed = True
+
+    def _trim(self) -> None:
+        """Remove the least recently written entries beyond MAX_ENTRIES."""
+        entries = list(self.folder.glob("*.json"))
+        if len(entries) <= MAX_ENTRIES:
+            return
+        by_age = sorted(entries, key=_written_at)
+        for old in by_age[:len(entries) - MAX_ENTRIES]:
+            old.unlink(missing_ok=True)  # another build may have removed it first
+
+
+def _written_at(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed by another build meanwhile
+        return 0.0
 
 
 def profile_key(kind: str, modules: list[nn.Module], *, train: TrainSection, device: torch.device,

@@ -123,3 +123,19 @@ def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
     assert cache_folder() == tmp_path / "profiles"
     assert ProfileCache.for_recipe(True).folder == tmp_path / "profiles"
     assert ProfileCache.for_recipe(False).folder is None
+
+
+def test_the_cache_keeps_only_the_newest_entries(tmp_path, monkeypatch):
+    import os
+
+    import nfcompile.stages.plan.profile_cache as profile_cache
+
+    for age, name in enumerate(["c", "b", "a"]):  # a is the oldest
+        entry = tmp_path / f"{name}.json"
+        entry.write_text("{}")
+        os.utime(entry, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    monkeypatch.setattr(profile_cache, "MAX_ENTRIES", 3)
+    unit, head, in_shape = _unit_and_head()
+    _fit(ProfileCache(tmp_path), unit, head, in_shape)  # the fourth entry: the oldest goes
+    assert sorted(p.stem for p in tmp_path.glob("*.json") if len(p.stem) == 1) == ["b", "c"]
+    assert len(list(tmp_path.glob("*.json"))) == 3
