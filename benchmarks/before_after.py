@@ -4,13 +4,13 @@
 
 Each round builds the recipe once with the code of ``REV`` (a `git worktree` of it in a temporary
 folder) and once with this working tree, one after the other (which goes first alternates between
-rounds), each in its own process with the same
-interpreter and an empty profile cache (every build measures its profiles, as a first build does).
-Per build it records every stage's seconds (from the bundle's manifest), the wall time, the CPU time
-of the process (user + system, from `resource.getrusage` of the children), the machine's load before
-and after, and how many step profiles the plan measured and reused. Writes
-`benchmarks/results/<date>-quickstart-before-after.json` (`-2`, `-3`... when taken);
-`benchmarks.comparisons.pipeline_overhead` renders the newest one into comparison 5.
+rounds), each in its own process with the same interpreter and an empty profile cache (every build
+measures its profiles, as a first build does). Per build it records every stage's seconds (from the
+bundle's manifest), the wall time, the CPU time of the process (user + system, from
+`resource.getrusage` of the children), the machine's load before and after, and how many step
+profiles the plan measured and reused. Writes `benchmarks/results/<date>-quickstart-before-after.json`
+(`-2`, `-3`... when taken); `benchmarks.comparisons.pipeline_overhead` renders the newest one into
+comparison 5.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ import torch
 from benchmarks.results import RESULTS_DIR, machine_fingerprint, unused_path
 from nfcompile.core.io import read_json, write_json
 
+ACCURACY_BATCH = 256
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_activations",
@@ -38,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args(argv)
 
-    from nfcompile.data import calibration_images, load_data
+    from nfcompile.data import calibration_array, load_data
     from nfcompile.recipe.load import validate_recipe
+    from nfcompile.runtime.compare import run_batched
     from nfcompile.runtime.latency import machine_load, measure_interleaved
     from nfcompile.runtime.ort_runner import OrtRunner
     from nfcompile.stages.quantize import quantize_int8
@@ -48,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                              source=str(args.bundle / "state" / "recipe.json"))
     data = load_data(recipe.data, recipe.seed)
     section = recipe.quantize
-    calibration = data.preprocessing.normalize(
-        calibration_images(data.train, section.calibration_samples, recipe.seed).images).numpy()
+    calibration = calibration_array(data, section.calibration_samples, recipe.seed)
     test_x, test_y = data.preprocessing.normalize(data.test.images).numpy(), data.test.labels.numpy()
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="nfcompile-int8-activations-") as folder:
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for runner in runners.values():
             runner.activate()
         try:
-            accuracy = {name: _accuracy(runner, test_x, test_y) for name, runner in runners.items()}
+            accuracy = {name: float(np.mean(run_batched(runner, test_x, ACCURACY_BATCH).argmax(axis=1) == test_y))
+                        for name, runner in runners.items()}
             load = machine_load()
             wall, cpu = time.perf_counter(), time.process_time()
             latency = measure_interleaved(runners, tuple(test_x.shape[1:]), tuple(args.batch_sizes),
@@ -95,15 +98,6 @@ def main(argv: list[str] | None = None) -> int:
                             for lat, ratio in zip(row["latency"], row["fp32_p50_over_this"]))
         print(f"{row['model']}: {row['bytes'] / 2**20:.1f} MiB, test accuracy {row['test_accuracy']:.2%}; {timings}")
     return 0
-
-
-def _accuracy(runner, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    name = runner.input_names[0]
-    correct = 0
-    for start in range(0, len(inputs), batch_size):
-        (logits,) = runner.infer({name: inputs[start:start + batch_size]}).values()
-        correct += int((logits.argmax(axis=1) == labels[start:start + batch_size]).sum())
-    return correct / len(labels)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ A first build of a recipe measures every unit's, block's and backprop baseline's
 later build of the same model on the same machine reads them back (`train.neuroflux.reuse_profiles`).
 Each round builds the recipe twice with this tree, each in its own process (which goes first
 alternates between rounds): once with an empty profile cache (what a first build, or a CI machine
-without a kept cache, does) and once with a cache an untimed build filled beforehand. Per build: every stage's seconds, wall and CPU time, the
-load before and after (`benchmarks.before_after.timed_build`). Writes
+without a kept cache, does) and once with a cache an untimed build filled beforehand. Per build:
+every stage's seconds, wall and CPU time, the load before and after
+(`benchmarks.before_after.timed_build`). Writes
 `benchmarks/results/<date>-profile-cache.json` (`-2`, `-3`... when taken) and prints plan / train.
 """
 

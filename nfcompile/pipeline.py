@@ -136,10 +136,9 @@ class Build:
         return (x[:limit], y[:limit]) if limit else (x, y)
 
     def calibration_array(self, count: int) -> np.ndarray:
-        from nfcompile.data import calibration_images
+        from nfcompile.data import calibration_array
 
-        subset = calibration_images(self.data.train, count, self.recipe.seed)
-        return self.data.preprocessing.normalize(subset.images).numpy()
+        return calibration_array(self.data, count, self.recipe.seed)
 
     # -- running ----------------------------------------------------------------------------------
 

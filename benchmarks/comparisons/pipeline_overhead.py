@@ -116,7 +116,12 @@ def latest_before_after(folder: Path = RESULTS_DIR) -> Path | None:
     """The newest results file of `python -m benchmarks.before_after`, if any was committed."""
     from benchmarks.before_after import NAME
 
-    found = [*folder.glob(f"*-{NAME}.json"), *folder.glob(f"*-{NAME}-*.json")]
+    return _newest_results(folder, NAME)
+
+
+def _newest_results(folder: Path, name: str) -> Path | None:
+    """The newest `<date>-<name>.json` (or `-2`, `-3`...) in ``folder``, if any."""
+    found = [*folder.glob(f"*-{name}.json"), *folder.glob(f"*-{name}-*.json")]
     # Newest by the date each file records: a day's second file (-2) does not sort after its first.
     return max(found, key=lambda path: (read_json(path).get("date", ""), path.name)) if found else None
 
@@ -170,8 +175,7 @@ def _machine(document: dict[str, Any]) -> str:
 
 def latest_profile_cache(folder: Path = RESULTS_DIR) -> Path | None:
     """The newest results file of `python -m benchmarks.profile_cache`, if any was committed."""
-    found = [*folder.glob("*-profile-cache.json"), *folder.glob("*-profile-cache-*.json")]
-    return max(found, key=lambda path: (read_json(path).get("date", ""), path.name)) if found else None
+    return _newest_results(folder, "profile-cache")
 
 
 def render_profile_cache(document: dict[str, Any], name: str) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
-from nfcompile.data.datasets import ImageSet
+from nfcompile.data.datasets import DataBundle, ImageSet
 from nfcompile.data.preprocess import Preprocessing
 
 
@@ -107,3 +108,8 @@ def calibration_images(images: ImageSet, count: int, seed: int) -> ImageSet:
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(images), generator=generator)[: min(count, len(images))].sort().values
     return images.subset(keep)
+
+
+def calibration_array(data: DataBundle, count: int, seed: int) -> np.ndarray:
+    """The build's INT8 calibration inputs: ``calibration_images`` of the training split, preprocessed."""
+    return data.preprocessing.normalize(calibration_images(data.train, count, seed).images).numpy()

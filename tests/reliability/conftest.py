@@ -88,7 +88,7 @@ def int8_models(reference_bundle, tmp_path_factory) -> dict[str, Path]:
     import onnx
 
     from nfcompile.core.io import read_json
-    from nfcompile.data import calibration_images, load_data
+    from nfcompile.data import calibration_array, load_data
     from nfcompile.recipe.load import validate_recipe
     from nfcompile.stages.quantize import quantize_int8
 
@@ -98,8 +98,8 @@ def int8_models(reference_bundle, tmp_path_factory) -> dict[str, Path]:
     recipe_file = reference_bundle / "state" / "recipe.json"
     recipe = validate_recipe(read_json(recipe_file)["recipe"], source=str(recipe_file))
     data = load_data(recipe.data, recipe.seed)
-    samples = calibration_images(data.train, recipe.quantize.calibration_samples, recipe.seed)
     out = tmp_path_factory.mktemp("int8-activations")
     result = quantize_int8(reference_bundle / "model.onnx", recipe.quantize, out_dir=out, activations="int8",
-                           calibration_inputs=data.preprocessing.normalize(samples.images).numpy())
+                           calibration_inputs=calibration_array(data, recipe.quantize.calibration_samples,
+                                                                recipe.seed))
     return {"uint8": own, "int8": out / result.path}
