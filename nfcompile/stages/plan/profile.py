@@ -27,7 +27,7 @@ from nfcompile.recipe.schema import TrainSection
 # steady step's peak was the larger one and equal to this one to the byte.
 STEPS_PER_MEASUREMENT = 1
 # The profiler measures again at the batch its fit predicts for the budget, until that batch is
-# within this factor of one it measured (or it has refined this many times).
+# within this factor of one it measured (or it has refined this many times): `next_measurement`.
 EXTRAPOLATION_LIMIT = 1.25
 MAX_REFINEMENTS = 4
 MAX_STEP_UP = 4
@@ -63,18 +63,25 @@ def _timed_step(run_step: Callable[[], object], device: torch.device) -> float:
 
 def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], num_classes: int, *,
              batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
-             device: torch.device, timed_step: bool = True) -> MemoryFit:
+             device: torch.device, timed_step: bool = True, min_bytes_per_sample: int = 0) -> MemoryFit:
     """``timed_step``: also time one step at the largest batch measured (the plan records the time per
-    sample of every unit; the backprop baselines' would be thrown away, so they skip it)."""
+    sample of every unit; the backprop baselines' would be thrown away, so they skip it).
+    ``min_bytes_per_sample``: a lower bound on the step's memory per sample (`next_measurement`)."""
     measured: dict[int, int] = {}
     persistent = 0
-    timed: tuple[int, list[nn.Module], torch.optim.Optimizer] | None = None
+    # One set of copies serves every batch size: a step moves the weights and BatchNorm's statistics,
+    # never what a step at a given batch allocates, and copying the modules once per measurement took
+    # a ninth of the quickstart's plan (48 deep copies of units and of the whole network).
+    copies = [copy.deepcopy(m).to(device).train() for m in modules]
 
-    def measure(batch: int) -> None:
-        nonlocal persistent, timed
-        copies = [copy.deepcopy(m).to(device).train() for m in modules]
+    def optimizer_for(batch: int) -> torch.optim.Optimizer:
         optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
         _create_optimizer_state(optimizer)
+        return optimizer
+
+    def measure(batch: int) -> None:
+        nonlocal persistent
+        optimizer = optimizer_for(batch)
         meter = PeakMeter(device, copies, [optimizer], exclude_resident=True)
         for _ in range(STEPS_PER_MEASUREMENT):
             with meter.step():
@@ -84,39 +91,63 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
                 del x, y
         measured[batch] = meter.reading.total
         persistent = max(persistent, meter.reading.persistent)
-        if timed_step and (timed is None or batch > timed[0]):
-            timed = (batch, copies, optimizer)  # only the largest batch is timed, below
 
     for batch in sorted({min(b, max_batch) for b in batch_sizes}):
         measure(batch)
     if len(measured) < 2:  # max_batch collapsed the requested sizes
         measure(max(1, max(measured) // 2) if max(measured) > 1 else 2)
     for _ in range(MAX_REFINEMENTS):
-        target = fit_memory(list(measured.items())).max_batch(budget, max_batch)
-        largest = max(measured)
-        if target == 0 or target in measured or (target <= largest * EXTRAPOLATION_LIMIT
-                                                 and measured[largest] <= budget):
+        batch = next_measurement(measured, budget, max_batch, persistent_bytes=persistent,
+                                 min_bytes_per_sample=min_bytes_per_sample)
+        if batch is None:
             break
-        # At most 4x beyond what was measured: a line through the flat optimizer regime can point
-        # far past the budget, and a measurement there costs time without adding information.
-        measure(min(target, largest * MAX_STEP_UP))
+        measure(batch)
     if not timed_step:
         return fit_memory(list(measured.items()), persistent)
     # Time per sample at the largest batch measured: the closest to how training will run (timed
-    # without the tracker's overhead, on the copies that batch was measured with).
-    batch, copies, optimizer = timed
+    # without the tracker's overhead, after the measured step there made oneDNN's kernels for it).
+    batch = max(measured)
+    optimizer = optimizer_for(batch)
     x, y = _input_for(in_shape, batch, device, num_classes)
     seconds_per_sample = _timed_step(lambda: step(copies, x, y, optimizer), device) / batch
     return fit_memory(list(measured.items()), persistent, seconds_per_sample)
 
 
+def next_measurement(measured: dict[int, int], budget: int, max_batch: int, *,
+                     persistent_bytes: int = 0, min_bytes_per_sample: int = 0) -> int | None:
+    """The batch the profiler measures next, or None once the fit's largest batch under ``budget`` is
+    backed by a measurement: that batch itself, or one that fit the budget at most
+    EXTRAPOLATION_LIMIT below it (beyond the largest batch measured that is a short extrapolation;
+    below it, an interpolation between two measurements, one each side).
+
+    ``min_bytes_per_sample`` (what autograd saves per sample, measured) bounds how far to reach: a
+    step holds the persistent state and every saved activation at once when backward starts, so no
+    batch above (budget - persistent) / min_bytes_per_sample fits, whatever a line through small
+    batches (where the optimizer step's flat peak dominates) says. Without it, each measurement goes
+    at most MAX_STEP_UP times beyond the largest one."""
+    target = fit_memory(list(measured.items())).max_batch(budget, max_batch)
+    if target == 0 or target in measured:
+        return None
+    below = max((b for b in measured if b < target), default=None)
+    if below is not None and measured[below] <= budget and target <= below * EXTRAPOLATION_LIMIT:
+        return None
+    largest = max(measured)
+    if target < largest:
+        return target
+    if min_bytes_per_sample > 0:
+        reach = max(largest + 1, (budget - persistent_bytes) // min_bytes_per_sample)
+        return min(target, reach)
+    return min(target, largest * MAX_STEP_UP)
+
+
 def profile_local_step(unit: nn.Module, head: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
                        batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
-                       device: torch.device) -> MemoryFit:
-    """One unit + its head, trained with its local loss (what a NeuroFlux block runs per unit)."""
+                       device: torch.device, min_bytes_per_sample: int = 0) -> MemoryFit:
+    """One unit + its head, trained with its local loss (what a NeuroFlux block runs per unit).
+    ``min_bytes_per_sample``: what autograd saves per sample in ``unit`` (`saved_activation_bytes_per_sample`)."""
     return _profile([unit, head], lambda m, x, y, opt: local_step(m[0], m[1], x, y, opt), in_shape,
                     num_classes, batch_sizes=batch_sizes, budget=budget, max_batch=max_batch,
-                    section=section, device=device)
+                    section=section, device=device, min_bytes_per_sample=min_bytes_per_sample)
 
 
 def measure_block_step(units: list[nn.Module], heads: list[nn.Module], in_shape: tuple[int, ...], num_classes: int,
