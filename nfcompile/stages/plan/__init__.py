@@ -118,8 +118,7 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
             fit = cache.fit("local_step", [unit, head],
                             lambda: profile_local_step(unit, head, in_shape, num_classes,
                                                        batch_sizes=section.profile_batch_sizes, budget=usable,
-                                                       max_batch=cap, section=train, device=device,
-                                                       min_bytes_per_sample=unit_bytes),
+                                                       max_batch=cap, section=train, device=device),
                             train=train, device=device, in_shape=in_shape, num_classes=num_classes,
                             batch_sizes=section.profile_batch_sizes, budget=usable, max_batch=cap)
             fit = with_gradient_buckets(fit, unit, head)  # several processes: DDP's buckets

@@ -63,15 +63,13 @@ def _timed_step(run_step: Callable[[], object], device: torch.device) -> float:
 
 def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], num_classes: int, *,
              batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
-             device: torch.device, timed_step: bool = True, min_bytes_per_sample: int = 0) -> MemoryFit:
+             device: torch.device, timed_step: bool = True) -> MemoryFit:
     """``timed_step``: also time one step at the largest batch measured (the plan records the time per
-    sample of every unit; the backprop baselines' would be thrown away, so they skip it).
-    ``min_bytes_per_sample``: a lower bound on the step's memory per sample (`next_measurement`)."""
+    sample of every unit; the backprop baselines' would be thrown away, so they skip it)."""
     measured: dict[int, int] = {}
     persistent = 0
     # One set of copies serves every batch size: a step moves the weights and BatchNorm's statistics,
-    # never what a step at a given batch allocates, and copying the modules once per measurement took
-    # a ninth of the quickstart's plan (48 deep copies of units and of the whole network).
+    # never what a step at a given batch allocates (the quickstart's plan made 48 deep copies before).
     copies = [copy.deepcopy(m).to(device).train() for m in modules]
 
     def optimizer_for(batch: int) -> torch.optim.Optimizer:
@@ -97,8 +95,7 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
     if len(measured) < 2:  # max_batch collapsed the requested sizes
         measure(max(1, max(measured) // 2) if max(measured) > 1 else 2)
     for _ in range(MAX_REFINEMENTS):
-        batch = next_measurement(measured, budget, max_batch, persistent_bytes=persistent,
-                                 min_bytes_per_sample=min_bytes_per_sample)
+        batch = next_measurement(measured, budget, max_batch)
         if batch is None:
             break
         measure(batch)
@@ -113,41 +110,29 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
     return fit_memory(list(measured.items()), persistent, seconds_per_sample)
 
 
-def next_measurement(measured: dict[int, int], budget: int, max_batch: int, *,
-                     persistent_bytes: int = 0, min_bytes_per_sample: int = 0) -> int | None:
+def next_measurement(measured: dict[int, int], budget: int, max_batch: int) -> int | None:
     """The batch the profiler measures next, or None once the fit's largest batch under ``budget`` is
     backed by a measurement: that batch itself, or one that fit the budget at most
     EXTRAPOLATION_LIMIT below it (beyond the largest batch measured that is a short extrapolation;
-    below it, an interpolation between two measurements, one each side).
-
-    ``min_bytes_per_sample`` (what autograd saves per sample, measured) bounds how far to reach: a
-    step holds the persistent state and every saved activation at once when backward starts, so no
-    batch above (budget - persistent) / min_bytes_per_sample fits, whatever a line through small
-    batches (where the optimizer step's flat peak dominates) says. Without it, each measurement goes
-    at most MAX_STEP_UP times beyond the largest one."""
+    below it, an interpolation between two measurements, one each side)."""
     target = fit_memory(list(measured.items())).max_batch(budget, max_batch)
     if target == 0 or target in measured:
         return None
     below = max((b for b in measured if b < target), default=None)
     if below is not None and measured[below] <= budget and target <= below * EXTRAPOLATION_LIMIT:
         return None
-    largest = max(measured)
-    if target < largest:
-        return target
-    if min_bytes_per_sample > 0:
-        reach = max(largest + 1, (budget - persistent_bytes) // min_bytes_per_sample)
-        return min(target, reach)
-    return min(target, largest * MAX_STEP_UP)
+    # At most MAX_STEP_UP times beyond what was measured: a line through the flat optimizer regime
+    # can point far past the budget, and a measurement there costs time without adding information.
+    return min(target, max(measured) * MAX_STEP_UP)
 
 
 def profile_local_step(unit: nn.Module, head: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
                        batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
-                       device: torch.device, min_bytes_per_sample: int = 0) -> MemoryFit:
-    """One unit + its head, trained with its local loss (what a NeuroFlux block runs per unit).
-    ``min_bytes_per_sample``: what autograd saves per sample in ``unit`` (`saved_activation_bytes_per_sample`)."""
+                       device: torch.device) -> MemoryFit:
+    """One unit + its head, trained with its local loss (what a NeuroFlux block runs per unit)."""
     return _profile([unit, head], lambda m, x, y, opt: local_step(m[0], m[1], x, y, opt), in_shape,
                     num_classes, batch_sizes=batch_sizes, budget=budget, max_batch=max_batch,
-                    section=section, device=device, min_bytes_per_sample=min_bytes_per_sample)
+                    section=section, device=device)
 
 
 def measure_block_step(units: list[nn.Module], heads: list[nn.Module], in_shape: tuple[int, ...], num_classes: int,

@@ -28,14 +28,12 @@ def _measure(unit, head, in_shape, batch):
     return meter.reading.total
 
 
-@pytest.mark.parametrize("bounded", [False, True], ids=["step-up", "saved-activation-bound"])
-def test_profile_predicts_a_batch_it_did_not_measure(bounded):
+def test_profile_predicts_a_batch_it_did_not_measure():
     net = make_tiny_unit_net()
     in_shape, out_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[1]
     head = AuxHead(out_shape[0], 8, TINY_CLASSES)
-    floor = saved_activation_bytes_per_sample(net.units[1], in_shape, CPU) if bounded else 0
     fit = profile_local_step(net.units[1], head, in_shape, TINY_CLASSES, batch_sizes=(4, 16), budget=8 * 2**20,
-                             max_batch=512, section=TrainSection(), device=CPU, min_bytes_per_sample=floor)
+                             max_batch=512, section=TrainSection(), device=CPU)
     batch = fit.max_batch(8 * 2**20, 512)
     assert batch > 16 and batch not in (4, 16)
     for probe in (batch, batch // 2, 24):
@@ -47,13 +45,8 @@ def test_profile_predicts_a_batch_it_did_not_measure(bounded):
 def test_profiler_measures_until_the_budgets_batch_is_backed_by_a_measurement():
     budget, line = 10_000, (lambda b: 1000 + 100 * b)  # the largest batch that fits: 90
     small = {4: line(4), 16: line(16)}
-    assert next_measurement(small, budget, 512) == 64  # no bound known: at most 4x further
-    # What autograd saves per sample bounds the reach: with it the profiler goes straight to the batch.
-    assert next_measurement(small, budget, 512, persistent_bytes=1000, min_bytes_per_sample=100) == 90
-    # Flat at small batches (the optimizer step's peak): the line points far past the budget, the bound not.
-    flat = {4: 5000, 16: 5010}
-    assert next_measurement(flat, budget, 512) == 64
-    assert next_measurement(flat, budget, 512, persistent_bytes=1000, min_bytes_per_sample=100) == 90
+    assert next_measurement(small, budget, 512) == 64  # at most 4x beyond the largest batch measured
+    assert next_measurement({**small, 64: line(64)}, budget, 512) == 90
     # Done: a measured batch that fits lies at most 1.25x below the predicted one ...
     assert next_measurement({**small, 80: line(80)}, budget, 512) is None
     # ... also between two measurements, one over the budget: the step past it overshot (steeper there).
