@@ -277,7 +277,7 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
     # Grouping only needs comparable batch sizes: it plans against the budget less the whole network
     # (an upper bound of what else is resident); every block's batch is then sized exactly.
     groups = partition_blocks(fits, budget - resident.besides([]), split_ratio=section.block_split_ratio, cap=cap,
-                              fetch_bytes_per_sample=fetch)
+                              fetch_bytes_per_sample=fetch, max_units=section.max_units_per_block)
     host_limit = section.cache.max_host_bytes or psutil.virtual_memory().available // 2
     blocks: list[BlockPlan] = []
     input_cache_on_device = 0

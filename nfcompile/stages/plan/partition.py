@@ -38,10 +38,12 @@ def block_max_batch(fits: Sequence[MemoryFit], budget: int, cap: int, fetch_byte
 
 
 def partition_blocks(fits: Sequence[MemoryFit], budget: int, *, split_ratio: float, cap: int,
-                     fetch_bytes_per_sample: Sequence[int] | None = None) -> list[tuple[list[int], int]]:
+                     fetch_bytes_per_sample: Sequence[int] | None = None,
+                     max_units: int | None = None) -> list[tuple[list[int], int]]:
     """Walk the units in order; start a new block where the batch a unit could train at alone differs
-    from the block's by more than ``split_ratio``, or where joining would cut the block's batch by
-    more than that (its resident weights add up). Returns (unit indices, batch size) per block.
+    from the block's by more than ``split_ratio``, where joining would cut the block's batch by
+    more than that (its resident weights add up), or where the block already holds ``max_units``
+    units (None: no limit). Returns (unit indices, batch size) per block.
     ``fetch_bytes_per_sample[i]``: preparing unit i's input when it starts a block."""
     fetch = list(fetch_bytes_per_sample or [0] * len(fits))
     blocks: list[tuple[list[int], int]] = []
@@ -51,7 +53,8 @@ def partition_blocks(fits: Sequence[MemoryFit], budget: int, *, split_ratio: flo
         alone = block_max_batch([fits[index]], budget, cap, fetch[index])
         joined = block_max_batch([fits[i] for i in current] + [fits[index]], budget, cap, fetch[current[0]])
         similar = max(current_batch, alone) <= split_ratio * min(current_batch, alone)
-        if joined > 0 and similar and joined * split_ratio >= current_batch:
+        room = max_units is None or len(current) < max_units
+        if joined > 0 and similar and room and joined * split_ratio >= current_batch:
             current.append(index)
             current_batch = joined
         else:

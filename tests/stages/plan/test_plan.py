@@ -111,6 +111,18 @@ def test_partition_splits_where_batch_sizes_differ():
         assert block_peak([fits[i] for i in units], batch) <= 30_000
 
 
+def test_partition_starts_a_block_once_it_holds_max_units():
+    fits = _fits()
+    merged = partition_blocks(fits, 30_000, split_ratio=100.0, cap=10_000, max_units=2)
+    assert [units for units, _ in merged] == [[0, 1], [2]]
+    assert partition_blocks(fits, 30_000, split_ratio=100.0, cap=10_000, max_units=None) == \
+        partition_blocks(fits, 30_000, split_ratio=100.0, cap=10_000)
+    single = partition_blocks(fits, 30_000, split_ratio=100.0, cap=10_000, max_units=1)
+    assert [units for units, _ in single] == [[0], [1], [2]]
+    for units, batch in single:  # each block alone gets its own largest batch
+        assert batch == block_max_batch([fits[units[0]]], 30_000, 10_000)
+
+
 def test_cache_placement_order():
     common = dict(requested="auto", host_limit=10_000)
     assert place_cache(100, device_type="cuda", device_headroom=200, **common).placement == "device"

@@ -46,11 +46,12 @@ def data():
 
 
 def trained_in_this_process(out_dir: str, method: str = "neuroflux", budget: str = "1MiB",
-                            cache: str = "auto") -> dict:
+                            cache: str = "auto", max_units: int | None = 2, train_samples: int = 96) -> dict:
     """Plan and train the tiny net (run by `isolated.run_isolated` in a fresh process: the measured
     peak counts every tensor alive in the process, as in a build)."""
-    data = make_tiny_data(train=96, val=32, test=32)
-    train = _train_section(cache={"placement": cache}).model_copy(update={"method": method})
+    data = make_tiny_data(train=train_samples, val=32, test=32)
+    train = _train_section(cache={"placement": cache}, max_units_per_block=max_units).model_copy(
+        update={"method": method})
     plan = _plan(train, data, BudgetSection(memory=budget))
     outcome = _train(plan, train, data, Path(out_dir), budget=BudgetSection(memory=budget))
     return {"plan": plan, "result": outcome.result, "train_samples": len(data.train)}
