@@ -240,6 +240,9 @@ class BlockMeter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # Let go of the tensors named at the start: a meter kept around after its block (the caller's
+        # `as` name) would otherwise keep that block's input cache alive into the next block's scan.
+        self.seeded, self.exclude = {}, []
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.reading = BlockMemory(int(torch.cuda.max_memory_allocated(self.device)), {}, None,

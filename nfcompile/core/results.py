@@ -99,7 +99,9 @@ class BlockPlan(Result):
     index: int
     units: tuple[int, ...]
     batch_size: int
-    predicted_peak_bytes: int  # everything resident on the device while the block trains (see `Plan`)
+    # The block's whole peak, as its meter measures it: training (everything resident on the device
+    # meanwhile, see `Plan`) or the pass that fills its output cache, whichever is higher.
+    predicted_peak_bytes: int
     cache_placement: str  # where this block's output is cached: device | host | disk | none
     cache_bytes: int  # size of that cache (train + validation splits)
     other_resident_bytes: int = 0  # the rest of the network's weights, resident on the device meanwhile

@@ -313,10 +313,13 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
         placement = place_cache(cache_bytes, device_type=device.type, requested=section.cache.placement,
                                 device_headroom=headroom, host_limit=host_limit)
         on_device = placement.bytes if placement.placement == "device" else 0
+        caching_peak = caching + on_device if not last else 0
+        # The meter measures the caching pass too: where the output cache lives on the device, that pass
+        # (weights, input and output caches, a forward batch) can be the block's peak.
         blocks.append(BlockPlan(index=k, units=tuple(units), batch_size=batch,
-                                predicted_peak_bytes=block_bytes + input_cache_on_device + others,
+                                predicted_peak_bytes=max(block_bytes + input_cache_on_device + others, caching_peak),
                                 cache_placement=placement.placement, cache_bytes=placement.bytes,
-                                other_resident_bytes=others, caching_peak_bytes=caching + on_device if not last else 0))
+                                other_resident_bytes=others, caching_peak_bytes=caching_peak))
         input_cache_on_device = on_device
     return blocks
 

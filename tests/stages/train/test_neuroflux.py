@@ -191,6 +191,19 @@ def test_backprop_that_cannot_fit_is_a_budget_error(data, tmp_path):
         _train(plan, train, data, tmp_path)
 
 
+def test_a_finished_blocks_input_cache_is_gone_before_the_next_block_is_measured(tmp_path):
+    # One unit per block, every cache on the device: block 2 starts once block 1 has cached its output,
+    # and block 1's own input cache must be freed by then, not counted as block 2's resident memory.
+    plan, result, _ = _fresh(tmp_path, budget="16MiB", cache="device", max_units=1, train_samples=1600)
+    # 1600 images: the caches outweigh a training step, so the caching passes are blocks 0 and 1's peaks.
+    assert [b.cache_placement for b in plan.blocks] == ["device", "device", "none"]
+    for block, planned in zip(result.blocks, plan.blocks):
+        # The plan's peak covers the caching pass (its bound on the forward batch is loose: no overshoot).
+        assert block.measured_peak_bytes <= planned.predicted_peak_bytes * 1.02
+        others = block.peak_breakdown.get("other resident tensors", 0)
+        assert others < planned.other_resident_bytes + plan.blocks[0].cache_bytes / 2, block.peak_breakdown
+
+
 def test_recompute_placement_trains_without_any_cache(data, tmp_path):
     train = _train_section(cache={"placement": "recompute"})
     plan = _plan(train, data)
