@@ -10,7 +10,10 @@ from the same repeat:
 - early stop of deeper blocks (`stop_stalled_blocks`) on vs off: time and the exit selection picks;
 - large-batch learning: every block's batch capped at 32 (`max_batch_size`: more, smaller steps per
   epoch), and NeuroFlux at backprop's learning rate (`neuroflux.lr_scale: 1` against the default 2):
-  accuracy against time.
+  accuracy against time;
+- at most two units per block (`max_units_per_block`) vs blocks split by batch size only: at every
+  budget, since with a larger budget every unit fits one block at one batch size and the limit is all
+  that splits it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Ablation:
     overrides: tuple[str, ...] = ()
     global_batch: bool = False
     selects_exit: bool = False  # score the exits and run selection for both sides
+    every_budget: bool = False  # also against the default at the suite's other budgets
 
 
 ABLATIONS = (
@@ -51,6 +55,8 @@ ABLATIONS = (
              ("train.neuroflux.max_batch_size=32",)),
     Ablation("lr", "backprop's learning rate (lr_scale 1)", "twice backprop's rate (lr_scale 2)",
              ("train.neuroflux.lr_scale=1",)),
+    Ablation("units_per_block", "blocks split by batch size only", "at most 2 units per block",
+             ("train.neuroflux.max_units_per_block=null",), every_budget=True),
 )
 
 
@@ -67,8 +73,21 @@ def run(bench: Workbench) -> dict[str, Any]:
         chosen = _chosen_exits(bench, setup.name, runs, [a.variant for a in ablations if a.selects_exit])
         variants = {label: _variant(group, chosen.get(label)) for label, group in runs.items()}
         pairs = [_pair(a, runs[DEFAULT], runs[a.variant], config.target_cap, config.target_step) for a in ablations]
-        setups.append({"setup": setup.name, "budget": budget, "variants": variants, "pairs": pairs})
+        other_budgets = [_at_budget(bench, setup, label, a) for a in ablations if a.every_budget
+                         for label in config.budget_labels() if label != budget]
+        setups.append({"setup": setup.name, "budget": budget, "variants": variants, "pairs": pairs,
+                       "other_budgets": other_budgets})
     return {"setups": setups}
+
+
+def _at_budget(bench: Workbench, setup, budget: str, ablation: Ablation) -> dict[str, Any]:
+    """The default and one variant, interleaved, at another budget than the ablation table's."""
+    runs = bench.interleaved({DEFAULT: RunSpec(setup, budget),
+                              ablation.variant: RunSpec(setup, budget, ablation.overrides)})
+    config = bench.config
+    return {"budget": budget, "ablation": ablation.name,
+            "variants": {label: _variant(group, None) for label, group in runs.items()},
+            "pair": _pair(ablation, runs[DEFAULT], runs[ablation.variant], config.target_cap, config.target_step)}
 
 
 def _applies(ablation: Ablation, setup) -> bool:
@@ -147,11 +166,32 @@ def render(result: dict[str, Any]) -> str:
                       spread(p["cpu_ratio"], 2, "x")] for p in entry["pairs"]]
         out.append("\n" + table(["ablation", "target", "time to target, variant/default", "whole run wall, "
                                  "variant/default", "CPU, variant/default"], pair_rows))
+        if entry.get("other_budgets"):
+            out.append(_render_other_budgets(entry["setup"], entry["other_budgets"]))
     return "\n".join(out)
+
+
+def _render_other_budgets(setup: str, entries: list[dict[str, Any]]) -> str:
+    rows = []
+    for entry in entries:
+        pair = entry["pair"]
+        for label, v in entry["variants"].items():
+            if not v["fits"]:
+                rows.append([entry["budget"], label, "does not fit: " + v["note"]] + [None] * 5)
+                continue
+            ratios = label != DEFAULT
+            rows.append([entry["budget"], label, batches(v["batch_sizes"]), spread(v["blocks_trained"], 1),
+                         spread(v["best_val_accuracy"], 3), spread(v["wall_seconds"], 1, " s"),
+                         None if pair["target"] is None else f"{pair['target']:.1%}",
+                         spread(pair["time_to_target_ratio"], 2, "x") if ratios else "1 (reference)"])
+    return (f"\n**{setup}**, the same ablation at the other budgets (where every unit fits one batch size, "
+            "only the unit limit splits the network)\n\n"
+            + table(["budget", "contender", "batch sizes", "blocks trained", "best val accuracy", "wall time",
+                     "target", "time to target, variant/default"], rows))
 
 
 register_comparison(Comparison(
     name="ablations", title="Ablations: every design choice against the default",
     question="Does each NeuroFlux design choice (adaptive heads, per-block batch sizes, the activation cache, "
-             "early stop of deeper blocks) pay for itself?",
+             "early stop of deeper blocks, at most two units per block) pay for itself?",
     run=run, render=render))

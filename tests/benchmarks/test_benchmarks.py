@@ -263,7 +263,9 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert set(deliverable["summary"]["throughput_gain"]) == {"1", "32"}
 
     (ablations,) = result["ablations"]["setups"]
-    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap", "lr"]
+    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap", "lr",
+                                                       "units_per_block"]
+    assert ablations["other_budgets"] == []  # this suite has one budget
     assert ablations["variants"]["fixed-width heads"]["head_filters"] == [64] * 9
     assert len(set(ablations["variants"]["one global batch"]["batch_sizes"])) == 1
     assert ablations["variants"]["recompute earlier blocks"]["cache_placements"][0] == "recompute"
@@ -277,6 +279,22 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert overhead["train_seconds"] > 0 and overhead["deploy_seconds"]["mean"] > 0
     assert overhead["stages"]["export"]["status"] == ["ok"]
     assert overhead["stages"]["engine"]["status"] == ["skipped"] and overhead["stages"]["engine"]["reason"]
+
+
+def test_ablation_at_other_budgets_renders_beside_the_main_table(suite_run):
+    # The tiny suite has one budget: give its own stringent pair as if measured at a second one.
+    import copy
+
+    _, _, document = suite_run
+    (entry,) = copy.deepcopy(_results(document)["ablations"]["setups"])
+    pair = next(p for p in entry["pairs"] if p["name"] == "units_per_block")
+    variants = {label: entry["variants"][label] for label in ("neuroflux (default)", pair["variant"])}
+    entry["other_budgets"] = [{"budget": "moderate", "ablation": pair["name"], "variants": variants, "pair": pair}]
+    text = get_comparison("ablations").render({"setups": [entry]})
+    assert "the same ablation at the other budgets" in text
+    rows = [line for line in text.splitlines() if line.startswith("| moderate |")]
+    assert [row.split(" | ")[1] for row in rows] == ["neuroflux (default)", pair["variant"]]
+    assert "1 (reference)" in rows[0]
 
 
 def test_gradient_filter_and_pruning_compare_with_their_baselines(suite_run):
