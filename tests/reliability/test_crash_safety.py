@@ -38,8 +38,9 @@ SEED = int(os.environ.get("NFCOMPILE_CRASH_SEED", "20"))  # 20: mid-cache, mid-O
 POLL = 0.002
 
 # Hidden names a killed process may leave: an atomic write's temporary file, the quantizer's work
-# folder, a disk cache of activations.
-SCRATCH = re.compile(r"^\.(.+\.[0-9a-z_]+\.tmp|quantize-.*|block\d+\.(train|val)\.float(16|32)\.bin)$")
+# folder, a disk cache of activations, a block's best-epoch weights (CPU keeps them in a file).
+SCRATCH = re.compile(r"^\.(.+\.[0-9a-z_]+\.tmp|quantize-.*|block\d+\.(train|val)\.float(16|32)\.bin"
+                     r"|snapshot-[0-9a-f]+\.pt)$")
 LOCK = ".lock"  # the run's lock file: released by the kernel when its holder dies, reused by the next
 
 
