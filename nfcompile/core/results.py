@@ -83,7 +83,8 @@ class UnitProfile(Result):
     measurements: tuple[tuple[int, int], ...]  # (batch size, measured peak bytes)
     fit_error: float  # largest relative error of the memory model over the measurements
     cache_bytes_per_sample: int  # this unit's output per sample, at the cache dtype
-    seconds_per_sample: float  # one training step's time divided by its batch size
+    # The profiled step at the largest batch measured, per sample (CPU: under the memory tracker)
+    seconds_per_sample: float
     max_batch_size: int  # largest batch that fits the budget for this unit alone
     fetch_bytes_per_sample: int = 0  # preparing this unit's input batch when it starts a block
     state_bytes: int = 0  # parameters and buffers of the unit and its head (resident wherever they live)

@@ -330,13 +330,25 @@ def _verified_batch(units: list[int], batch: int, fits: list[MemoryFit], image_f
     ``room`` too; returns (batch, the block's peak: the larger of prediction and measurement), batch 0
     where not even batch 1 fits."""
     for _ in range(VERIFY_ATTEMPTS):
-        peak = max(block_peak(fits, batch, image_fetch), measure_block(units, batch))
+        peak = max(block_peak(fits, batch, image_fetch), _block_step_peak(units, batch, fits, measure_block))
         if peak <= room:
             return batch, peak
         if batch == 1:
             return 0, peak
         batch = max(1, min(batch - 1, math.floor(batch * room / peak)))
     return 0, peak
+
+
+def _block_step_peak(units: list[int], batch: int, fits: list[MemoryFit],
+                     measure_block: Callable[[list[int], int], int]) -> int:
+    """The measured peak of the block's step at ``batch``. A one-unit block's step is its unit's profiled
+    step (the same copies, optimizer and input made inside the measured region), so where the profiler
+    already measured that batch the measurement is reused rather than taken again."""
+    if len(units) == 1:
+        profiled = dict(fits[0].measurements).get(batch)
+        if profiled is not None:
+            return profiled
+    return measure_block(units, batch)
 
 
 def _caching_peak(units: list[int], fits: list[MemoryFit], batch: int, image_fetch: int,

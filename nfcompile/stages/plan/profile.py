@@ -51,42 +51,31 @@ def _create_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _timed_step(run_step: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    run_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], num_classes: int, *,
              batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
-             device: torch.device, timed_step: bool = True) -> MemoryFit:
-    """``timed_step``: also time one step at the largest batch measured (the plan records the time per
-    sample of every unit; the backprop baselines' would be thrown away, so they skip it)."""
+             device: torch.device) -> MemoryFit:
     measured: dict[int, int] = {}
+    seconds: dict[int, float] = {}
     persistent = 0
     # One set of copies serves every batch size: a step moves the weights and BatchNorm's statistics,
     # never what a step at a given batch allocates, so a fresh copy per measurement only cost time.
     copies = [copy.deepcopy(m).to(device).train() for m in modules]
 
-    def optimizer_for(batch: int) -> torch.optim.Optimizer:
-        optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
-        _create_optimizer_state(optimizer)
-        return optimizer
-
     def measure(batch: int) -> None:
         nonlocal persistent
-        optimizer = optimizer_for(batch)
+        optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
+        _create_optimizer_state(optimizer)
         meter = PeakMeter(device, copies, [optimizer], exclude_resident=True)
         for _ in range(STEPS_PER_MEASUREMENT):
             with meter.step():
+                _synchronize(device)
+                started = time.perf_counter()
                 # The batch is created inside the measured region: it counts against the budget.
                 x, y = _input_for(in_shape, batch, device, num_classes)
                 step(copies, x, y, optimizer)
                 del x, y
+                _synchronize(device)
+                seconds[batch] = time.perf_counter() - started
         measured[batch] = meter.reading.total
         persistent = max(persistent, meter.reading.persistent)
 
@@ -99,15 +88,17 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
         if batch is None:
             break
         measure(batch)
-    if not timed_step:
-        return fit_memory(list(measured.items()), persistent)
-    # Time per sample at the largest batch measured: the closest to how training will run (timed
-    # without the tracker's overhead, after the measured step there made oneDNN's kernels for it).
-    batch = max(measured)
-    optimizer = optimizer_for(batch)
-    x, y = _input_for(in_shape, batch, device, num_classes)
-    seconds_per_sample = _timed_step(lambda: step(copies, x, y, optimizer), device) / batch
-    return fit_memory(list(measured.items()), persistent, seconds_per_sample)
+    # Time per sample from the measured step at the largest batch, the closest to how training runs.
+    # It is that batch's first step, under the CPU memory tracker: on the quickstart's units 10-50%
+    # slower than a warm untracked step. A separate untracked step per unit was 15% of the plan stage,
+    # for a figure nothing decides on (plan.json records it).
+    largest = max(measured)
+    return fit_memory(list(measured.items()), persistent, seconds[largest] / largest)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def next_measurement(measured: dict[int, int], budget: int, max_batch: int) -> int | None:
@@ -160,10 +151,9 @@ def measure_block_step(units: list[nn.Module], heads: list[nn.Module], in_shape:
 def profile_backprop_step(model: nn.Module, in_shape: tuple[int, ...], num_classes: int, *,
                           batch_sizes: tuple[int, ...], budget: int, max_batch: int, section: TrainSection,
                           device: torch.device) -> MemoryFit:
-    """The whole network trained end to end (plain, or checkpointed when ``model`` is): memory only."""
+    """The whole network trained end to end (plain, or checkpointed when ``model`` is)."""
     return _profile([model], lambda m, x, y, opt: backprop_step(m[0], x, y, opt), in_shape, num_classes,
-                    batch_sizes=batch_sizes, budget=budget, max_batch=max_batch, section=section,
-                    device=device, timed_step=False)
+                    batch_sizes=batch_sizes, budget=budget, max_batch=max_batch, section=section, device=device)
 
 
 def profile_input_fetch(make_source: Callable[[int], object], batch_sizes: tuple[int, ...],

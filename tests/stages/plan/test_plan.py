@@ -10,9 +10,9 @@ from nfcompile.learning import local_step, make_optimizer
 from nfcompile.errors import BudgetError
 from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, TrainSection
-from nfcompile.stages.plan import PLANNING_SHARE, plan_training, saved_activation_bytes_per_sample
+from nfcompile.stages.plan import PLANNING_SHARE, _verified_batch, plan_training, saved_activation_bytes_per_sample
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
-from nfcompile.stages.plan.profile import next_measurement, profile_local_step
+from nfcompile.stages.plan.profile import measure_block_step, next_measurement, profile_local_step
 
 from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_unit_net
 
@@ -54,6 +54,30 @@ def test_profiler_measures_until_the_budgets_batch_is_backed_by_a_measurement():
     assert next_measurement(bracketed, budget, 512) == 80
     assert next_measurement({**bracketed, 80: 9800}, budget, 512) is None
     assert next_measurement({4: 20_000, 16: 30_000}, budget, 512) is None  # not even batch 1 fits
+
+
+def test_a_one_unit_blocks_step_is_its_units_profiled_step_and_is_not_measured_again():
+    net = make_tiny_unit_net()
+    in_shape, out_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[1]
+    head = AuxHead(out_shape[0], 8, TINY_CLASSES)
+    fit = profile_local_step(net.units[1], head, in_shape, TINY_CLASSES, batch_sizes=(4, 16), budget=8 * 2**20,
+                             max_batch=512, section=TrainSection(), device=CPU)
+    for batch, profiled in fit.measurements:  # what the reuse rests on: the two steps measure alike
+        assert measure_block_step([net.units[1]], [head], in_shape, TINY_CLASSES, batch, section=TrainSection(),
+                                  device=CPU) == profiled, batch
+    asked = []
+
+    def measure_block(units, batch):
+        asked.append((tuple(units), batch))
+        return 0
+
+    profiled_batch, profiled_peak = fit.measurements[-1]
+    assert _verified_batch([1], profiled_batch, [fit], 0, 2**30, measure_block) == \
+        (profiled_batch, max(profiled_peak, block_peak([fit], profiled_batch, 0)))
+    assert asked == []
+    _verified_batch([1], profiled_batch - 1, [fit], 0, 2**30, measure_block)  # a batch it did not profile
+    _verified_batch([1, 2], profiled_batch, [fit, fit], 0, 2**30, measure_block)  # two units: measured
+    assert asked == [((1,), profiled_batch - 1), ((1, 2), profiled_batch)]
 
 
 def test_profiling_leaves_the_model_unchanged():
