@@ -28,16 +28,22 @@ def _measure(unit, head, in_shape, batch):
     return meter.reading.total
 
 
-def test_profile_predicts_a_batch_it_did_not_measure():
+def _profiled_unit():
+    """The tiny net's second unit with a head, and its profile under an 8 MiB budget."""
     net = make_tiny_unit_net()
     in_shape, out_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[1]
     head = AuxHead(out_shape[0], 8, TINY_CLASSES)
     fit = profile_local_step(net.units[1], head, in_shape, TINY_CLASSES, batch_sizes=(4, 16), budget=8 * 2**20,
                              max_batch=512, section=TrainSection(), device=CPU)
+    return net.units[1], head, in_shape, fit
+
+
+def test_profile_predicts_a_batch_it_did_not_measure():
+    unit, head, in_shape, fit = _profiled_unit()
     batch = fit.max_batch(8 * 2**20, 512)
     assert batch > 16 and batch not in (4, 16)
     for probe in (batch, batch // 2, 24):
-        measured = _measure(net.units[1], head, in_shape, probe)
+        measured = _measure(unit, head, in_shape, probe)
         assert abs(fit.predicted(probe) - measured) / measured < 0.05, probe
     assert fit.predicted(batch) <= 8 * 2**20
 
@@ -57,13 +63,9 @@ def test_profiler_measures_until_the_budgets_batch_is_backed_by_a_measurement():
 
 
 def test_a_one_unit_blocks_step_is_its_units_profiled_step_and_is_not_measured_again():
-    net = make_tiny_unit_net()
-    in_shape, out_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[1]
-    head = AuxHead(out_shape[0], 8, TINY_CLASSES)
-    fit = profile_local_step(net.units[1], head, in_shape, TINY_CLASSES, batch_sizes=(4, 16), budget=8 * 2**20,
-                             max_batch=512, section=TrainSection(), device=CPU)
+    unit, head, in_shape, fit = _profiled_unit()
     for batch, profiled in fit.measurements:  # what the reuse rests on: the two steps measure alike
-        assert measure_block_step([net.units[1]], [head], in_shape, TINY_CLASSES, batch, section=TrainSection(),
+        assert measure_block_step([unit], [head], in_shape, TINY_CLASSES, batch, section=TrainSection(),
                                   device=CPU) == profiled, batch
     asked = []
 
