@@ -13,7 +13,9 @@ from the same repeat:
   accuracy against time;
 - at most two units per block (`max_units_per_block`) vs blocks split by batch size only: at every
   budget, since with a larger budget every unit fits one block at one batch size and the limit is all
-  that splits it.
+  that splits it;
+- a block's heads warm-started from the previous block's last head where unit and head match
+  (`head.warm_start`) vs every head from random weights: at every budget.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ ABLATIONS = (
              ("train.neuroflux.lr_scale=1",)),
     Ablation("units_per_block", "blocks split by batch size only", "at most 2 units per block",
              ("train.neuroflux.max_units_per_block=null",), every_budget=True),
+    Ablation("head_warm_start", "every head from random weights", "heads warm-started from the previous block's",
+             ("train.neuroflux.head.warm_start=false",), every_budget=True),
 )
 
 

@@ -150,6 +150,12 @@ class HeadSection(Section):
         None, description="Average-pool a unit's output to at most this side before the head's convs "
         "(null: no pooling): wide heads on large early maps at little memory.")
     depth: Annotated[int, Field(ge=1, le=3)] = Field(1, description="Conv + BN + ReLU layers in each head.")
+    warm_start: bool = Field(
+        True, description="A block's heads start from the previous block's last head, trained, wherever their "
+        "unit's output shape and head are the same (ResNet: the first unit of every block but the first), "
+        "instead of from random weights that must first relearn what the features already give. On the "
+        "benchmarks' Fashion-MNIST ResNet-18 at the moderate budget, best validation accuracy 0.835-0.842 "
+        "against 0.818-0.831 over three seeds.")
 
     @model_validator(mode="after")
     def _range(self) -> "HeadSection":

@@ -22,7 +22,7 @@ from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult
+from nfcompile.core.results import BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult, UnitProfile
 from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_optimizer, set_lr,
                                 top1_accuracies, warmup_steps)
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
@@ -66,6 +66,8 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             if stalled:
                 results.append(_skipped(block, plan.budget_bytes))
                 continue
+            if section.head.warm_start:
+                _warm_start_heads(block, net, plan)
             modules = [*(net.units[i] for i in block.units), *(net.heads[str(i)] for i in block.units)]
             caches = [*train_in.device_tensors(), *val_in.device_tensors()]
             # One meter over the whole block: every step, evaluation, the snapshot and the caching pass.
@@ -99,6 +101,29 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
     with contextlib.suppress(OSError):
         cache_folder.rmdir()  # only when empty: every cache file is gone by now
     return TrainOutcome(net, _train_result(results, plan, device, time.perf_counter() - start, resumed=len(done)))
+
+
+def _warm_start_heads(block: BlockPlan, net: MultiExitNet, plan: Plan) -> list[int]:
+    """Start the block's heads from the previous block's last head (trained, its best epoch restored)
+    wherever the unit's output shape and the head's structure are the same; returns the units whose
+    heads were. A random head first has to relearn what the features already give: on the benchmarks'
+    Fashion-MNIST ResNet-18 every deeper block's first epoch began 14-22 points below the previous block's
+    best, and its exits were still climbing at the last epoch."""
+    previous = block.units[0] - 1
+    if previous < 0:
+        return []
+    source = plan.units[previous]
+    started = [u for u in block.units if _same_head(plan.units[u], source)]
+    for unit in started:
+        net.heads[str(unit)].load_state_dict(net.heads[str(previous)].state_dict())
+    if started:
+        log.debug("block %d: heads of unit(s) %s start from unit %d's trained head", block.index, started, previous)
+    return started
+
+
+def _same_head(a: UnitProfile, b: UnitProfile) -> bool:
+    return (a.out_shape, a.head_filters, a.head_pool, a.head_depth) == (b.out_shape, b.head_filters, b.head_pool,
+                                                                        b.head_depth)
 
 
 def _off_device(block: BlockPlan, modules: list[nn.Module], device: torch.device) -> None:

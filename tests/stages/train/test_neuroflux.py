@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from nfcompile.core.results import Plan, TrainResult
 from nfcompile.errors import BudgetError, BudgetExceeded
+from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.plan import plan_training
 from nfcompile.stages.train import train_model
@@ -164,6 +166,36 @@ def test_stalled_blocks_are_skipped(data, tmp_path):
     trained = [b.trained for b in outcome.result.blocks]
     assert trained[:2] == [True, True] and not any(trained[2:])
     assert outcome.result.exit_units == tuple(u for b in outcome.result.blocks if b.trained for u in b.units)
+
+
+def test_a_blocks_heads_start_from_the_previous_blocks_trained_head_where_unit_and_head_match():
+    def unit(channels, filters):
+        return SimpleNamespace(out_shape=(channels, 4, 4), head_filters=filters, head_pool=None, head_depth=1)
+
+    plan = SimpleNamespace(units=[unit(8, 8), unit(8, 8), unit(8, 8), unit(8, 16), unit(16, 8)])
+    torch.manual_seed(0)
+    heads = torch.nn.ModuleDict({str(i): AuxHead(u.out_shape[0], u.head_filters, TINY_CLASSES)
+                                 for i, u in enumerate(plan.units)})
+    untouched = {k: {n: t.clone() for n, t in h.state_dict().items()} for k, h in heads.items()}
+    net = SimpleNamespace(heads=heads)
+
+    assert neuroflux._warm_start_heads(SimpleNamespace(index=1, units=(2, 3, 4)), net, plan) == [2]
+    trained, started = heads["1"].state_dict(), heads["2"].state_dict()
+    assert all(torch.equal(started[n], trained[n]) for n in trained)
+    assert not torch.equal(untouched["2"]["body.0.weight"], trained["body.0.weight"])
+    for other in ("3", "4"):  # a wider head, another shape: their own initial weights
+        assert all(torch.equal(t, untouched[other][n]) for n, t in heads[other].state_dict().items())
+    assert neuroflux._warm_start_heads(SimpleNamespace(index=0, units=(0, 1)), net, plan) == []
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_heads_are_warm_started_before_every_block_only_when_the_recipe_says(data, tmp_path, monkeypatch, warm_start):
+    asked = []
+    monkeypatch.setattr(neuroflux, "_warm_start_heads", lambda block, net, plan: asked.append(block.index) or [])
+    train = _train_section(head={"warm_start": warm_start}).model_copy(update={"epochs": 1})
+    plan = _plan(train, data)
+    _train(plan, train, data, tmp_path)
+    assert asked == ([b.index for b in plan.blocks] if warm_start else [])
 
 
 def test_blocks_train_at_the_recipes_rate_times_lr_scale(data, tmp_path):
