@@ -264,7 +264,7 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
 
     (ablations,) = result["ablations"]["setups"]
     assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap", "lr",
-                                                       "units_per_block"]
+                                                       "units_per_block", "head_warm_start"]
     assert ablations["other_budgets"] == []  # this suite has one budget
     assert ablations["variants"]["fixed-width heads"]["head_filters"] == [64] * 9
     assert len(set(ablations["variants"]["one global batch"]["batch_sizes"])) == 1
