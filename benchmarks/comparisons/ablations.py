@@ -188,8 +188,9 @@ def _render_other_budgets(setup: str, entries: list[dict[str, Any]]) -> str:
                          spread(v["best_val_accuracy"], 3), spread(v["wall_seconds"], 1, " s"),
                          None if pair["target"] is None else f"{pair['target']:.1%}",
                          spread(pair["time_to_target_ratio"], 2, "x") if ratios else "1 (reference)"])
-    return (f"\n**{setup}**, the same ablation at the other budgets (where every unit fits one batch size, "
-            "only the unit limit splits the network)\n\n"
+    variants = list(dict.fromkeys(entry["pair"]["variant"] for entry in entries))
+    return (f"\n**{setup}**, the same ablation at the other budgets ({'; '.join(variants)}: each against "
+            "the default, interleaved in pairs)\n\n"
             + table(["budget", "contender", "batch sizes", "blocks trained", "best val accuracy", "wall time",
                      "target", "time to target, variant/default"], rows))
 
