@@ -9,6 +9,7 @@ code is then 1. Nothing here judges a timing: the suite measures and reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from nfcompile.core.io import to_jsonable, write_text
 from nfcompile.core.log import get_logger, setup_logging
@@ -60,7 +62,7 @@ def run_suite(config: SuiteConfig, comparisons: Sequence[Comparison], *, command
     Returns the JSON's path and the document."""
     started = datetime.now(timezone.utc)
     threads = torch.get_num_threads()  # the workbench sets the suite's own; the caller's comes back after
-    with tempfile.TemporaryDirectory(prefix="nfcompile-bench-", dir=scratch) as folder:
+    with blas_threads(config.threads), tempfile.TemporaryDirectory(prefix="nfcompile-bench-", dir=scratch) as folder:
         try:
             bench = Workbench(config, Path(folder))
             document = _run_all(bench, comparisons, command=command, started=started)
@@ -73,6 +75,12 @@ def run_suite(config: SuiteConfig, comparisons: Sequence[Comparison], *, command
         write_text(results_md, render_results(document, shown_path(path, results_md)))
         log.info("regenerated %s", results_md)
     return path, document
+
+
+def blas_threads(threads: int | None) -> contextlib.AbstractContextManager:
+    """NumPy's BLAS (scikit-learn's linear probes in comparison 10) keeps thread pools of its own, which
+    torch's thread count does not reach: the suite's count holds there too (None: the libraries' own)."""
+    return threadpool_limits(threads) if threads is not None else contextlib.nullcontext()
 
 
 def _run_all(bench: Workbench, comparisons: Sequence[Comparison], *, command: str, started: datetime) -> dict:

@@ -478,3 +478,13 @@ def test_the_batch_layout_check_holds_the_nchw_gradient_to_its_float64_reference
     # that flags NHWC as wrong or crashing would be judging against a broken reference.
     check = crash_check(1, "nchw")
     assert check["exit_code"] == 0 and check["worst_relative_error"] < 1e-5, check
+
+def test_the_suites_thread_count_holds_for_numpys_blas_too():
+    import numpy  # noqa: F401  (loads its BLAS)
+    from threadpoolctl import threadpool_info
+
+    from benchmarks.run import blas_threads
+
+    assert [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    with blas_threads(1):
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
