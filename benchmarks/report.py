@@ -74,18 +74,22 @@ def _values(values: list[Any]) -> str:
 def merge_documents(document: dict[str, Any], later: list[dict[str, Any]]) -> dict[str, Any]:
     """One document: ``document`` with the comparisons of ``later`` runs, each of which replaces the
     same comparison of an earlier run in its place, or joins at the end (each keeps the command,
-    machine load and time of its own run)."""
+    machine load and time of its own run). A later run's setups replace the same-named ones too, so the
+    setups table shows what the latest figures ran."""
     comparisons = list(document["comparisons"])
+    setups = {s["name"]: s for s in document["setups"]}
     for extra in later:
+        setups.update({s["name"]: s for s in extra.get("setups", [])})
         for outcome in extra["comparisons"]:
             tagged = {**outcome, "run": {"command": extra["command"], "started": extra["started"],
-                                         "load_average": extra["machine"].get("load_average")}}
+                                         "load_average": extra["machine"].get("load_average"),
+                                         "load_average_end": extra["machine"].get("load_average_end")}}
             names = [c["name"] for c in comparisons]
             if outcome["name"] in names:
                 comparisons[names.index(outcome["name"])] = tagged
             else:
                 comparisons.append(tagged)
-    return dict(document, comparisons=comparisons)
+    return dict(document, comparisons=comparisons, setups=list(setups.values()))
 
 
 def render_results(document: dict[str, Any], results_file: str, also: Sequence[str] = ()) -> str:
@@ -109,8 +113,9 @@ def render_results(document: dict[str, Any], results_file: str, also: Sequence[s
         parts.append(f"_{outcome['question']}_ ({outcome['seconds'] / 60:.1f} min)\n")
         if "run" in outcome:
             load = outcome["run"].get("load_average") or []
+            end = outcome["run"].get("load_average_end")
             parts.append(f"(from a later run: `{outcome['run']['command']}`, {outcome['run']['started']}, load "
-                         f"{_loads(load)})\n")
+                         f"{_loads(load)}" + (f" at the start, {_loads(end)} at the end" if end else "") + ")\n")
         if outcome["status"] != "ok":
             parts.append(f"**{outcome['status']}:** {outcome['reason']}\n")
         elif name in comparisons:
@@ -152,6 +157,13 @@ def _loads(values: Sequence[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values) if values else "?"
 
 
+def _heads(head: dict[str, Any]) -> str:
+    depth = head.get("depth", 1)
+    width = f"up to {head['filters']} filters" if head.get("policy") == "adaptive" else f"{head['filters']} filters"
+    pool = f", maps pooled to {head['pool_to']}x{head['pool_to']}" if head.get("pool_to") else ""
+    return f"{depth} conv{'s' if depth > 1 else ''}, {width}{pool}"
+
+
 def _setups(document: dict[str, Any]) -> str:
     labels = [label for label, _ in document["config"]["budget_anchors"]]
     anchors = dict(document["config"]["budget_anchors"])
@@ -162,9 +174,9 @@ def _setups(document: dict[str, Any]) -> str:
         rows.append([setup["name"], recipe["model"]["arch"], recipe["model"]["width"],
                      f"{recipe['data']['image_size']}px {recipe['data']['dataset']}",
                      f"{samples['train']}/{samples['val']}/{samples['test']}",
-                     recipe["train"]["epochs"],
+                     recipe["train"]["epochs"], _heads(recipe["train"]["neuroflux"]["head"]),
                      " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])
-    text = table(["setup", "model", "width", "input", "train/val/test images", "epochs",
+    text = table(["setup", "model", "width", "input", "train/val/test images", "epochs", "NeuroFlux heads",
                   f"budgets ({' / '.join(labels)})"], rows)
     text += ("\nBudgets are the ones under which the planner gives plain backprop batch size "
              + ", ".join(f"{anchors[label]} ({label})" for label in labels)

@@ -14,6 +14,8 @@ from the same repeat:
 - at most two units per block (`max_units_per_block`) vs blocks split by batch size only: at every
   budget, since with a larger budget every unit fits one block at one batch size and the limit is all
   that splits it;
+- heads of at most 32 filters (`head.filters`) vs 64, where a setup narrows them: accuracy, and the
+  chosen exit's parameters;
 - a block's heads warm-started from the previous block's last head where unit and head match
   (`head.warm_start`) vs every head from random weights: at every budget.
 """
@@ -47,6 +49,9 @@ ABLATIONS = (
     # Only where the setup's heads pool and deepen (the Fashion-MNIST setups): else it is the default.
     Ablation("head_capacity", "plain heads (one conv, no pooling)", "pooled two-conv heads",
              ("train.neuroflux.head.pool_to=null", "train.neuroflux.head.depth=1"), selects_exit=True),
+    # Only where the setup narrows its heads (ResNet on Fashion-MNIST): the chosen exit's size is the point.
+    Ablation("head_width", "heads up to 64 filters", "heads up to 32 filters", ("train.neuroflux.head.filters=64",),
+             selects_exit=True),
     Ablation("batch", "one global batch", "per-block batch sizes", global_batch=True),
     Ablation("cache", "recompute earlier blocks", "activation cache", ("train.neuroflux.cache.placement=recompute",)),
     Ablation("early_stop", "early stop on", "early stop off", ("train.neuroflux.stop_stalled_blocks=true",),
@@ -97,6 +102,8 @@ def _at_budget(bench: Workbench, setup, budget: str, ablation: Ablation) -> dict
 def _applies(ablation: Ablation, setup) -> bool:
     if ablation.name == "head_capacity":
         return any(o.startswith("train.neuroflux.head.pool_to=") for o in setup.overrides)
+    if ablation.name == "head_width":
+        return "train.neuroflux.head.filters=32" in setup.overrides
     return True
 
 
@@ -159,11 +166,13 @@ def render(result: dict[str, Any]) -> str:
                          f"{count(v.get('head_params'))} ({batches(v.get('head_filters'))} filters)",
                          spread(v["blocks_trained"], 1), spread(v["best_val_accuracy"], 3),
                          spread(v["wall_seconds"], 1, " s"), spread(v["cpu_seconds"], 1, " s"),
-                         " / ".join(f"{e['name']} ({e['accuracy']:.1%})" for e in exits) if exits else None])
+                         " / ".join(f"{e['name']} ({e['accuracy']:.1%}, {count(e['params'])})" for e in exits)
+                         if exits else None])
         budget = next((v["budget_bytes"] for v in variants.values() if v["fits"]), None)
         out.append(f"**{entry['setup']}** at the {entry['budget']} budget ({mib(budget)})\n")
         out.append(table(["contender", "batch sizes", "measured peak (of budget)", "head parameters", "blocks trained",
-                          "best val accuracy", "wall time", "CPU time", "chosen exit (test accuracy)"], rows))
+                          "best val accuracy", "wall time", "CPU time",
+                          "chosen exit (test accuracy, parameters)"], rows))
         pair_rows = [[f"{p['default_side']} vs {p['variant']}",
                       None if p["target"] is None else f"{p['target']:.1%}",
                       spread(p["time_to_target_ratio"], 2, "x"), spread(p["wall_ratio"], 2, "x"),
@@ -197,6 +206,7 @@ def _render_other_budgets(setup: str, entries: list[dict[str, Any]]) -> str:
 
 register_comparison(Comparison(
     name="ablations", title="Ablations: every design choice against the default",
-    question="Does each NeuroFlux design choice (adaptive heads, per-block batch sizes, the activation cache, "
-             "early stop of deeper blocks, at most two units per block) pay for itself?",
+    question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch sizes, "
+             "the activation cache, early stop of deeper blocks, at most two units per block, warm-started heads) "
+             "pay for itself?",
     run=run, render=render))

@@ -4,6 +4,7 @@ budget). The end-to-end test asserts the structure of what the suite writes, nev
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -283,7 +284,6 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
 
 def test_ablation_at_other_budgets_renders_beside_the_main_table(suite_run):
     # The tiny suite has one budget: give its own stringent pair as if measured at a second one.
-    import copy
 
     _, _, document = suite_run
     (entry,) = copy.deepcopy(_results(document)["ablations"]["setups"])
@@ -406,9 +406,15 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
 
     _, _, document = suite_run
     first = {**document, "comparisons": [o for o in document["comparisons"] if o["name"] != "minimum_budget"]}
+    narrowed = copy.deepcopy(document["setups"][0])
+    narrowed["recipe"]["train"]["neuroflux"]["head"].update(filters=32, depth=2, pool_to=4)
     later = {**document, "command": "python -m benchmarks.run --only minimum_budget ablations",
-             "comparisons": [o for o in document["comparisons"] if o["name"] in ("minimum_budget", "ablations")]}
+             "comparisons": [o for o in document["comparisons"] if o["name"] in ("minimum_budget", "ablations")],
+             "setups": [narrowed]}
     merged = merge_documents(first, [later])
+    # ... and its setups replace the same-named ones: the setups table shows what the latest figures ran.
+    assert [s["name"] for s in merged["setups"]] == [s["name"] for s in document["setups"]]
+    assert merged["setups"][0] is narrowed
     # A later run's comparison replaces the earlier one in its place; a new one joins at the end.
     assert [o["name"] for o in merged["comparisons"]] == [o["name"] for o in first["comparisons"]] + ["minimum_budget"]
     assert "run" in merged["comparisons"][2] and "run" not in merged["comparisons"][1]
@@ -418,7 +424,18 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
                  "5. smaller deliverable"):
         assert f"| {goal} |" in text, goal
     assert "from a later run: `python -m benchmarks.run --only minimum_budget ablations`" in text
+    assert " at the start, " in text and " at the end)" in text  # a later run's load, at both ends
     assert "--also b.json" in text
+    assert "| 2 convs, up to 32 filters, maps pooled to 4x4 |" in text
+
+
+def test_the_head_width_ablation_runs_only_where_a_setup_narrows_its_heads():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
+
+    (head_width,) = [a for a in ABLATIONS if a.name == "head_width"]
+    assert _applies(head_width, RESNET18_FMNIST) and not _applies(head_width, VGG16_FMNIST)
+    assert head_width.overrides == ("train.neuroflux.head.filters=64",) and head_width.selects_exit
 
 
 def test_scaling_trains_one_and_two_processes_at_the_same_global_batch(suite_run):
@@ -478,6 +495,7 @@ def test_the_batch_layout_check_holds_the_nchw_gradient_to_its_float64_reference
     # that flags NHWC as wrong or crashing would be judging against a broken reference.
     check = crash_check(1, "nchw")
     assert check["exit_code"] == 0 and check["worst_relative_error"] < 1e-5, check
+
 
 def test_the_suites_thread_count_holds_for_numpys_blas_too():
     import numpy  # noqa: F401  (loads its BLAS)
