@@ -103,7 +103,7 @@ def _applies(ablation: Ablation, setup) -> bool:
     if ablation.name == "head_capacity":
         return any(o.startswith("train.neuroflux.head.pool_to=") for o in setup.overrides)
     if ablation.name == "head_width":
-        return "train.neuroflux.head.filters=32" in setup.overrides
+        return any(o.startswith("train.neuroflux.head.filters=") for o in setup.overrides)
     return True
 
 
