@@ -11,6 +11,8 @@ from the same repeat:
 - large-batch learning: every block's batch capped at 32 (`max_batch_size`: more, smaller steps per
   epoch), and NeuroFlux at backprop's learning rate (`neuroflux.lr_scale: 1` against the default 2):
   accuracy against time;
+- block batches up to 128 vs the setup's cap of 64, where a setup caps them (the Fashion-MNIST setups):
+  at every budget, since the cap binds most where the budget allows large batches;
 - at most two units per block (`max_units_per_block`) vs blocks split by batch size only: at every
   budget, since with a larger budget every unit fits one block at one batch size and the limit is all
   that splits it;
@@ -58,8 +60,11 @@ ABLATIONS = (
              selects_exit=True),
     # The global-batch ablation's deeper blocks learned more per epoch at a smaller batch: is it the
     # number of steps (the cap) or a learning rate too low for large batches (NeuroFlux's own rate)?
-    Ablation("batch_cap", "block batch capped at 32", "each block's largest batch",
+    Ablation("batch_cap", "block batch capped at 32", "each block's largest batch (up to the setup's cap)",
              ("train.neuroflux.max_batch_size=32",)),
+    # Only where the setup caps its block batches (the Fashion-MNIST setups, at 64).
+    Ablation("batch_cap_128", "block batch up to 128", "block batch up to the setup's cap",
+             ("train.neuroflux.max_batch_size=128",), every_budget=True),
     Ablation("lr", "backprop's learning rate (lr_scale 1)", "twice backprop's rate (lr_scale 2)",
              ("train.neuroflux.lr_scale=1",)),
     Ablation("units_per_block", "blocks split by batch size only", "at most 2 units per block",
@@ -104,6 +109,8 @@ def _applies(ablation: Ablation, setup) -> bool:
         return any(o.startswith("train.neuroflux.head.pool_to=") for o in setup.overrides)
     if ablation.name == "head_width":
         return any(o.startswith("train.neuroflux.head.filters=") for o in setup.overrides)
+    if ablation.name == "batch_cap_128":
+        return any(o.startswith("train.neuroflux.max_batch_size=") for o in setup.overrides)
     return True
 
 

@@ -438,6 +438,15 @@ def test_the_head_width_ablation_runs_only_where_a_setup_narrows_its_heads():
     assert head_width.overrides == ("train.neuroflux.head.filters=64",) and head_width.selects_exit
 
 
+def test_the_batch_cap_128_ablation_runs_only_where_a_setup_caps_block_batches():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_DIGITS, RESNET18_FMNIST, VGG16_FMNIST
+
+    (cap,) = [a for a in ABLATIONS if a.name == "batch_cap_128"]
+    assert _applies(cap, RESNET18_FMNIST) and _applies(cap, VGG16_FMNIST) and not _applies(cap, RESNET18_DIGITS)
+    assert cap.overrides == ("train.neuroflux.max_batch_size=128",) and cap.every_budget
+
+
 def test_scaling_trains_one_and_two_processes_at_the_same_global_batch(suite_run):
     from benchmarks.comparisons.scaling import render
 
