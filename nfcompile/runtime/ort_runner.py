@@ -13,9 +13,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 # After a run, ONNX Runtime's intra-op workers keep spinning on their cores, waiting for the next run
 # (about 0.1 CPU-s in the next 0.2 s on a 2-core Xeon). Timing several sessions in interleaved rounds,
-# each one's spinning workers took the cores the next one needed: exits timed 2.4x too slow at batch 32,
-# out of depth order, with p90 up to 7x p50. Workers still spin within a run; they stop when it returns,
-# as a deployed model's do between requests that arrive apart. Documented session config key.
+# each one's spinning workers took the cores the next one needed: quickstart exits timed up to 2.4x too
+# slow at batch 32, out of depth order, p90 up to 8x p50. Workers still spin within a run and stop when
+# it returns, as a deployed model's do between requests that arrive apart. A documented session key.
 STOP_SPINNING_AFTER_RUN = ("session.force_spinning_stop", "1")
 
 
