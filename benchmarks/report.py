@@ -175,12 +175,15 @@ def _setups(document: dict[str, Any]) -> str:
                      f"{recipe['data']['image_size']}px {recipe['data']['dataset']}",
                      f"{samples['train']}/{samples['val']}/{samples['test']}",
                      recipe["train"]["epochs"], _heads(recipe["train"]["neuroflux"]["head"]),
+                     recipe["train"]["neuroflux"]["max_batch_size"],
                      " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])
     text = table(["setup", "model", "width", "input", "train/val/test images", "epochs", "NeuroFlux heads",
-                  f"budgets ({' / '.join(labels)})"], rows)
+                  "largest batch", f"budgets ({' / '.join(labels)})"], rows)
     text += ("\nBudgets are the ones under which the planner gives plain backprop batch size "
              + ", ".join(f"{anchors[label]} ({label})" for label in labels)
-             + " (the peak it measures at that batch, over the share of the budget the planner plans against).\n")
+             + " (the peak it measures at that batch, over the share of the budget the planner plans against)."
+             + " The largest batch (`train.neuroflux.max_batch_size`) caps every contender's: NeuroFlux's blocks"
+             + " and the batch the planner gives backprop, with and without checkpointing.\n")
     for name, why in document["config"].get("skipped", []):
         text += f"- Skipped **{name}**: {why}\n"
     return text

@@ -408,6 +408,7 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
     first = {**document, "comparisons": [o for o in document["comparisons"] if o["name"] != "minimum_budget"]}
     narrowed = copy.deepcopy(document["setups"][0])
     narrowed["recipe"]["train"]["neuroflux"]["head"].update(filters=32, depth=2, pool_to=4)
+    narrowed["recipe"]["train"]["neuroflux"]["max_batch_size"] = 64
     later = {**document, "command": "python -m benchmarks.run --only minimum_budget ablations",
              "comparisons": [o for o in document["comparisons"] if o["name"] in ("minimum_budget", "ablations")],
              "setups": [narrowed]}
@@ -426,7 +427,7 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
     assert "from a later run: `python -m benchmarks.run --only minimum_budget ablations`" in text
     assert " at the start, " in text and " at the end)" in text  # a later run's load, at both ends
     assert "--also b.json" in text
-    assert "| 2 convs, up to 32 filters, maps pooled to 4x4 |" in text
+    assert "| 2 convs, up to 32 filters, maps pooled to 4x4 | 64 |" in text  # the setup's heads and batch cap
 
 
 def test_the_head_width_ablation_runs_only_where_a_setup_narrows_its_heads():
