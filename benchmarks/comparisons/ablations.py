@@ -44,16 +44,19 @@ class Ablation:
     global_batch: bool = False
     selects_exit: bool = False  # score the exits and run selection for both sides
     every_budget: bool = False  # also against the default at the suite's other budgets
+    # Runs only on setups that set this field (elsewhere the variant would be, or barely differ from, the default).
+    only_where_setup_sets: str | None = None
 
 
 ABLATIONS = (
     Ablation("heads", "fixed-width heads", "adaptive heads", ("train.neuroflux.head.policy=fixed",)),
     # Only where the setup's heads pool and deepen (the Fashion-MNIST setups): else it is the default.
     Ablation("head_capacity", "plain heads (one conv, no pooling)", "pooled two-conv heads",
-             ("train.neuroflux.head.pool_to=null", "train.neuroflux.head.depth=1"), selects_exit=True),
+             ("train.neuroflux.head.pool_to=null", "train.neuroflux.head.depth=1"), selects_exit=True,
+             only_where_setup_sets="train.neuroflux.head.pool_to"),
     # Only where the setup narrows its heads (ResNet on Fashion-MNIST): the chosen exit's size is the point.
     Ablation("head_width", "heads up to 64 filters", "heads up to 32 filters", ("train.neuroflux.head.filters=64",),
-             selects_exit=True),
+             selects_exit=True, only_where_setup_sets="train.neuroflux.head.filters"),
     Ablation("batch", "one global batch", "per-block batch sizes", global_batch=True),
     Ablation("cache", "recompute earlier blocks", "activation cache", ("train.neuroflux.cache.placement=recompute",)),
     Ablation("early_stop", "early stop on", "early stop off", ("train.neuroflux.stop_stalled_blocks=true",),
@@ -64,7 +67,8 @@ ABLATIONS = (
              ("train.neuroflux.max_batch_size=32",)),
     # Only where the setup caps its block batches (the Fashion-MNIST setups, at 64).
     Ablation("batch_cap_128", "block batch up to 128", "block batch up to the setup's cap",
-             ("train.neuroflux.max_batch_size=128",), every_budget=True),
+             ("train.neuroflux.max_batch_size=128",), every_budget=True,
+             only_where_setup_sets="train.neuroflux.max_batch_size"),
     Ablation("lr", "backprop's learning rate (lr_scale 1)", "twice backprop's rate (lr_scale 2)",
              ("train.neuroflux.lr_scale=1",)),
     Ablation("units_per_block", "blocks split by batch size only", "at most 2 units per block",
@@ -105,13 +109,8 @@ def _at_budget(bench: Workbench, setup, budget: str, ablation: Ablation) -> dict
 
 
 def _applies(ablation: Ablation, setup) -> bool:
-    if ablation.name == "head_capacity":
-        return any(o.startswith("train.neuroflux.head.pool_to=") for o in setup.overrides)
-    if ablation.name == "head_width":
-        return any(o.startswith("train.neuroflux.head.filters=") for o in setup.overrides)
-    if ablation.name == "batch_cap_128":
-        return any(o.startswith("train.neuroflux.max_batch_size=") for o in setup.overrides)
-    return True
+    field = ablation.only_where_setup_sets
+    return field is None or any(o.startswith(f"{field}=") for o in setup.overrides)
 
 
 def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]],
