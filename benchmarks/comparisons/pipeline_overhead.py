@@ -38,13 +38,27 @@ def run(bench: Workbench) -> dict[str, Any]:
     for setup in config.setups:
         recipe = bench.recipe(setup, config.deliverable_budget)
         folder = RunFolder.create(bench.scratch / "pipeline", recipe.name)
-        repeats = []
+        repeats, int8 = [], None
         for repeat in range(config.repeats):
             named = recipe if repeat == 0 else with_overrides(recipe, [f"name={recipe.name}-{repeat}"])
+            records = _stage_records(named, folder, resume=repeat > 0)
             repeats.append({name: {"status": record.status, "seconds": record.seconds, "reason": record.reason}
-                            for name, record in _stage_records(named, folder, resume=repeat > 0).items()})
-        setups.append(_summary(setup.name, config.deliverable_budget, repeats))
+                            for name, record in records.items()})
+            int8 = int8 or _int8_gate(records)
+        setups.append({**_summary(setup.name, config.deliverable_budget, repeats), "int8_gate": int8})
     return {"setups": setups}
+
+
+def _int8_gate(records: dict[str, StageRecord]) -> dict[str, Any] | None:
+    """What the INT8 gate measured (on the test split, against the PyTorch exit), passed or not."""
+    record = records.get("validate_int8")
+    comparison = (record.result or {}).get("comparison") if record is not None and record.status in RAN else None
+    if not comparison:
+        return None
+    limit = next((c["limit"] for c in record.result.get("checks", ()) if c["name"] == "int8.accuracy_drop"), None)
+    return {"status": record.status, "limit": limit, "reference_accuracy": comparison["reference_accuracy"],
+            "int8_accuracy": comparison["candidate_accuracy"], "top1_agreement": comparison["top1_agreement"],
+            "samples": comparison["samples"], "candidate": comparison["candidate"]}
 
 
 def _stage_records(recipe, folder: RunFolder, *, resume: bool) -> dict[str, StageRecord]:
@@ -103,6 +117,12 @@ def render(result: dict[str, Any]) -> str:
                    f"{entry['train_seconds']:.1f} s of training; every other stage of the first build together "
                    f"(plan, exit scoring, selection, bundle included) {entry['first_run_other_seconds']:.1f} s.\n")
         out.append(table(["stage", "status", "seconds", "of training time"], rows))
+        gate = entry.get("int8_gate")  # recorded from 2026-12-06 on
+        if gate:
+            out.append(f"INT8 gate ({gate['status']}): {gate['candidate']} {gate['int8_accuracy']:.2%} against "
+                       f"PyTorch's {gate['reference_accuracy']:.2%} on {gate['samples']} test images "
+                       f"({(gate['reference_accuracy'] - gate['int8_accuracy']) * 100:+.2f} pt lost; the gate allows "
+                       f"{gate['limit'] * 100:g} pt), top-1 agreement {gate['top1_agreement']:.2%}.\n")
     latest = latest_before_after()
     if latest is not None:
         out.append(render_before_after(read_json(latest), latest.name))

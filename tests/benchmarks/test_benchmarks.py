@@ -280,6 +280,10 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert overhead["train_seconds"] > 0 and overhead["deploy_seconds"]["mean"] > 0
     assert overhead["stages"]["export"]["status"] == ["ok"]
     assert overhead["stages"]["engine"]["status"] == ["skipped"] and overhead["stages"]["engine"]["reason"]
+    gate = overhead["int8_gate"]  # what the INT8 gate judged, from the validate_int8 record
+    assert gate["status"] == overhead["stages"]["validate_int8"]["status"][0] and gate["samples"] > 0
+    assert 0 <= gate["int8_accuracy"] <= 1 and gate["limit"] > 0
+    assert "INT8 gate" in get_comparison("pipeline_overhead").render(result["pipeline_overhead"])
 
 
 def test_ablation_at_other_budgets_renders_beside_the_main_table(suite_run):
