@@ -121,7 +121,7 @@ def render(result: dict[str, Any]) -> str:
         if gate:
             out.append(f"INT8 gate ({gate['status']}): {gate['candidate']} {gate['int8_accuracy']:.2%} against "
                        f"PyTorch's {gate['reference_accuracy']:.2%} on {gate['samples']} test images "
-                       f"({(gate['reference_accuracy'] - gate['int8_accuracy']) * 100:+.2f} pt lost; the gate allows "
+                       f"(a drop of {(gate['reference_accuracy'] - gate['int8_accuracy']) * 100:+.2f} pt; the gate allows "
                        f"{gate['limit'] * 100:g} pt), top-1 agreement {gate['top1_agreement']:.2%}.\n")
     latest = latest_before_after()
     if latest is not None:
