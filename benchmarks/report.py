@@ -75,11 +75,16 @@ def merge_documents(document: dict[str, Any], later: list[dict[str, Any]]) -> di
     """One document: ``document`` with the comparisons of ``later`` runs, each of which replaces the
     same comparison of an earlier run in its place, or joins at the end (each keeps the command,
     machine load and time of its own run). A later run's setups replace the same-named ones too, so the
-    setups table shows what the latest figures ran."""
+    setups table shows what the latest figures ran; a budget the later run did not measure (it ran no
+    comparison at that budget) is kept from the earlier run where the recipe is the same."""
     comparisons = list(document["comparisons"])
     setups = {s["name"]: s for s in document["setups"]}
     for extra in later:
-        setups.update({s["name"]: s for s in extra.get("setups", [])})
+        for setup in extra.get("setups", []):
+            earlier = setups.get(setup["name"])
+            if earlier is not None and earlier["recipe"] == setup["recipe"]:
+                setup = {**setup, "budgets": {**earlier.get("budgets", {}), **setup.get("budgets", {})}}
+            setups[setup["name"]] = setup
         for outcome in extra["comparisons"]:
             tagged = {**outcome, "run": {"command": extra["command"], "started": extra["started"],
                                          "load_average": extra["machine"].get("load_average"),

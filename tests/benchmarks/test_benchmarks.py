@@ -420,6 +420,11 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
     # ... and its setups replace the same-named ones: the setups table shows what the latest figures ran.
     assert [s["name"] for s in merged["setups"]] == [s["name"] for s in document["setups"]]
     assert merged["setups"][0] is narrowed
+    # A later run of the same recipe that measured no budget keeps the earlier run's budgets.
+    unmeasured = [{**setup, "budgets": {}} for setup in document["setups"]]
+    kept = merge_documents(first, [{**later, "setups": unmeasured}])
+    assert [s["budgets"] for s in kept["setups"]] == [s["budgets"] for s in document["setups"]]
+    assert all(s["budgets"] for s in kept["setups"])
     # A later run's comparison replaces the earlier one in its place; a new one joins at the end.
     assert [o["name"] for o in merged["comparisons"]] == [o["name"] for o in first["comparisons"]] + ["minimum_budget"]
     assert "run" in merged["comparisons"][2] and "run" not in merged["comparisons"][1]
