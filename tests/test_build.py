@@ -3,6 +3,7 @@ resume after a kill, determinism, exit codes, the CIFAR recipe, and stage invali
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -144,7 +145,7 @@ def test_same_recipe_and_seed_give_the_same_exit_and_graph(bundle, workspace):
     assert onnx_graph_signature(again / "model.int8.onnx") == onnx_graph_signature(path / "model.int8.onnx")
 
 
-def test_a_changed_recipe_reruns_only_the_stages_it_affects(workspace, tmp_path):
+def test_a_changed_recipe_reruns_only_the_stages_it_affects(workspace, tmp_path, monkeypatch):
     recipe = load_recipe(workspace / "tiny.yaml")
     run = RunFolder.create(tmp_path, recipe.name)
     run_pipeline(recipe, run, resume=False, until="validate_int8")
@@ -165,6 +166,17 @@ def test_a_changed_recipe_reruns_only_the_stages_it_affects(workspace, tmp_path)
                                                    "tensorrt.precision=int8"])
     build = run_pipeline(engine, run, resume=True, until="quantize")
     assert build.records["quantize"].status == "ok" and build.results["quantize"].activations == "int8"
+
+    # A stage whose output changed between versions is redone on resume, with everything after it.
+    from nfcompile import pipeline
+
+    newer = [dataclasses.replace(s, version=s.version + 1) if s.name == "export" else s for s in pipeline.STAGES]
+    monkeypatch.setattr(pipeline, "STAGES", newer)
+    build = run_pipeline(engine, run, resume=True, until="quantize")
+    statuses = {name: record.status for name, record in build.records.items()}
+    assert [statuses[s] for s in ("plan", "train", "score", "select")] == ["reused"] * 4
+    assert statuses["export"] == statuses["validate_fp32"] == statuses["quantize"] == "ok"
+    monkeypatch.undo()
 
     # A gate that cannot pass: the CLI continues this run and exits 3 naming the number.
     result = run_cli("build", str(workspace / "tiny.yaml"), "--run", str(run.path),
