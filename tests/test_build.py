@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nfcompile.errors import GateFailed
+from nfcompile import pipeline
 from nfcompile.pipeline import run_pipeline
 from nfcompile.runs import RunFolder
 from nfcompile.recipe import load_recipe
@@ -168,8 +169,6 @@ def test_a_changed_recipe_reruns_only_the_stages_it_affects(workspace, tmp_path,
     assert build.records["quantize"].status == "ok" and build.results["quantize"].activations == "int8"
 
     # A stage whose output changed between versions is redone on resume, with everything after it.
-    from nfcompile import pipeline
-
     newer = [dataclasses.replace(s, version=s.version + 1) if s.name == "export" else s for s in pipeline.STAGES]
     monkeypatch.setattr(pipeline, "STAGES", newer)
     build = run_pipeline(engine, run, resume=True, until="quantize")
