@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nfcompile.core.io import read_json
-from nfcompile.core.results import StageRecord
+from nfcompile.core.results import StageRecord, Validation
 from nfcompile.errors import GateFailed
 from nfcompile.pipeline import STAGE_NAMES, run_pipeline
 from nfcompile.runs import RunFolder
@@ -52,13 +52,14 @@ def run(bench: Workbench) -> dict[str, Any]:
 def _int8_gate(records: dict[str, StageRecord]) -> dict[str, Any] | None:
     """What the INT8 gate measured (on the test split, against the PyTorch exit), passed or not."""
     record = records.get("validate_int8")
-    comparison = (record.result or {}).get("comparison") if record is not None and record.status in RAN else None
-    if not comparison:
+    validation = record.result_as(Validation) if record is not None and record.status in RAN else None
+    if validation is None:
         return None
-    limit = next((c["limit"] for c in record.result.get("checks", ()) if c["name"] == "int8.accuracy_drop"), None)
-    return {"status": record.status, "limit": limit, "reference_accuracy": comparison["reference_accuracy"],
-            "int8_accuracy": comparison["candidate_accuracy"], "top1_agreement": comparison["top1_agreement"],
-            "samples": comparison["samples"], "candidate": comparison["candidate"]}
+    comparison = validation.comparison
+    limit = next((c.limit for c in validation.checks if c.name == "int8.accuracy_drop"), None)
+    return {"status": record.status, "limit": limit, "reference_accuracy": comparison.reference_accuracy,
+            "int8_accuracy": comparison.candidate_accuracy, "top1_agreement": comparison.top1_agreement,
+            "samples": comparison.samples, "candidate": comparison.candidate}
 
 
 def _stage_records(recipe, folder: RunFolder, *, resume: bool) -> dict[str, StageRecord]:
