@@ -47,7 +47,7 @@ OUT = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=
                    show_default=True, help="Folder that receives <recipe-name>/<run-id>/.")
 RESUME = click.option("--resume", is_flag=True,
                       help="Continue the latest unfinished run of this recipe: finished stages and blocks "
-                      "are reused when the recipe fields they depend on are unchanged.")
+                      "are reused when the recipe fields they depend on, and the stage's version, are unchanged.")
 RUN = click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
                    help="Use this run folder instead of the latest run of the recipe.")
 
