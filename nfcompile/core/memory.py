@@ -270,15 +270,18 @@ def module_state_tensors(modules: Iterable[nn.Module], optimizers: Iterable[torc
     return tensors
 
 
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and shared weights counted once)."""
+    seen = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors if t.layout == torch.strided}
+    return sum(seen.values())
+
+
 def persistent_bytes(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optimizer]) -> int:
     """Parameters, buffers and optimizer state (gradients are freed after every step)."""
-    seen: dict[int, int] = {}
     modules, optimizers = list(modules), list(optimizers)
-    for tensor in module_state_tensors(modules, optimizers):
-        if tensor.layout == torch.strided:
-            seen[tensor.untyped_storage()._cdata] = tensor.untyped_storage().nbytes()
     grads = {p.grad.untyped_storage()._cdata for m in modules for p in m.parameters() if p.grad is not None}
-    return sum(size for key, size in seen.items() if key not in grads)
+    return storage_bytes(t for t in module_state_tensors(modules, optimizers)
+                         if t.untyped_storage()._cdata not in grads)
 
 
 @dataclass
@@ -298,10 +301,10 @@ class PeakMeter:
     def __init__(self, device: torch.device, modules: list[nn.Module], optimizers: list[torch.optim.Optimizer],
                  *, resident: list[torch.Tensor] | None = None, exclude_resident: bool = False):
         """``resident``: other tensors living on the device during the steps (an activation cache), which
-        the CPU tracker counts from the start. ``exclude_resident``: on CUDA, leave out what was
+        the CPU tracker counts from the start. ``exclude_resident``: on CUDA, leave out what else was
         allocated before each step began (profiling one unit while other tensors live on the GPU).
-        The CPU tracker only ever sees the given modules, optimizers and tensors and what the step
-        allocates."""
+        Either way a reading is what the CPU tracker sees: the given modules' and optimizers' state
+        and resident tensors, plus what the step allocates."""
         self.device = device
         self.modules = modules
         self.optimizers = optimizers
@@ -314,10 +317,17 @@ class PeakMeter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            before = int(torch.cuda.memory_allocated(self.device)) if self.exclude_resident else 0
+            before, own = 0, 0
+            if self.exclude_resident:
+                before = int(torch.cuda.memory_allocated(self.device))
+                # What was there before includes the modules' own weights and optimizer state: they
+                # count, as on the CPU. Leaving them out made every fit predict the step's activations
+                # alone, and the planner (which subtracts `persistent` from a prediction) count no
+                # block's weights at all on a GPU.
+                own = storage_bytes([*module_state_tensors(self.modules, self.optimizers), *self.resident])
             yield
             torch.cuda.synchronize(self.device)
-            peak = int(torch.cuda.max_memory_allocated(self.device)) - before
+            peak = int(torch.cuda.max_memory_allocated(self.device)) - before + own
         else:
             tracker = LiveTensorBytes([*module_state_tensors(self.modules, self.optimizers), *self.resident])
             with tracker:
