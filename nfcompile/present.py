@@ -52,14 +52,14 @@ def plan_table(plan, train=None) -> Table:
     table = Table(title=f"Memory plan: budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}), "
                         f"device {plan.device}")
     extra = ("tracked peak", "RSS rise") if measured else ()
-    for column in ("block", "units", "batch", "predicted peak", *extra, "of budget", "rest of network",
-                   "output cache"):
+    for column in ("block", "units", "batch", "eval batch", "predicted peak", *extra, "of budget",
+                   "rest of network", "output cache"):
         table.add_column(column, justify="left" if column in ("units", "output cache") else "right")
     for block in plan.blocks:
         names = f"{plan.units[block.units[0]].name} .. {plan.units[block.units[-1]].name}" \
             if len(block.units) > 1 else plan.units[block.units[0]].name
         row = [str(block.index), f"{block.units[0]}-{block.units[-1]} ({names})", str(block.batch_size),
-               format_bytes(block.predicted_peak_bytes)]
+               str(block.evaluation_batch), format_bytes(block.predicted_peak_bytes)]
         if measured:
             result = measured.get(block.index)
             row += [format_bytes(result.measured_peak_bytes if result else None),
@@ -67,13 +67,22 @@ def plan_table(plan, train=None) -> Table:
         row += [f"{block.predicted_peak_bytes / plan.budget_bytes:.0%}", format_bytes(block.other_resident_bytes),
                 f"{block.cache_placement} {format_bytes(block.cache_bytes) if block.cache_bytes else ''}".strip()]
         table.add_row(*row)
-    table.caption = (f"backprop at this budget: batch {plan.backprop_batch_size or 'none fits'}; with gradient "
-                     f"checkpointing: batch {plan.checkpointing_batch_size or 'none fits'}; "
-                     f"batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
+    table.caption = (f"backprop at this budget: batch "
+                     f"{_baseline_batches(plan.backprop_batch_size, plan.backprop_evaluation_batch_size)}; "
+                     f"with gradient checkpointing: batch "
+                     f"{_baseline_batches(plan.checkpointing_batch_size, plan.checkpointing_evaluation_batch_size)}; "
+                     "evaluation runs at the largest batch whose measured forward pass holds no more than the "
+                     f"training step; batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
                      f"{plan.accounting or 'its own units and heads'}. Step profiles: {plan.profiles_measured} "
                      f"measured, {plan.profiles_reused} reused from earlier measurements "
                      "(train.neuroflux.reuse_profiles).")
     return table
+
+
+def _baseline_batches(batch: int, evaluation: int) -> str:
+    if not batch:
+        return "none fits"
+    return f"{batch} (evaluated at {evaluation})" if evaluation > batch else str(batch)
 
 
 # --------------------------------------------------------------------------- build / train / select

@@ -107,6 +107,13 @@ class BlockPlan(Result):
     cache_bytes: int  # size of that cache (train + validation splits)
     other_resident_bytes: int = 0  # the rest of the network's weights, resident on the device meanwhile
     caching_peak_bytes: int = 0  # predicted peak of the pass that fills this block's output cache
+    # The batch its exits are evaluated at after every epoch: the largest whose measured forward-only
+    # peak stays within the training step's (0: the training batch, as plans written before it had).
+    evaluation_batch_size: int = 0
+
+    @property
+    def evaluation_batch(self) -> int:
+        return self.evaluation_batch_size or self.batch_size
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,9 @@ class Plan(Result):
     # plan's measurements (train.neuroflux.reuse_profiles).
     profiles_measured: int = 0
     profiles_reused: int = 0
+    # The baselines' evaluation batches, chosen as a block's is (0: their training batch).
+    backprop_evaluation_batch_size: int = 0
+    checkpointing_evaluation_batch_size: int = 0
 
 
 # --------------------------------------------------------------------------- train

@@ -63,3 +63,13 @@ class MultiExitNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_exits(x, [self.exit_units[-1]])[self.exit_units[-1]]
+
+
+def block_exits(units: list[nn.Module], heads: list[nn.Module], h: torch.Tensor) -> list[torch.Tensor]:
+    """The logits of every exit of consecutive ``units`` (one head each), from one pass through them:
+    how a NeuroFlux block is evaluated, and how the planner measures that evaluation."""
+    logits = []
+    for unit, head in zip(units, heads):
+        h = unit(h)
+        logits.append(head(h))
+    return logits

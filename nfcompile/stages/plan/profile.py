@@ -156,6 +156,45 @@ def profile_backprop_step(model: nn.Module, in_shape: tuple[int, ...], num_class
                     batch_sizes=batch_sizes, budget=budget, max_batch=max_batch, section=section, device=device)
 
 
+def measure_evaluation(modules: list[nn.Module], forward: Callable[[list[nn.Module], torch.Tensor], object],
+                       in_shape: tuple[int, ...], batch: int, *, section: TrainSection, device: torch.device) -> int:
+    """The measured peak of evaluating at ``batch`` in the middle of training: ``forward(modules, x)`` in
+    eval mode without autograd, on copies whose weights and optimizer state are resident as they are
+    between training steps (so the reading compares with a training step's)."""
+    copies = [copy.deepcopy(m).to(device).eval() for m in modules]
+    optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
+    _create_optimizer_state(optimizer)
+    meter = PeakMeter(device, copies, [optimizer], exclude_resident=True)
+    with meter.step(), torch.no_grad():
+        x = torch.randn((batch, *in_shape), device=device)
+        forward(copies, x)
+        del x
+    return meter.reading.total
+
+
+def largest_evaluation_batch(measure: Callable[[int], int], *, allowed: int, floor: int, cap: int,
+                             batch_sizes: tuple[int, ...], attempts: int = MAX_REFINEMENTS) -> int:
+    """The largest batch in [floor, cap] that a line through measured evaluation peaks
+    (``measure(batch)``) puts within ``allowed``, once a measurement there confirms it; ``floor`` (the
+    training batch, whose step holds more than its forward pass) where no larger one is. The line starts
+    through ``batch_sizes``; a predicted batch measured over ``allowed`` joins the measurements and the
+    line is refitted, so the answer is always a batch measured to fit."""
+    if floor >= cap:
+        return floor
+    measured = {b: measure(b) for b in sorted({min(max(b, 1), cap) for b in (*batch_sizes, floor)})}
+    for _ in range(attempts):
+        if len(measured) < 2:
+            break
+        target = fit_memory(list(measured.items())).max_batch(allowed, cap)
+        if target <= floor:
+            break
+        if target not in measured:
+            measured[target] = measure(target)
+        if measured[target] <= allowed:
+            return target
+    return max([floor, *(b for b, peak in measured.items() if peak <= allowed)])
+
+
 def profile_input_fetch(make_source: Callable[[int], object], batch_sizes: tuple[int, ...],
                         device: torch.device) -> int:
     """Bytes per sample that preparing a batch holds at its peak (index copies, conversion to float,

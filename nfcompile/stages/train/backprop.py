@@ -30,6 +30,14 @@ from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_e
 log = get_logger(__name__)
 
 
+def evaluation_batch_size(plan: Plan, train: TrainSection, batch: int) -> int:
+    """The batch the plan measured evaluation at within the training step's peak (never below the
+    training batch: its forward pass holds less than its step)."""
+    planned = (plan.checkpointing_evaluation_batch_size if train.backprop.checkpointing
+               else plan.backprop_evaluation_batch_size)
+    return max(batch, planned)
+
+
 def backprop_batch_size(plan: Plan, train: TrainSection) -> tuple[int, int]:
     """(batch size, predicted peak): the recipe's batch, or the largest the budget allows."""
     checkpointing = train.backprop.checkpointing
@@ -56,6 +64,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     if finished is not None:
         return TrainOutcome(net, finished)
     batch, predicted = backprop_batch_size(plan, train)
+    evaluation_batch = evaluation_batch_size(plan, train, batch)
     method = "backprop+checkpointing" if train.backprop.checkpointing else "backprop"
     trainee = CheckpointedUnits(unit_net.units, unit_net.classifier) if train.backprop.checkpointing else unit_net
     trainee.to(device)
@@ -82,8 +91,8 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
                                             warmup_steps(steps_per_epoch, total_steps)),
                           generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
                           train_modules=[trainee],
-                          evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, batch),), [unit_net],
-                                                   val_in), patience=train.patience,
+                          evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, evaluation_batch),),
+                                                   [unit_net], val_in), patience=train.patience,
                           keep_best=best, label=f"{method} (batch {batch})", log_as=method,
                           exit_names=[f"exit_{net.exit_units[-1]:02d}"])
         finally:
@@ -104,6 +113,6 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     result = TrainResult(method=method, device=str(device), budget_bytes=plan.budget_bytes,
                          checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),
                          exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - started,
-                         details={"batch_size": batch})
+                         details={"batch_size": batch, "evaluation_batch_size": evaluation_batch})
     save_single_exit(checkpoint, fingerprint, net, model, num_classes, result)
     return TrainOutcome(net, result)

@@ -28,7 +28,7 @@ from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_o
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.data.batches import Augment, batch_order, feature_augment
 from nfcompile.data.datasets import DataBundle
-from nfcompile.models import AuxHead, MultiExitNet, UnitNet
+from nfcompile.models import AuxHead, MultiExitNet, UnitNet, block_exits
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.train.budget import (block_meter, check_budget, log_block_memory, memory_cap,
                                           with_memory)
@@ -166,7 +166,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
 
     def evaluate() -> list[float]:
         with eval_mode(*units, *heads):
-            return top1_accuracies(lambda x: block_exits(units, heads, x), val_in, batch)
+            return top1_accuracies(lambda x: block_exits(units, heads, x), val_in, block.evaluation_batch)
 
     started = time.perf_counter()
     label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
@@ -193,15 +193,6 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
                        seconds=time.perf_counter() - started, cache_placement=block.cache_placement,
                        cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history),
                        time_spent=outcome.time_spent)
-
-
-def block_exits(units: list[nn.Module], heads: list[nn.Module], h: torch.Tensor) -> list[torch.Tensor]:
-    """The logits of every exit in a block, from one pass through its units."""
-    logits = []
-    for unit, head in zip(units, heads):
-        h = unit(h)
-        logits.append(head(h))
-    return logits
 
 
 # --------------------------------------------------------------------------- caches

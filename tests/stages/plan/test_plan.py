@@ -12,7 +12,9 @@ from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, TrainSection
 from nfcompile.stages.plan import PLANNING_SHARE, _verified_batch, plan_training, saved_activation_bytes_per_sample
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
-from nfcompile.stages.plan.profile import measure_block_step, next_measurement, profile_local_step
+from nfcompile.models import block_exits
+from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, measure_evaluation,
+                                          next_measurement, profile_local_step)
 
 from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_unit_net
 
@@ -180,6 +182,44 @@ def test_plan_fits_the_budget_and_sizes_backprop_with_the_same_profiler():
     assert backprop.predicted(plan.backprop_batch_size) <= planned
     # Local learning keeps one unit's activations alive; backprop keeps all of them.
     assert max(b.batch_size for b in plan.blocks) > plan.backprop_batch_size
+
+
+def test_evaluation_batch_is_the_largest_measured_to_fit_and_never_below_the_training_batch():
+    steep = lambda b: 1000 + 100 * b if b <= 40 else 1000 + 100 * b + 50 * (b - 40)  # the line under-predicts
+    measured = []
+    measure = lambda b: measured.append(b) or steep(b)
+    batch = largest_evaluation_batch(measure, allowed=8000, floor=3, cap=256, batch_sizes=(4, 16))
+    largest = 60  # steep(60) == 8000
+    assert measured[:3] == [3, 4, 16] and 70 in measured  # the line through 4 and 16 said 70: over, measured
+    assert batch in measured and steep(batch) <= 8000  # only a batch measured to fit
+    assert 0.9 * largest <= batch <= largest  # the line refitted through 70 lands close below
+    assert largest_evaluation_batch(steep, allowed=8000, floor=3, cap=20, batch_sizes=(4, 16)) == 20
+    assert largest_evaluation_batch(steep, allowed=1000, floor=3, cap=256, batch_sizes=(4, 16)) == 3
+
+
+def test_every_block_and_baseline_evaluates_within_its_training_steps_peak():
+    """Under a tight budget evaluation runs at a larger batch than training (its forward pass keeps no
+    activations for a backward one), measured to hold no more than the training step did."""
+    plan = _plan("2MiB")
+    net = make_tiny_unit_net()
+    section = TrainSection()
+    larger = 0
+    for block in plan.blocks:
+        assert block.evaluation_batch >= block.batch_size
+        units = [net.units[i] for i in block.units]
+        heads = [AuxHead(plan.units[i].out_shape[0], plan.units[i].head_filters, TINY_CLASSES,
+                         pool=plan.units[i].head_pool, depth=plan.units[i].head_depth) for i in block.units]
+        peak = measure_evaluation([*units, *heads], lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
+                                  plan.units[block.units[0]].in_shape, block.evaluation_batch, section=section,
+                                  device=CPU)
+        assert peak <= block.predicted_peak_bytes - block.other_resident_bytes
+        larger += block.evaluation_batch > block.batch_size
+    assert larger  # the budget that limits training leaves evaluation room at some block
+    backprop = fit_memory(list(plan.backprop_measurements))
+    assert plan.backprop_evaluation_batch_size > plan.backprop_batch_size
+    peak = measure_evaluation([net], lambda m, x: m[0](x), (3, TINY_SIZE, TINY_SIZE),
+                              plan.backprop_evaluation_batch_size, section=section, device=CPU)
+    assert peak <= backprop.predicted(plan.backprop_batch_size)
 
 
 def test_budget_below_batch_one_is_refused_with_the_minimum():
