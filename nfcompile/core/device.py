@@ -72,7 +72,9 @@ def free_memory(device: torch.device) -> FreeMemory:
 
             pynvml.nvmlInit()
             try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                # NVML numbers every GPU of the machine (by PCI bus) and ignores CUDA_VISIBLE_DEVICES; torch
+                # maps the process's ordinal to NVML's (private: any error falls back to the CUDA runtime).
+                handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(index))
                 info = pynvml.nvmlDeviceGetMemoryInfo(handle)
                 return FreeMemory(int(info.free), int(info.total), "nvml")
             finally:

@@ -181,15 +181,43 @@ class BlockMemory:
 
 
 _OUTSIDE: contextvars.ContextVar[list | None] = contextvars.ContextVar("nfcompile_outside_tensors", default=None)
+# CUDA: bytes allocated on the device before the training began that are not the network's own.
+_OUTSIDE_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("nfcompile_outside_cuda_bytes", default=0)
+
+
+def warm_up_libraries(device: torch.device) -> None:
+    """On CUDA, have the libraries allocate what they keep for the life of the process before anything
+    is measured. cuBLAS keeps a workspace per thread and stream from its first matrix multiply on
+    (8 MiB + 128 KiB by default, 32 MiB on Hopper; a forward's and a backward's, which autograd runs
+    on its own thread), allocated through torch's caching allocator, so `max_memory_allocated` sees
+    it. Allocated mid-measurement it landed in whichever step or block came first; allocated here it
+    is the process's, as the CUDA context is, and no reading counts it."""
+    if device.type != "cuda":
+        return
+    with torch.enable_grad():
+        layers = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)).to(device)
+        layers(torch.randn(2, 1, 4, 4, device=device)).sum().backward()
+    del layers
+    torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
 def training_scope(device: torch.device, network: Iterable[nn.Module] = ()) -> Iterator[None]:
     """Mark every tensor alive now, except ``network``'s, as outside the training: a caller's own
-    models, an earlier build's results in the same process. The block meters inside leave them out
-    of their scan (weak references: what is freed meanwhile stops being excluded)."""
+    models, an earlier build's results in the same process, CUDA libraries' workspaces. The block
+    meters inside leave them out: on CPU of their scan (weak references: what is freed meanwhile
+    stops being excluded); on CUDA as a byte count taken off `max_memory_allocated` (what is freed
+    meanwhile is still taken off, so a reading there errs low by at most that)."""
+    network = list(network)
     if device.type == "cuda":
-        yield
+        warm_up_libraries(device)
+        gc.collect()
+        own = storage_bytes(t for m in network for t in (*m.parameters(), *m.buffers()) if t.is_cuda)
+        token = _OUTSIDE_BYTES.set(max(0, int(torch.cuda.memory_allocated(device)) - own))
+        try:
+            yield
+        finally:
+            _OUTSIDE_BYTES.reset(token)
         return
     own = {t.untyped_storage()._cdata for m in network for t in (*m.parameters(), *m.buffers())}
     outside = [weakref.ref(t) for t in live_tensors(device) if t.untyped_storage()._cdata not in own]
@@ -226,6 +254,7 @@ class BlockMeter:
 
     def __enter__(self) -> "BlockMeter":
         if self.device.type == "cuda":
+            gc.collect()  # as the CPU scan does: garbage in a reference cycle is nobody's peak
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
@@ -245,8 +274,12 @@ class BlockMeter:
         self.seeded, self.exclude = {}, []
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.reading = BlockMemory(int(torch.cuda.max_memory_allocated(self.device)), {}, None,
-                                       "torch.cuda.max_memory_allocated over every step, evaluation and caching pass")
+            outside = _OUTSIDE_BYTES.get()
+            self.reading = BlockMemory(
+                max(0, int(torch.cuda.max_memory_allocated(self.device)) - outside), {}, None,
+                "torch.cuda.max_memory_allocated over every step, evaluation and caching pass, less the "
+                f"{outside} bytes allocated on the device before training began (CUDA libraries' workspaces, "
+                "what the process held)")
             return
         self._stack.close()
         breakdown = {k: v for k, v in sorted(self._tracker.peak_breakdown.items(), key=lambda kv: -kv[1]) if v}

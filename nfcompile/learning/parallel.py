@@ -178,15 +178,21 @@ def synced_evaluate(evaluate: Callable[[], Sequence[float]], modules: Sequence[n
     return run
 
 
-def with_gradient_buckets(fit, *modules: nn.Module):
-    """A unit's profiled memory (`MemoryFit`) plus what DDP adds on several processes: its gradient
-    buckets, one persistent copy of the trainable parameters' size (the profiler measures the
-    single-process step). Unchanged on one process."""
+def gradient_bucket_bytes(*modules: nn.Module) -> int:
+    """What DDP adds on several processes: its gradient buckets, one persistent copy of the trainable
+    parameters' size (the profiler measures the single-process step); 0 on one process."""
     if dist.world_size() == 1:
+        return 0
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.requires_grad)
+
+
+def with_gradient_buckets(fit, *modules: nn.Module):
+    """A unit's profiled memory (`MemoryFit`) plus DDP's gradient buckets (`gradient_bucket_bytes`)."""
+    buckets = gradient_bucket_bytes(*modules)
+    if not buckets:
         return fit
     import dataclasses
 
-    buckets = sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.requires_grad)
     return dataclasses.replace(fit, fixed_bytes=fit.fixed_bytes + buckets, low_fixed_bytes=fit.low_fixed_bytes + buckets,
                                persistent_bytes=fit.persistent_bytes + buckets)
 

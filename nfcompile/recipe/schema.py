@@ -123,7 +123,8 @@ class BudgetSection(Section):
     auto_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         0.8, description="Share of free memory that `auto` takes.")
     enforce: bool = Field(True, description="Fail a block whose measured peak exceeds the budget; on CUDA "
-                          "also cap the process with set_per_process_memory_fraction.")
+                          "also cap the caching allocator with set_per_process_memory_fraction (what it holds "
+                          "in use, plus the budget and segment slack).")
 
     @field_validator("memory")
     @classmethod

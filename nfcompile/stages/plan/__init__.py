@@ -15,11 +15,11 @@ from torch import nn
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.device import free_memory
 from nfcompile.core.log import get_logger, progress_bar
-from nfcompile.core.memory import MemoryFit
+from nfcompile.core.memory import MemoryFit, warm_up_libraries
 from nfcompile.core.results import BlockPlan, Plan, UnitProfile
 from nfcompile.learning import EVAL_BATCH_SIZE, CheckpointedUnits
 from nfcompile.errors import BudgetError, RecipeError
-from nfcompile.learning.parallel import with_gradient_buckets
+from nfcompile.learning.parallel import gradient_bucket_bytes, with_gradient_buckets
 from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment, feature_augment
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
@@ -98,6 +98,7 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     """``cache``: where measured profiles are reused (`ProfileCache.for_recipe`); None measures all."""
     section = train.neuroflux
     cache = cache or ProfileCache(None)
+    warm_up_libraries(device)  # their workspaces are the process's: in no step's reading
     budget_bytes, budget_source = resolve_budget(budget, device)
     usable = int(budget_bytes * PLANNING_SHARE)
     if section.cache.placement == "host" and device.type == "cpu":
@@ -167,6 +168,7 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                                                          max_batch=cap, section=train, device=device),
             train=train, device=device, in_shape=image_shape, num_classes=num_classes,
             batch_sizes=section.profile_batch_sizes, budget=usable, max_batch=cap)
+        baselines[kind] = with_gradient_buckets(baselines[kind], model)  # several processes: DDP's buckets
     backprop, checkpointed = baselines["backprop_step"], baselines["checkpointed_backprop_step"]
     # Backprop holds the epoch's sample order beside its step too (on CPU, in the budget's memory).
     held = resident.order_bytes if device.type == "cpu" else 0
@@ -201,10 +203,12 @@ def _evaluation_batch(cache: ProfileCache, modules: list[nn.Module], forward, in
     sets the peak. At the training batch itself a tight budget made evaluation slow for nothing: backprop
     at batch 3 took 1.1 s per pass over 1,200 Fashion-MNIST images where batch 32 took 0.5 s, and held 60%
     less than its training step."""
+    buckets = gradient_bucket_bytes(*modules)  # several processes: resident through evaluation too
     return largest_evaluation_batch(
-        lambda b: cache.peak("evaluation", modules,
-                             lambda: measure_evaluation(modules, forward, in_shape, b, section=train, device=device),
-                             train=train, device=device, in_shape=in_shape, batch=b),
+        lambda b: buckets + cache.peak(
+            "evaluation", modules, lambda: measure_evaluation(modules, forward, in_shape, b, section=train,
+                                                              device=device),
+            train=train, device=device, in_shape=in_shape, batch=b),
         allowed=allowed, floor=batch, cap=cap, batch_sizes=train.neuroflux.profile_batch_sizes)
 
 

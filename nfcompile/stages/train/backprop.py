@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
@@ -17,7 +18,8 @@ from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
 from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer,
                                 set_lr, top1_accuracy, warmup_steps)
 from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment
-from nfcompile.learning.parallel import data_parallel, global_batch, rank_generators, shard, synced_evaluate
+from nfcompile.learning.parallel import (data_parallel, global_batch, rank_generators, shard, synced_evaluate,
+                                        with_gradient_buckets)
 from nfcompile.data.datasets import DataBundle
 from nfcompile.errors import BudgetError
 from nfcompile.models import MultiExitNet, UnitNet
@@ -38,11 +40,11 @@ def evaluation_batch_size(plan: Plan, train: TrainSection, batch: int) -> int:
     return max(batch, planned)
 
 
-def backprop_batch_size(plan: Plan, train: TrainSection) -> tuple[int, int]:
+def backprop_batch_size(plan: Plan, train: TrainSection, model: nn.Module) -> tuple[int, int]:
     """(batch size, predicted peak): the recipe's batch, or the largest the budget allows."""
     checkpointing = train.backprop.checkpointing
     measurements = plan.checkpointing_measurements if checkpointing else plan.backprop_measurements
-    memory = fit_memory(list(measurements))
+    memory = with_gradient_buckets(fit_memory(list(measurements)), model)  # several processes: DDP's buckets
     batch = train.batch_size or (plan.checkpointing_batch_size if checkpointing else plan.backprop_batch_size)
     if batch == 0:
         kind = "backprop with gradient checkpointing" if checkpointing else "backprop"
@@ -63,7 +65,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     finished = restore_single_exit(checkpoint, fingerprint, net) if resume else None
     if finished is not None:
         return TrainOutcome(net, finished)
-    batch, predicted = backprop_batch_size(plan, train)
+    batch, predicted = backprop_batch_size(plan, train, unit_net)
     evaluation_batch = evaluation_batch_size(plan, train, batch)
     method = "backprop+checkpointing" if train.backprop.checkpointing else "backprop"
     trainee = CheckpointedUnits(unit_net.units, unit_net.classifier) if train.backprop.checkpointing else unit_net

@@ -20,19 +20,37 @@ from nfcompile.errors import BudgetExceeded
 
 log = get_logger(__name__)
 
+# The least room `memory_cap` leaves above the budget for the caching allocator's segments: two of the
+# 20 MiB segments it takes for requests up to 10 MiB, and a 2 MiB one per small-request pool.
+ALLOCATOR_SLACK = 48 * 2**20
+
 
 @contextlib.contextmanager
 def memory_cap(device: torch.device, budget: int, enforce: bool) -> Iterator[None]:
-    """On CUDA, cap the caching allocator at the budget so an overshoot fails loudly (OOM)."""
+    """On CUDA, a backstop against a runaway allocation: the caching allocator may reserve no more than
+    it holds in use when training begins, plus the budget, plus room for its own granularity. The budget
+    itself is checked on the measured peak (`check_budget`). A cap at the budget alone failed what the
+    budget allows: the cap counts reserved bytes, and the allocator reserves whole segments (2 MiB for
+    small requests, 20 MiB for those up to 10 MiB) and keeps freed ones, while the budget counts the
+    bytes allocated from them; what the process held before (CUDA libraries' workspaces) counted too."""
     if device.type != "cuda" or not enforce:
         yield
         return
+    torch.cuda.empty_cache()  # cached free segments: what the cap counts from is what is in use
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    previous = torch.cuda.get_per_process_memory_fraction(device)
+    cap = int(torch.cuda.memory_reserved(device)) + budget + max(budget // 4, ALLOCATOR_SLACK)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
     try:
         yield
+    except torch.OutOfMemoryError as error:
+        raise BudgetExceeded(f"CUDA ran out of memory under the training's cap of {format_bytes(cap)} "
+                             f"(budget.memory {format_bytes(budget)}, what the process held, and allocator "
+                             f"slack): {str(error).splitlines()[0]}",
+                             hint="finished blocks are checkpointed; raise the budget or set budget.enforce: "
+                             "false, then --resume") from error
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(previous, device)
 
 
 def block_meter(device: torch.device, modules: Iterable[nn.Module], data: DataBundle,

@@ -92,7 +92,7 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             log_block_memory("neuroflux", result)
             check_budget(result, f"block {block.index} (units {block.units[0]}-{block.units[-1]}, batch "
                                  f"{block.batch_size})", enforce=budget.enforce)
-            _off_device(block, modules, device)
+            _off_device(block, net, device)
             results.append(result)
             checkpoint.save(net, model, num_classes, results)
             if section.stop_stalled_blocks:
@@ -129,12 +129,15 @@ def _same_head(a: UnitProfile, b: UnitProfile) -> bool:
                                                                         b.head_depth)
 
 
-def _off_device(block: BlockPlan, modules: list[nn.Module], device: torch.device) -> None:
-    """On CUDA a finished block goes back to host RAM (the plan counts nothing of it on the GPU), unless
-    later blocks recompute through it."""
-    if device.type == "cuda" and block.cache_placement != "recompute":
-        for module in modules:
-            module.to("cpu")
+def _off_device(block: BlockPlan, net: MultiExitNet, device: torch.device) -> None:
+    """On CUDA a finished block goes back to host RAM (the plan counts nothing of it on the GPU), except
+    its units where later blocks recompute through them: the plan counts those units, not their heads."""
+    if device.type != "cuda":
+        return
+    for unit in block.units:
+        net.heads[str(unit)].to("cpu")
+        if block.cache_placement != "recompute":
+            net.units[unit].to("cpu")
 
 
 # --------------------------------------------------------------------------- one block
@@ -251,10 +254,11 @@ def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundl
     val_in = shard(ImageInput(data.val, data.preprocessing, Augment(), device), train=False)
     started = time.perf_counter()
     for block in plan.blocks[:index]:
-        units = [net.units[i].to(device) for i in block.units]
+        for unit in block.units:
+            net.units[unit].to(device)
         train_in, val_in = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
                                         image_augment=image_augment, device=device, folder=folder)
-        _off_device(block, units, device)
+        _off_device(block, net, device)
     if index:
         log.info("resumed after block %d: rebuilt its cache (%s) in %.1f s", index - 1,
                  plan.blocks[index - 1].cache_placement, time.perf_counter() - started)
