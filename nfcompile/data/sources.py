@@ -42,9 +42,10 @@ class ActivationCache:
             self.store = np.memmap(self.path, dtype=NUMPY_DTYPES[dtype], mode="w+", shape=(count, *shape))
         else:
             where = device if placement == "device" else torch.device("cpu")
-            # Pinned host memory makes the copy to the GPU asynchronous and faster.
-            pin = placement == "host" and device.type == "cuda"
-            self.store = torch.empty((count, *shape), dtype=TORCH_DTYPES[dtype], device=where, pin_memory=pin)
+            # A host cache is not pinned. A read gathers its rows into a new pageable tensor first, so
+            # pinning helped only the caching pass's writes, while torch's pinned allocator rounds a block
+            # up to a power of two (a 2.1 GB cache would lock 4 GiB, beyond the host limit the plan checked).
+            self.store = torch.empty((count, *shape), dtype=TORCH_DTYPES[dtype], device=where)
 
     @property
     def nbytes(self) -> int:
