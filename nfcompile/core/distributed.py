@@ -19,6 +19,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from nfcompile.errors import InputError
+
 ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
 
@@ -56,10 +58,17 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """One process per device: under torchrun a CUDA device becomes the one LOCAL_RANK names."""
-    if device.type == "cuda" and launched():
-        return torch.device("cuda", local_rank())
-    return device
+    """One process per device: under torchrun a CUDA device becomes the one LOCAL_RANK names, or the only
+    one a rank sees where each rank's CUDA_VISIBLE_DEVICES shows it one GPU."""
+    if device.type != "cuda" or not launched():
+        return device
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank() >= visible:
+        raise InputError(f"device {device}: LOCAL_RANK {local_rank()} but this process sees {visible} CUDA "
+                         "device(s); run at most one process per GPU (torchrun --nproc-per-node)")
+    return torch.device("cuda", local_rank())
 
 
 @contextlib.contextmanager

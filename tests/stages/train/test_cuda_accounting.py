@@ -16,7 +16,7 @@ from nfcompile.core import memory
 from nfcompile.core.device import free_memory
 from nfcompile.core.memory import BlockMeter, training_scope
 from nfcompile.core.results import BlockPlan
-from nfcompile.errors import BudgetExceeded
+from nfcompile.errors import BudgetExceeded, InputError
 from nfcompile.learning.parallel import gradient_bucket_bytes
 from nfcompile.models import AuxHead, MultiExitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
@@ -129,3 +129,16 @@ def test_on_several_processes_the_backprop_baseline_counts_ddps_gradient_buckets
     buckets = gradient_bucket_bytes(net)
     assert buckets == sum(p.numel() * 4 for p in net.parameters())
     assert backprop_batch_size(plan, TrainSection(), net) == (alone[0], alone[1] + buckets)
+
+
+@pytest.mark.parametrize("visible, local_rank, expected", [(4, 1, "cuda:1"), (1, 1, "cuda:0"), (2, 3, None)])
+def test_each_torchrun_rank_trains_on_a_gpu_it_sees(monkeypatch, visible, local_rank, expected):
+    """LOCAL_RANK names the GPU, unless each rank's CUDA_VISIBLE_DEVICES shows it only its own."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    if expected is None:
+        with pytest.raises(InputError, match="LOCAL_RANK 3 but this process sees 2 CUDA device"):
+            dist.local_device(CUDA)
+    else:
+        assert dist.local_device(CUDA) == torch.device(expected)
