@@ -3,6 +3,7 @@ budget, place the activation caches, and size the backprop baselines with the sa
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -66,13 +67,14 @@ def saved_activation_bytes_per_sample(unit: nn.Module, in_shape: tuple[int, ...]
             # ties it to its own graph in a cycle through C++ that no garbage collector frees.
             return storage.nbytes()
 
-        module = unit.to(device).train()
+        # A copy: the unit itself stays where it is (moved to a GPU here, every later unit sat there
+        # through the blocks before its own, counted by their meters and planned by none) and keeps its
+        # BatchNorm statistics.
+        module = copy.deepcopy(unit).to(device).train()
         x = torch.randn((batch, *in_shape), device=device, requires_grad=True)
-        state = {k: v.clone() for k, v in module.state_dict().items()}  # BN running stats
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             module(x)
         alive.clear()  # the graph holds `pack` too: a list it reaches must not keep the tensors alive
-        module.load_state_dict(state)
         return sum(seen.values())
 
     return max(1, (saved_at(4) - saved_at(2)) // 2)
@@ -285,8 +287,6 @@ def _recompute_fetch(unit_net: UnitNet, first: int, image_size: int, image_augme
                      device: torch.device) -> tuple[int, int]:
     """For cache placement `recompute`: (resident bytes, fetch bytes per sample) of running units
     0..first-1 forward for every batch of the block that starts at ``first``."""
-    import copy
-
     earlier = [copy.deepcopy(unit_net.units[i]).to(device) for i in range(first)]
     resident = sum(t.numel() * t.element_size() for u in earlier for t in (*u.parameters(), *u.buffers()))
     per_sample = profile_input_fetch(

@@ -93,6 +93,18 @@ def test_profiling_leaves_the_model_unchanged():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+def test_measuring_saved_activations_leaves_the_unit_where_it_was():
+    """On a GPU the planner used to move every unit there in place: each later unit then sat on the
+    device through the blocks before its own, counted by their meters and planned by none. The meta
+    device stands in for the GPU."""
+    net = make_tiny_unit_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    in_shape = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))[0][0]
+    saved_activation_bytes_per_sample(net.units[0], in_shape, torch.device("meta"))
+    assert {p.device for p in net.parameters()} == {CPU}
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
 def test_saved_activations_grow_with_the_map():
     net = make_tiny_unit_net()
     shapes = net.unit_shapes((3, TINY_SIZE, TINY_SIZE))
