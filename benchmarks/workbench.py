@@ -94,7 +94,8 @@ class TrainedRun:
 
 
 def one_global_batch(plan: Plan) -> Plan:
-    """The plan with every block at its smallest block's batch size (the per-block ablation)."""
+    """The plan with every block at its smallest block's batch size (the per-block ablation). Evaluation
+    batches stay as planned: within the budget, so the variant differs in its training batches only."""
     smallest = min(block.batch_size for block in plan.blocks)
     return dataclasses.replace(plan, blocks=tuple(dataclasses.replace(b, batch_size=smallest) for b in plan.blocks))
 

@@ -71,12 +71,19 @@ def plan_table(plan, train=None) -> Table:
                      f"{_baseline_batches(plan.backprop_batch_size, plan.backprop_evaluation_batch_size)}; "
                      f"with gradient checkpointing: batch "
                      f"{_baseline_batches(plan.checkpointing_batch_size, plan.checkpointing_evaluation_batch_size)}; "
-                     "evaluation runs at the largest batch whose measured forward pass holds no more than the "
-                     f"training step; batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
+                     f"{_evaluation_rule(plan)}batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
                      f"{plan.accounting or 'its own units and heads'}. Step profiles: {plan.profiles_measured} "
                      f"measured, {plan.profiles_reused} reused from earlier measurements "
                      "(train.neuroflux.reuse_profiles).")
     return table
+
+
+def _evaluation_rule(plan) -> str:
+    """Plans written before evaluation batches were planned have none to explain."""
+    if not (plan.backprop_evaluation_batch_size or any(b.evaluation_batch_size for b in plan.blocks)):
+        return ""
+    return ("evaluation runs at the largest batch whose measured evaluation holds no more than the training "
+            "step (a block that recomputes its input: at its training batch); ")
 
 
 def _baseline_batches(batch: int, evaluation: int) -> str:

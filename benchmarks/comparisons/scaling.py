@@ -49,8 +49,10 @@ def even_batches(plan_batches: list[int]) -> list[int]:
 
 
 def _plan_for(plan, global_batches: list[int], world: int):
-    """The plan with every block at ``global_batch / world`` per rank (a plan is per process)."""
-    blocks = tuple(dataclasses.replace(b, batch_size=g // world) for b, g in zip(plan.blocks, global_batches))
+    """The plan with every block at ``global_batch / world`` per rank (a plan is per process), evaluating
+    at that batch too: the planned evaluation batches were measured against the one-process steps."""
+    blocks = tuple(dataclasses.replace(b, batch_size=g // world, evaluation_batch_size=0)
+                   for b, g in zip(plan.blocks, global_batches))
     return dataclasses.replace(plan, blocks=blocks, train_samples=math.ceil(plan.train_samples / world),
                                val_samples=math.ceil(plan.val_samples / world))
 

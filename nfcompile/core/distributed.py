@@ -59,11 +59,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def local_device(device: torch.device) -> torch.device:
     """One process per device: under torchrun a CUDA device becomes the one LOCAL_RANK names, or the only
-    one a rank sees where each rank's CUDA_VISIBLE_DEVICES shows it one GPU."""
+    one a rank sees where CUDA_VISIBLE_DEVICES shows each rank one GPU (set per rank: one setting for all
+    would put every rank on the same GPU, which nothing here can see)."""
     if device.type != "cuda" or not launched():
         return device
     visible = torch.cuda.device_count()
-    if visible == 1:
+    if visible == 1 and os.environ.get("CUDA_VISIBLE_DEVICES"):
         return torch.device("cuda", 0)
     if local_rank() >= visible:
         raise InputError(f"device {device}: LOCAL_RANK {local_rank()} but this process sees {visible} CUDA "

@@ -332,17 +332,15 @@ class PeakMeter:
     """
 
     def __init__(self, device: torch.device, modules: list[nn.Module], optimizers: list[torch.optim.Optimizer],
-                 *, resident: list[torch.Tensor] | None = None, exclude_resident: bool = False):
-        """``resident``: other tensors living on the device during the steps (an activation cache), which
-        the CPU tracker counts from the start. ``exclude_resident``: on CUDA, leave out what else was
-        allocated before each step began (profiling one unit while other tensors live on the GPU).
-        Either way a reading is what the CPU tracker sees: the given modules' and optimizers' state
-        and resident tensors, plus what the step allocates."""
+                 *, resident: list[torch.Tensor] | None = None):
+        """``resident``: other tensors living on the device during the steps (an activation cache). A
+        reading is the given modules' and optimizers' state and resident tensors, plus what the step
+        allocates: on CPU what the tracker seeded with them sees; on CUDA the allocator's peak less
+        what else was allocated before the step (the real model, caches, libraries' workspaces)."""
         self.device = device
         self.modules = modules
         self.optimizers = optimizers
         self.resident = list(resident or [])
-        self.exclude_resident = exclude_resident
         self.reading = PeakReading()
 
     @contextlib.contextmanager
@@ -350,14 +348,12 @@ class PeakMeter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            before, own = 0, 0
-            if self.exclude_resident:
-                before = int(torch.cuda.memory_allocated(self.device))
-                # What was there before includes the modules' own weights and optimizer state: they
-                # count, as on the CPU. Leaving them out made every fit predict the step's activations
-                # alone, and the planner (which subtracts `persistent` from a prediction) count no
-                # block's weights at all on a GPU.
-                own = storage_bytes([*module_state_tensors(self.modules, self.optimizers), *self.resident])
+            before = int(torch.cuda.memory_allocated(self.device))
+            # What was there before includes the modules' own weights and optimizer state: they count,
+            # as on the CPU. Leaving them out made every fit predict the step's activations alone, and
+            # the planner (which subtracts `persistent` from a prediction) count no block's weights at
+            # all on a GPU.
+            own = storage_bytes([*module_state_tensors(self.modules, self.optimizers), *self.resident])
             yield
             torch.cuda.synchronize(self.device)
             peak = int(torch.cuda.max_memory_allocated(self.device)) - before + own

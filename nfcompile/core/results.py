@@ -144,6 +144,12 @@ class Plan(Result):
     backprop_evaluation_batch_size: int = 0
     checkpointing_evaluation_batch_size: int = 0
 
+    def baseline_evaluation_batch(self, checkpointing: bool, batch: int) -> int:
+        """The batch a baseline training at ``batch`` evaluates at: the plan's, measured within the planned
+        step's peak (within the budget whatever batch a recipe sets), never below the training batch."""
+        planned = self.checkpointing_evaluation_batch_size if checkpointing else self.backprop_evaluation_batch_size
+        return max(batch, planned)
+
 
 # --------------------------------------------------------------------------- train
 

@@ -12,7 +12,6 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from nfcompile.data.batches import batch_order
 
 EVAL_BATCH_SIZE = 256
 
@@ -39,7 +38,9 @@ def top1_accuracies(forward: Forward, source, batch_size: int = EVAL_BATCH_SIZE)
     if len(source) == 0:
         raise ValueError("no samples to evaluate on")
     correct: list[int] = []
-    for indices in batch_order(len(source), batch_size, False, None):
+    for start in range(0, len(source), batch_size):
+        # One batch's indices at a time: views of one arange over the split held all of it throughout.
+        indices = torch.arange(start, min(start + batch_size, len(source)))
         x, y = source.fetch(indices, None, train=False)
         hits = [int((logits.argmax(dim=1) == y).sum()) for logits in forward(x)]
         # Released before the next fetch, as training does (the logits went with the comprehension):

@@ -201,7 +201,8 @@ class NeuroFluxSection(Section):
         "lost 3.0-3.6 points of validation accuracy and reached the common target 2.3-2.6x later at the budgets where "
         "every unit fits one block, 1.2-1.35x later at the stringent one (benchmarks comparison 3, one seed).")
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(
-        (4, 16), description="Batch sizes at which each unit's training step is measured (two or more).")
+        (4, 16), description="Batch sizes at which each unit's training step, and each block's evaluation, is "
+        "first measured (two or more).")
     max_batch_size: PositiveInt = Field(
         512, description="Upper bound on any block's batch size, and on the batch the plan gives the backprop "
         "baselines. On a small training set a lower cap buys steps: the benchmarks' Fashion-MNIST setups (1,470-1,960 "

@@ -107,7 +107,7 @@ def test_a_cuda_reading_counts_the_modules_own_state_as_the_cpu_one_does(monkeyp
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: other + own)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated",
                         lambda device=None: other + own + (on_cpu.reading.total - own))
-    on_gpu = PeakMeter(torch.device("cuda"), [model], [optimizer], exclude_resident=True)
+    on_gpu = PeakMeter(torch.device("cuda"), [model], [optimizer])
     with on_gpu.step():
         pass
     assert on_cpu.reading.total > own

@@ -149,6 +149,9 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     heads_of = lambda units: [AuxHead(profiles[i].out_shape[0], profiles[i].head_filters, num_classes,
                                       pool=profiles[i].head_pool, depth=profiles[i].head_depth) for i in units]
     evaluation_cap = max(1, min(EVAL_BATCH_SIZE, val_samples))
+    # What evaluation reads, unaugmented: the images for unit 0, an activation cache for the others.
+    stand_in = lambda unit: lambda n: input_source_for(unit, profiles[unit].in_shape, n, image_size=image_size,
+                                                       image_augment=Augment(), section=section, device=device)
     blocks = _blocks_with_caches(profiles, fits, usable, train_samples + val_samples, section, device, resident,
                                  recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size, image_augment,
                                                                                section, device),
@@ -158,7 +161,8 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                                  evaluation_batch=lambda units, batch, allowed: _evaluation_batch(
                                      cache, [*(unit_net.units[i] for i in units), *heads_of(units)],
                                      lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
-                                     profiles[units[0]].in_shape, batch, allowed, evaluation_cap, train=train,
+                                     profiles[units[0]].in_shape, stand_in(units[0]), batch, allowed,
+                                     evaluation_cap, train=train,
                                      device=device))
     image_shape = (3, image_size, image_size)
     baselines = {}
@@ -176,8 +180,8 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     held = resident.order_bytes if device.type == "cpu" else 0
     bp_batch, ck_batch = backprop.max_batch(usable - held, cap), checkpointed.max_batch(usable - held, cap)
     # Both evaluate the plain network (checkpointing changes nothing without autograd).
-    bp_eval, ck_eval = (_evaluation_batch(cache, [unit_net], lambda m, x: m[0](x), image_shape, batch,
-                                          fit.predicted(batch), evaluation_cap, train=train, device=device)
+    bp_eval, ck_eval = (_evaluation_batch(cache, [unit_net], lambda m, x: (m[0](x),), image_shape, stand_in(0),
+                                          batch, fit.predicted(batch), evaluation_cap, train=train, device=device)
                         if batch else 0 for batch, fit in ((bp_batch, backprop), (ck_batch, checkpointed)))
     plan = Plan(
         device=str(device), budget_bytes=budget_bytes, budget_source=budget_source,
@@ -194,33 +198,39 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     log.info("plan: %d units in %d blocks, batch sizes %s (evaluated at %s) under %s; backprop batch %s "
              "(evaluated at %s), checkpointed %s (%s); profiles: %s", len(profiles), len(blocks),
              [b.batch_size for b in blocks], [b.evaluation_batch for b in blocks], format_bytes(budget_bytes),
-             bp_batch or "none fits", bp_eval, ck_batch or "none fits", ck_eval, cache.describe())
+             bp_batch or "none fits", bp_eval or "-", ck_batch or "none fits", ck_eval or "-", cache.describe())
     return plan
 
 
-def _evaluation_batch(cache: ProfileCache, modules: list[nn.Module], forward, in_shape: tuple[int, ...], batch: int,
-                      allowed: int, cap: int, *, train: TrainSection, device: torch.device) -> int:
+def _evaluation_batch(cache: ProfileCache, modules: list[nn.Module], forward, in_shape: tuple[int, ...],
+                      stand_in: Callable[[int], object], batch: int, allowed: int, cap: int, *,
+                      train: TrainSection, device: torch.device) -> int:
     """The batch the validation split is evaluated at after every epoch: the largest whose measured
-    forward-only peak stays within ``allowed``, the training step's peak at ``batch``, so evaluation never
-    sets the peak. At the training batch itself a tight budget made evaluation slow for nothing: backprop
-    at batch 3 took 1.1 s per pass over 1,200 Fashion-MNIST images where batch 32 took 0.5 s, and held 60%
-    less than its training step."""
+    evaluation (fetching a batch from ``stand_in(batch)``, the forward pass, the comparison with the labels)
+    stays within ``allowed``, the training step's peak at ``batch``, so evaluation never sets the peak. At
+    the training batch itself a tight budget made evaluation slow for nothing: backprop at batch 3 took
+    1.1 s per pass over 1,200 Fashion-MNIST images where batch 32 took 0.5 s, and held 60% less than its
+    training step (ResNet-18 at width 0.25, one thread)."""
     buckets = gradient_bucket_bytes(*modules)  # several processes: resident through evaluation too
-    return largest_evaluation_batch(
-        lambda b: buckets + cache.peak(
-            "evaluation", modules, lambda: measure_evaluation(modules, forward, in_shape, b, section=train,
+
+    def measure(b: int) -> int:
+        source = stand_in(b)  # made outside the measurement: the plan counts an input cache by itself
+        return buckets + cache.peak(
+            "evaluation", modules, lambda: measure_evaluation(modules, forward, source, b, section=train,
                                                               device=device),
-            train=train, device=device, in_shape=in_shape, batch=b),
-        allowed=allowed, floor=batch, cap=cap, batch_sizes=train.neuroflux.profile_batch_sizes)
+            train=train, device=device, in_shape=in_shape, batch=b)
+
+    return largest_evaluation_batch(measure, allowed=allowed, floor=batch, cap=cap,
+                                    batch_sizes=train.neuroflux.profile_batch_sizes)
 
 
 def _measure_block(cache: ProfileCache, units: list[nn.Module], heads: list[nn.Module], in_shape: tuple[int, ...],
                    num_classes: int, batch: int, *, train: TrainSection, device: torch.device) -> int:
-    return cache.peak("block_step", [*units, *heads],
-                      lambda: measure_block_step(units, heads, in_shape, num_classes, batch, section=train,
-                                                 device=device),
-                      train=train, device=device, in_shape=in_shape, num_classes=num_classes, batch=batch,
-                      units=len(units))
+    buckets = gradient_bucket_bytes(*units, *heads)  # several processes: DDP's, as the unit fits count them
+    return buckets + cache.peak(
+        "block_step", [*units, *heads],
+        lambda: measure_block_step(units, heads, in_shape, num_classes, batch, section=train, device=device),
+        train=train, device=device, in_shape=in_shape, num_classes=num_classes, batch=batch, units=len(units))
 
 
 @dataclass(frozen=True)
@@ -346,11 +356,8 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
         caching_peak = caching + on_device if not last else 0
         # The meter measures the caching pass too: where the output cache lives on the device, that pass
         # (weights, input and output caches, a forward batch) can be the block's peak.
-        # Evaluation reads its batch as training does: the fetch's bytes bound it like the step's.
-        fetch_room = (block_bytes - sum(fits[i].persistent_bytes for i in units)) // max(1, fetch[units[0]])
         blocks.append(BlockPlan(index=k, units=tuple(units), batch_size=batch,
-                                evaluation_batch_size=max(batch, min(fetch_room, evaluation_batch(units, batch,
-                                                                                                  block_bytes))),
+                                evaluation_batch_size=evaluation_batch(units, batch, block_bytes),
                                 predicted_peak_bytes=max(block_bytes + input_cache_on_device + others, caching_peak),
                                 cache_placement=placement.placement, cache_bytes=placement.bytes,
                                 other_resident_bytes=others, caching_peak_bytes=caching_peak))

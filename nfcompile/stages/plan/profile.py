@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nfcompile.core.memory import MemoryFit, PeakMeter, fit_memory
-from nfcompile.learning import backprop_step, local_step, make_optimizer
+from nfcompile.learning import backprop_step, local_step, make_optimizer, top1_accuracies
 from nfcompile.recipe.schema import TrainSection
 
 # One measured step per batch size, a steady-state one: the optimizer's state (momentum buffers,
@@ -65,7 +65,7 @@ def _profile(modules: list[nn.Module], step: StepFn, in_shape: tuple[int, ...], 
         nonlocal persistent
         optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
         _create_optimizer_state(optimizer)
-        meter = PeakMeter(device, copies, [optimizer], exclude_resident=True)
+        meter = PeakMeter(device, copies, [optimizer])
         for _ in range(STEPS_PER_MEASUREMENT):
             with meter.step():
                 _synchronize(device)
@@ -137,7 +137,7 @@ def measure_block_step(units: list[nn.Module], heads: list[nn.Module], in_shape:
     optimizers = [make_optimizer([*u.parameters(), *h.parameters()], section, batch) for u, h in zip(units, heads)]
     for optimizer in optimizers:
         _create_optimizer_state(optimizer)
-    meter = PeakMeter(device, [*units, *heads], optimizers, exclude_resident=True)
+    meter = PeakMeter(device, [*units, *heads], optimizers)
     for _ in range(STEPS_PER_MEASUREMENT):
         with meter.step():
             x, y = _input_for(in_shape, batch, device, num_classes)
@@ -157,42 +157,40 @@ def profile_backprop_step(model: nn.Module, in_shape: tuple[int, ...], num_class
 
 
 def measure_evaluation(modules: list[nn.Module], forward: Callable[[list[nn.Module], torch.Tensor], object],
-                       in_shape: tuple[int, ...], batch: int, *, section: TrainSection, device: torch.device) -> int:
-    """The measured peak of evaluating at ``batch`` in the middle of training: ``forward(modules, x)`` in
-    eval mode without autograd, on copies whose weights and optimizer state are resident as they are
-    between training steps (so the reading compares with a training step's)."""
+                       source, batch: int, *, section: TrainSection, device: torch.device) -> int:
+    """The measured peak of evaluating at ``batch`` in the middle of training: the trainers' own loop
+    (`top1_accuracies`: fetching the batch, ``forward(modules, x)`` in eval mode without autograd,
+    comparing with the labels) over ``source``, a stand-in of ``batch`` samples made by the caller
+    outside the measurement (the plan counts an input cache by itself), on copies whose weights and
+    optimizer state are resident as between training steps, so the reading compares with a step's."""
     copies = [copy.deepcopy(m).to(device).eval() for m in modules]
     optimizer = make_optimizer([p for m in copies for p in m.parameters()], section, batch)
     _create_optimizer_state(optimizer)
-    meter = PeakMeter(device, copies, [optimizer], exclude_resident=True)
-    with meter.step(), torch.no_grad():
-        x = torch.randn((batch, *in_shape), device=device)
-        forward(copies, x)
-        del x
+    meter = PeakMeter(device, copies, [optimizer])
+    with meter.step():
+        top1_accuracies(lambda x: forward(copies, x), source, batch)
     return meter.reading.total
 
 
 def largest_evaluation_batch(measure: Callable[[int], int], *, allowed: int, floor: int, cap: int,
                              batch_sizes: tuple[int, ...], attempts: int = MAX_REFINEMENTS) -> int:
-    """The largest batch in [floor, cap] that a line through measured evaluation peaks
-    (``measure(batch)``) puts within ``allowed``, once a measurement there confirms it; ``floor`` (the
-    training batch, whose step holds more than its forward pass) where no larger one is. The line starts
-    through ``batch_sizes``; a predicted batch measured over ``allowed`` joins the measurements and the
-    line is refitted, so the answer is always a batch measured to fit."""
+    """The largest batch in (floor, cap] that a line through measured evaluation peaks
+    (``measure(batch)``) puts within ``allowed``, once a measurement there confirms it; else the largest
+    measured to fit, or ``floor`` (the training batch, whose step holds more than its forward pass).
+    The line starts through ``batch_sizes``; a predicted batch measured over ``allowed`` joins the
+    measurements and the line is refitted through it."""
     if floor >= cap:
         return floor
     measured = {b: measure(b) for b in sorted({min(max(b, 1), cap) for b in (*batch_sizes, floor)})}
     for _ in range(attempts):
-        if len(measured) < 2:
-            break
-        target = fit_memory(list(measured.items())).max_batch(allowed, cap)
-        if target <= floor:
-            break
+        target = fit_memory(list(measured.items())).max_batch(allowed, cap) if len(measured) > 1 else 0
+        if target <= floor or (target in measured and measured[target] > allowed):
+            break  # nothing larger predicted, or the refitted line stands where it stood
         if target not in measured:
             measured[target] = measure(target)
         if measured[target] <= allowed:
             return target
-    return max([floor, *(b for b, peak in measured.items() if peak <= allowed)])
+    return max([floor, *(b for b, peak in measured.items() if floor < b and peak <= allowed)])
 
 
 def profile_input_fetch(make_source: Callable[[int], object], batch_sizes: tuple[int, ...],
@@ -204,7 +202,7 @@ def profile_input_fetch(make_source: Callable[[int], object], batch_sizes: tuple
     for batch in sorted(set(batch_sizes)):
         source = make_source(batch)
         generator = torch.Generator().manual_seed(0)
-        meter = PeakMeter(device, [], [], exclude_resident=True)
+        meter = PeakMeter(device, [], [])
         with meter.step():
             x, y = source.fetch(torch.arange(batch), generator, train=True)
             del x, y

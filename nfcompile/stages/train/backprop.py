@@ -32,14 +32,6 @@ from nfcompile.stages.train.checkpoint import restore_single_exit, save_single_e
 log = get_logger(__name__)
 
 
-def evaluation_batch_size(plan: Plan, train: TrainSection, batch: int) -> int:
-    """The batch the plan measured evaluation at within the training step's peak (never below the
-    training batch: its forward pass holds less than its step)."""
-    planned = (plan.checkpointing_evaluation_batch_size if train.backprop.checkpointing
-               else plan.backprop_evaluation_batch_size)
-    return max(batch, planned)
-
-
 def backprop_batch_size(plan: Plan, train: TrainSection, model: nn.Module) -> tuple[int, int]:
     """(batch size, predicted peak): the recipe's batch, or the largest the budget allows."""
     checkpointing = train.backprop.checkpointing
@@ -66,7 +58,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     if finished is not None:
         return TrainOutcome(net, finished)
     batch, predicted = backprop_batch_size(plan, train, unit_net)
-    evaluation_batch = evaluation_batch_size(plan, train, batch)
+    evaluation_batch = plan.baseline_evaluation_batch(train.backprop.checkpointing, batch)
     method = "backprop+checkpointing" if train.backprop.checkpointing else "backprop"
     trainee = CheckpointedUnits(unit_net.units, unit_net.classifier) if train.backprop.checkpointing else unit_net
     trainee.to(device)

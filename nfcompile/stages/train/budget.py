@@ -38,7 +38,8 @@ def memory_cap(device: torch.device, budget: int, enforce: bool) -> Iterator[Non
         return
     torch.cuda.empty_cache()  # cached free segments: what the cap counts from is what is in use
     total = torch.cuda.get_device_properties(device).total_memory
-    previous = torch.cuda.get_per_process_memory_fraction(device)
+    # torch 2.6 and later can say what the caller had set; before, nothing else sets it: the default.
+    previous = getattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)(device)
     cap = int(torch.cuda.memory_reserved(device)) + budget + max(budget // 4, ALLOCATOR_SLACK)
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
     try:
@@ -47,8 +48,8 @@ def memory_cap(device: torch.device, budget: int, enforce: bool) -> Iterator[Non
         raise BudgetExceeded(f"CUDA ran out of memory under the training's cap of {format_bytes(cap)} "
                              f"(budget.memory {format_bytes(budget)}, what the process held, and allocator "
                              f"slack): {str(error).splitlines()[0]}",
-                             hint="finished blocks are checkpointed; raise the budget or set budget.enforce: "
-                             "false, then --resume") from error
+                             hint="raise the budget or set budget.enforce: false (a NeuroFlux run resumes "
+                             "after its last finished block with --resume)") from error
     finally:
         torch.cuda.set_per_process_memory_fraction(previous, device)
 

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from nfcompile.core.memory import PeakMeter, fit_memory
-from nfcompile.learning import local_step, make_optimizer
+from nfcompile.data.batches import Augment
+from nfcompile.data.sources import ImageInput
+from nfcompile.learning import backprop_step, eval_mode, local_step, make_optimizer, top1_accuracies
 from nfcompile.errors import BudgetError
 from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, TrainSection
 from nfcompile.stages.plan import PLANNING_SHARE, _verified_batch, plan_training, saved_activation_bytes_per_sample
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
 from nfcompile.models import block_exits
-from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, measure_evaluation,
-                                          next_measurement, profile_local_step)
+from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, next_measurement,
+                                          profile_local_step)
 
-from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_unit_net
+from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_data, make_tiny_unit_net
 
 CPU = torch.device("cpu")
 
@@ -209,29 +213,57 @@ def test_evaluation_batch_is_the_largest_measured_to_fit_and_never_below_the_tra
     assert largest_evaluation_batch(steep, allowed=1000, floor=3, cap=256, batch_sizes=(4, 16)) == 3
 
 
-def test_every_block_and_baseline_evaluates_within_its_training_steps_peak():
-    """Under a tight budget evaluation runs at a larger batch than training (its forward pass keeps no
-    activations for a backward one), measured to hold no more than the training step did."""
-    plan = _plan("2MiB")
+def _measured(modules: list, run) -> int:
+    """Peak of ``run(copies, optimizer)`` on copies of ``modules``, their optimizer state resident as in
+    training."""
+    copies = [copy.deepcopy(m) for m in modules]
+    optimizer = make_optimizer([p for m in copies for p in m.parameters()], TrainSection(), 8)
+    for p in optimizer.param_groups[0]["params"]:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    meter = PeakMeter(CPU, copies, [optimizer])
+    with meter.step():
+        run(copies, optimizer)
+    return meter.reading.total
+
+
+def _evaluated(modules: list, forward, source, batch: int) -> int:
+    def run(copies, _):
+        with eval_mode(*copies):
+            top1_accuracies(lambda x: forward(copies, x), source, batch)
+    return _measured(modules, run)
+
+
+def test_evaluation_at_the_planned_batch_holds_no_more_than_the_training_step():
+    """Under a budget that limits training, evaluation runs at a larger batch (its forward pass keeps no
+    activations for a backward one). Measured here over a whole validation split of 512 images, through
+    the trainers' evaluation loop, against a training step at the training batch: no larger."""
     net = make_tiny_unit_net()
-    section = TrainSection()
-    larger = 0
-    for block in plan.blocks:
-        assert block.evaluation_batch >= block.batch_size
-        units = [net.units[i] for i in block.units]
-        heads = [AuxHead(plan.units[i].out_shape[0], plan.units[i].head_filters, TINY_CLASSES,
-                         pool=plan.units[i].head_pool, depth=plan.units[i].head_depth) for i in block.units]
-        peak = measure_evaluation([*units, *heads], lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
-                                  plan.units[block.units[0]].in_shape, block.evaluation_batch, section=section,
-                                  device=CPU)
-        assert peak <= block.predicted_peak_bytes - block.other_resident_bytes
-        larger += block.evaluation_batch > block.batch_size
-    assert larger  # the budget that limits training leaves evaluation room at some block
-    backprop = fit_memory(list(plan.backprop_measurements))
-    assert plan.backprop_evaluation_batch_size > plan.backprop_batch_size
-    peak = measure_evaluation([net], lambda m, x: m[0](x), (3, TINY_SIZE, TINY_SIZE),
-                              plan.backprop_evaluation_batch_size, section=section, device=CPU)
-    assert peak <= backprop.predicted(plan.backprop_batch_size)
+    plan = plan_training(net, TINY_CLASSES, image_size=TINY_SIZE, train_samples=512, val_samples=512,
+                         budget=BudgetSection(memory="1MiB"), train=TrainSection(), augment=AugmentSection(),
+                         device=CPU)
+    data = make_tiny_data(train=8, val=512, test=8)
+    val = ImageInput(data.val, data.preprocessing, Augment(), CPU)
+
+    block = plan.blocks[0]
+    units = [net.units[i] for i in block.units]
+    heads = [AuxHead(plan.units[i].out_shape[0], plan.units[i].head_filters, TINY_CLASSES,
+                     pool=plan.units[i].head_pool, depth=plan.units[i].head_depth) for i in block.units]
+    n = len(units)
+    assert block.batch_size < block.evaluation_batch < 256  # larger, and not merely the cap
+    evaluation = _evaluated([*units, *heads], lambda m, x: block_exits(m[:n], m[n:], x), val,
+                            block.evaluation_batch)
+    step = measure_block_step(units, heads, plan.units[0].in_shape, TINY_CLASSES, block.batch_size,
+                              section=TrainSection(), device=CPU)
+    assert evaluation <= step
+
+    batch, evaluation_batch = plan.backprop_batch_size, plan.backprop_evaluation_batch_size
+    assert batch < evaluation_batch < 256
+    evaluation = _evaluated([net], lambda m, x: (m[0](x),), val, evaluation_batch)
+    step = _measured([net], lambda m, optimizer: backprop_step(
+        m[0], torch.randn(batch, 3, TINY_SIZE, TINY_SIZE), torch.randint(0, TINY_CLASSES, (batch,)), optimizer))
+    assert evaluation <= step
 
 
 def test_budget_below_batch_one_is_refused_with_the_minimum():

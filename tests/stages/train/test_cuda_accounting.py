@@ -120,25 +120,34 @@ def test_the_auto_budget_reads_the_gpu_this_process_sees(monkeypatch):
 
 
 def test_on_several_processes_the_backprop_baseline_counts_ddps_gradient_buckets(monkeypatch):
+    """DDP keeps a parameter-sized copy of the gradients (its buckets) on every rank: the plan's baseline
+    batch and the trainer's predicted peak count it, as they do for the units."""
     net = make_tiny_unit_net()
-    plan = plan_training(net, TINY_CLASSES, image_size=TINY_SIZE, train_samples=256, val_samples=64,
-                         budget=BudgetSection(memory="2MiB"), train=TrainSection(), augment=AugmentSection(),
-                         device=torch.device("cpu"))
-    alone = backprop_batch_size(plan, TrainSection(), net)
+    buckets = sum(p.numel() * 4 for p in net.parameters())
+    plan = lambda: plan_training(net, TINY_CLASSES, image_size=TINY_SIZE, train_samples=256, val_samples=64,
+                                 budget=BudgetSection(memory="1MiB"), train=TrainSection(),
+                                 augment=AugmentSection(), device=torch.device("cpu"))
+    alone = plan()
+    batch, predicted = backprop_batch_size(alone, TrainSection(), net)
     monkeypatch.setattr(dist, "world_size", lambda: 2)
-    buckets = gradient_bucket_bytes(net)
-    assert buckets == sum(p.numel() * 4 for p in net.parameters())
-    assert backprop_batch_size(plan, TrainSection(), net) == (alone[0], alone[1] + buckets)
+    assert gradient_bucket_bytes(net) == buckets
+    assert backprop_batch_size(alone, TrainSection(), net) == (batch, predicted + buckets)
+    ranked = plan()
+    assert ranked.backprop_predicted_peak_bytes - buckets <= alone.backprop_predicted_peak_bytes
+    assert ranked.backprop_batch_size < alone.backprop_batch_size  # the buckets took room from the batch
 
 
-@pytest.mark.parametrize("visible, local_rank, expected", [(4, 1, "cuda:1"), (1, 1, "cuda:0"), (2, 3, None)])
-def test_each_torchrun_rank_trains_on_a_gpu_it_sees(monkeypatch, visible, local_rank, expected):
-    """LOCAL_RANK names the GPU, unless each rank's CUDA_VISIBLE_DEVICES shows it only its own."""
+@pytest.mark.parametrize("visible, local_rank, per_rank_gpu, expected",
+                         [(4, 1, "", "cuda:1"), (1, 1, "1", "cuda:0"), (1, 1, "", None), (2, 3, "", None)])
+def test_each_torchrun_rank_trains_on_a_gpu_it_sees(monkeypatch, visible, local_rank, per_rank_gpu, expected):
+    """LOCAL_RANK names the GPU, unless CUDA_VISIBLE_DEVICES shows the rank only its own; two ranks on a
+    one-GPU machine are refused, not put on the same GPU."""
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", per_rank_gpu)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     if expected is None:
-        with pytest.raises(InputError, match="LOCAL_RANK 3 but this process sees 2 CUDA device"):
+        with pytest.raises(InputError, match=f"LOCAL_RANK {local_rank} but this process sees {visible} CUDA"):
             dist.local_device(CUDA)
     else:
         assert dist.local_device(CUDA) == torch.device(expected)
