@@ -117,6 +117,7 @@ def contender_summary(records: Sequence["RunRecord"], target: float | None) -> d
         "fits": True,
         "method": first.method,
         "batch_sizes": list(first.batch_sizes),
+        "evaluation_batch_sizes": list(first.evaluation_batch_sizes),
         "budget_bytes": first.budget_bytes,
         "measured_peak_bytes": max(max(r.measured_peak_bytes) for r in fitted),
         "predicted_peak_bytes": max(max(r.predicted_peak_bytes) for r in fitted),

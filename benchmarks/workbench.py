@@ -82,6 +82,7 @@ class RunRecord(Result):
     # CPU: per block, the rise of the process's anonymous resident memory (the outside cross-check)
     rss_rise_bytes: tuple[int, ...] = ()
     time_spent: dict[str, float] = dataclasses.field(default_factory=dict)  # `TrainResult.time_spent()`
+    evaluation_batch_sizes: tuple[int, ...] = ()  # per block, what it evaluated at after every epoch
 
 
 @dataclass
@@ -227,6 +228,8 @@ class Workbench:
             setup=spec.setup.name, budget=spec.budget, budget_bytes=budget, overrides=spec.overrides,
             global_batch=spec.global_batch, method=result.method, seed=spec.seed, fits=True, note="",
             batch_sizes=tuple(b.batch_size for b in result.blocks),
+            evaluation_batch_sizes=(tuple(b.evaluation_batch for b in plan.blocks) if result.method == "neuroflux"
+                                    else (result.details.get("evaluation_batch_size", 0),)),
             predicted_peak_bytes=tuple(b.predicted_peak_bytes for b in result.blocks),
             measured_peak_bytes=tuple(b.measured_peak_bytes or 0 for b in result.blocks),
             rss_rise_bytes=tuple(b.rss_rise_bytes or 0 for b in result.blocks),
@@ -285,8 +288,11 @@ def _plan_summary(recipe: Recipe, plan: Plan | BudgetError, seconds: float) -> d
     if isinstance(plan, BudgetError):
         return {**summary, "fits": False, "note": str(plan)}
     return {**summary, "fits": True, "block_batch_sizes": [b.batch_size for b in plan.blocks],
+            "block_evaluation_batch_sizes": [b.evaluation_batch for b in plan.blocks],
             "backprop_batch_size": plan.backprop_batch_size,
-            "checkpointing_batch_size": plan.checkpointing_batch_size}
+            "backprop_evaluation_batch_size": plan.backprop_evaluation_batch_size,
+            "checkpointing_batch_size": plan.checkpointing_batch_size,
+            "checkpointing_evaluation_batch_size": plan.checkpointing_evaluation_batch_size}
 
 
 def _describe(spec: RunSpec) -> str:

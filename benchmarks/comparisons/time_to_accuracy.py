@@ -77,7 +77,7 @@ def render(result: dict[str, Any]) -> str:
                 cpu = budget["cpu_ratio"].get(name)
                 rows.append([
                     f"{budget['budget']} (target {budget['target']:.1%})", mib(budget["budget_bytes"]), name,
-                    batches(summary["batch_sizes"]),
+                    _batches(summary),
                     peak_of_budget(summary["measured_peak_bytes"], summary["budget_bytes"]),
                     spread(summary["seconds_to_target"], 1, " s"),
                     "1 (reference)" if name == NEUROFLUX else spread(speed, 2, "x"),
@@ -90,6 +90,15 @@ def render(result: dict[str, Any]) -> str:
                           rows))
         out.extend(notes)
     return "\n".join(out)
+
+
+def _batches(summary: dict[str, Any]) -> str | None:
+    """Training batches, and the evaluation batches where they differ (results files from before they
+    were planned have none)."""
+    trained, evaluated = summary["batch_sizes"], summary.get("evaluation_batch_sizes") or []
+    if not evaluated or list(evaluated) == list(trained):
+        return batches(trained)
+    return f"{batches(trained)} (evaluated at {batches(evaluated)})"
 
 
 def _ordered(contenders: dict[str, Any]) -> list[str]:

@@ -248,6 +248,9 @@ def test_time_to_accuracy_reports_every_contender_against_the_budget(suite_run):
         assert summary["budget_bytes"] == budget["budget_bytes"] and summary["measured_peak_bytes"] > 0
         assert summary["reached_target"] == summary["repeats"] == 1  # the target is one everyone reached
         assert summary["seconds_to_target"]["mean"] > 0
+        # What each evaluated at: the plan's evaluation batch, never below the training batch.
+        assert len(summary["evaluation_batch_sizes"]) == len(summary["batch_sizes"])
+        assert all(e >= b for e, b in zip(summary["evaluation_batch_sizes"], summary["batch_sizes"]))
     assert set(budget["speedup"]) == {"backprop", "backprop+checkpointing"}
     assert len(budget["runs"]) == 3
 
