@@ -71,7 +71,8 @@ def plan_table(plan, train=None) -> Table:
                      f"{_baseline_batches(plan.backprop_batch_size, plan.backprop_evaluation_batch_size)}; "
                      f"with gradient checkpointing: batch "
                      f"{_baseline_batches(plan.checkpointing_batch_size, plan.checkpointing_evaluation_batch_size)}; "
-                     f"{_evaluation_rule(plan)}batch 1 needs {format_bytes(plan.min_budget_bytes)}. A block's peak counts "
+                     f"{_evaluation_rule(plan)}batch 1 needs {format_bytes(plan.min_budget_bytes)}. "
+                     "A block's peak counts "
                      f"{plan.accounting or 'its own units and heads'}. Step profiles: {plan.profiles_measured} "
                      f"measured, {plan.profiles_reused} reused from earlier measurements "
                      "(train.neuroflux.reuse_profiles).")

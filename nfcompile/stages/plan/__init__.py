@@ -162,8 +162,7 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                                      cache, [*(unit_net.units[i] for i in units), *heads_of(units)],
                                      lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
                                      profiles[units[0]].in_shape, stand_in(units[0]), batch, allowed,
-                                     evaluation_cap, train=train,
-                                     device=device))
+                                     evaluation_cap, train=train, device=device))
     image_shape = (3, image_size, image_size)
     baselines = {}
     for kind, model in (("backprop_step", unit_net),

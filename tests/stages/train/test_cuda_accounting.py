@@ -37,7 +37,8 @@ class FakeAllocator:
     def __init__(self, monkeypatch):
         self.allocated = self.peak = 0
         monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: setattr(self, "peak", self.allocated))
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                            lambda device=None: setattr(self, "peak", self.allocated))
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
         monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
 
@@ -69,7 +70,8 @@ def test_the_allocator_cap_leaves_room_for_what_is_in_use_and_for_segments(monke
     """The per-process fraction caps *reserved* bytes, which run ahead of the allocated bytes the budget
     counts; capped at the budget alone, a 12 MiB budget's first 20 MiB segment failed at once."""
     calls = []
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(total_memory=80 * 2**30))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 40 * MiB)
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.5)
