@@ -107,7 +107,7 @@ class BlockPlan(Result):
     cache_bytes: int  # size of that cache (train + validation splits)
     other_resident_bytes: int = 0  # the rest of the network's weights, resident on the device meanwhile
     caching_peak_bytes: int = 0  # predicted peak of the pass that fills this block's output cache
-    # The batch its exits are evaluated at after every epoch: the largest whose measured forward-only
+    # The batch its exits are evaluated at after every epoch: the largest whose measured evaluation
     # peak stays within the training step's (0: the training batch, as plans written before it had).
     evaluation_batch_size: int = 0
 
