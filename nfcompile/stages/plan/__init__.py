@@ -4,6 +4,7 @@ budget, place the activation caches, and size the backprop baselines with the sa
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -158,11 +159,14 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
                                  measure_block=lambda units, batch: _measure_block(
                                      cache, [unit_net.units[i] for i in units], heads_of(units),
                                      profiles[units[0]].in_shape, num_classes, batch, train=train, device=device),
-                                 evaluation_batch=lambda units, batch, allowed: _evaluation_batch(
-                                     cache, [*(unit_net.units[i] for i in units), *heads_of(units)],
-                                     lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
-                                     profiles[units[0]].in_shape, stand_in(units[0]), batch, allowed,
-                                     evaluation_cap, train=train, device=device))
+                                 evaluation_batch=lambda units, batch, allowed: largest_evaluation_batch(
+                                     _evaluation_measure(
+                                         cache, [*(unit_net.units[i] for i in units), *heads_of(units)],
+                                         lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
+                                         profiles[units[0]].in_shape, stand_in(units[0]), train=train,
+                                         device=device),
+                                     allowed=allowed, floor=batch, cap=evaluation_cap,
+                                     batch_sizes=section.profile_batch_sizes))
     image_shape = (3, image_size, image_size)
     baselines = {}
     for kind, model in (("backprop_step", unit_net),
@@ -178,9 +182,12 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     # Backprop holds the epoch's sample order beside its step too (on CPU, in the budget's memory).
     held = resident.order_bytes if device.type == "cpu" else 0
     bp_batch, ck_batch = backprop.max_batch(usable - held, cap), checkpointed.max_batch(usable - held, cap)
-    # Both evaluate the plain network (checkpointing changes nothing without autograd).
-    bp_eval, ck_eval = (_evaluation_batch(cache, [unit_net], lambda m, x: (m[0](x),), image_shape, stand_in(0),
-                                          batch, fit.predicted(batch), evaluation_cap, train=train, device=device)
+    # Both evaluate the plain network (checkpointing changes nothing without autograd): one measurement
+    # per batch serves the two searches.
+    evaluation = _evaluation_measure(cache, [unit_net], lambda m, x: (m[0](x),), image_shape, stand_in(0),
+                                     train=train, device=device)
+    bp_eval, ck_eval = (largest_evaluation_batch(evaluation, allowed=fit.predicted(batch), floor=batch,
+                                                 cap=evaluation_cap, batch_sizes=section.profile_batch_sizes)
                         if batch else 0 for batch, fit in ((bp_batch, backprop), (ck_batch, checkpointed)))
     plan = Plan(
         device=str(device), budget_bytes=budget_bytes, budget_source=budget_source,
@@ -201,17 +208,19 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     return plan
 
 
-def _evaluation_batch(cache: ProfileCache, modules: list[nn.Module], forward, in_shape: tuple[int, ...],
-                      stand_in: Callable[[int], object], batch: int, allowed: int, cap: int, *,
-                      train: TrainSection, device: torch.device) -> int:
-    """The batch the validation split is evaluated at after every epoch: the largest whose measured
-    evaluation (fetching a batch from ``stand_in(batch)``, the forward pass, the comparison with the labels)
-    stays within ``allowed``, the training step's peak at ``batch``, so evaluation never sets the peak. At
-    the training batch itself a tight budget made evaluation slow for nothing: backprop at batch 3 took
-    1.1 s per pass over 1,200 Fashion-MNIST images where batch 32 took 0.5 s, and held 60% less than its
-    training step (ResNet-18 at width 0.25, one thread)."""
+def _evaluation_measure(cache: ProfileCache, modules: list[nn.Module], forward, in_shape: tuple[int, ...],
+                        stand_in: Callable[[int], object], *, train: TrainSection,
+                        device: torch.device) -> Callable[[int], int]:
+    """The measured peak of evaluating ``modules`` at a batch (fetching it from ``stand_in(batch)``, the
+    forward pass, the comparison with the labels), each batch measured once: what
+    `largest_evaluation_batch` searches to give the validation split the largest batch within the
+    training step's peak, so evaluation never sets the peak. At the training batch itself a tight
+    budget made evaluation slow for nothing: backprop at batch 3 took 1.1 s per pass over 1,200
+    Fashion-MNIST images where batch 32 took 0.5 s, and held 60% less than its training step
+    (ResNet-18 at width 0.25, one thread)."""
     buckets = gradient_bucket_bytes(*modules)  # several processes: resident through evaluation too
 
+    @functools.cache
     def measure(b: int) -> int:
         source = stand_in(b)  # made outside the measurement: the plan counts an input cache by itself
         return buckets + cache.peak(
@@ -219,8 +228,7 @@ def _evaluation_batch(cache: ProfileCache, modules: list[nn.Module], forward, in
                                                               device=device),
             train=train, device=device, in_shape=in_shape, batch=b)
 
-    return largest_evaluation_batch(measure, allowed=allowed, floor=batch, cap=cap,
-                                    batch_sizes=train.neuroflux.profile_batch_sizes)
+    return measure
 
 
 def _measure_block(cache: ProfileCache, units: list[nn.Module], heads: list[nn.Module], in_shape: tuple[int, ...],
