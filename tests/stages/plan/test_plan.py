@@ -17,8 +17,8 @@ from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, 
 from nfcompile.stages.plan import PLANNING_SHARE, _verified_batch, plan_training, saved_activation_bytes_per_sample
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
 from nfcompile.models import block_exits
-from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, next_measurement,
-                                          profile_local_step)
+from nfcompile.stages.plan.profile import (_create_optimizer_state, largest_evaluation_batch, measure_block_step,
+                                          next_measurement, profile_local_step)
 
 from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_data, make_tiny_unit_net
 
@@ -218,10 +218,7 @@ def _measured(modules: list, run) -> int:
     training."""
     copies = [copy.deepcopy(m) for m in modules]
     optimizer = make_optimizer([p for m in copies for p in m.parameters()], TrainSection(), 8)
-    for p in optimizer.param_groups[0]["params"]:
-        p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    _create_optimizer_state(optimizer)
     meter = PeakMeter(CPU, copies, [optimizer])
     with meter.step():
         run(copies, optimizer)

@@ -10,13 +10,15 @@ import types
 
 import pytest
 import torch
+from torch import nn
 
 from nfcompile.core import distributed as dist
 from nfcompile.core import memory
 from nfcompile.core.device import free_memory
-from nfcompile.core.memory import BlockMeter, training_scope
+from nfcompile.core.memory import BlockMeter, PeakMeter, training_scope
 from nfcompile.core.results import BlockPlan
 from nfcompile.errors import BudgetExceeded, InputError
+from nfcompile.learning import make_optimizer
 from nfcompile.learning.parallel import gradient_bucket_bytes
 from nfcompile.models import AuxHead, MultiExitNet
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
@@ -48,6 +50,32 @@ class FakeAllocator:
 
     def free(self, n: int) -> None:
         self.allocated -= n
+
+
+def test_a_step_reading_counts_the_modules_own_state_as_the_cpu_one_does(monkeypatch):
+    """The profiler leaves out what else lives on the GPU (the real model, caches) by reading the
+    allocator before the step. The copies' own weights and optimizer state were allocated before it too,
+    and they must still count: the planner subtracts them from every prediction. (The simulated
+    allocator's figures are the CPU step's, plus a megabyte of other tensors.)"""
+    model = nn.Linear(100, 100)
+    optimizer = make_optimizer(model.parameters(), TrainSection(), 8)
+    step = lambda: model(torch.randn(8, 100)).sum().backward()
+    step()
+    optimizer.step()  # momentum buffers: optimizer state, allocated before any measured step
+    model.zero_grad(set_to_none=True)
+    on_cpu = PeakMeter(torch.device("cpu"), [model], [optimizer])
+    with on_cpu.step():
+        step()
+    model.zero_grad(set_to_none=True)
+    own = 2 * 4 * (100 * 100 + 100)  # weights and bias, and their momentum
+    gpu = FakeAllocator(monkeypatch)
+    gpu.alloc(MiB + own)  # other tensors, and the model's own state
+    on_gpu = PeakMeter(CUDA, [model], [optimizer])
+    with on_gpu.step():
+        gpu.alloc(on_cpu.reading.total - own)  # the step's own allocations
+        gpu.free(on_cpu.reading.total - own)
+    assert on_cpu.reading.total > own
+    assert on_gpu.reading.total == on_cpu.reading.total
 
 
 def test_a_block_reading_leaves_out_what_the_process_held_before_training(monkeypatch):
