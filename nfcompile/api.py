@@ -101,7 +101,7 @@ def plan(recipe: RecipeLike, overrides: Iterable[str] = ()) -> Plan:
     seed_everything(loaded.seed)
     classes = loaded.model.num_classes or data.info.num_classes
     return plan_training(build_unit_net(loaded.model, classes), classes, image_size=loaded.data.image_size,
-                         train_samples=len(data.train), val_samples=len(data.val), budget=loaded.budget,
+                         train_samples=len(data.train), val_samples=len(data.monitor), budget=loaded.budget,
                          train=loaded.train, augment=loaded.data.augment, device=resolve_device(loaded.device),
                          cache=ProfileCache.for_recipe(loaded.train.neuroflux.reuse_profiles))
 

@@ -239,7 +239,7 @@ def _plan(build: Build) -> Plan:
     return plan_training(build.fresh_unit_net(), build.num_classes, image_size=recipe.data.image_size,
                          # The budget is per process: caches hold one rank's shard.
                          train_samples=shard_length(len(build.data.train)),
-                         val_samples=shard_length(len(build.data.val)),
+                         val_samples=shard_length(len(build.data.monitor)),
                          budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=build.device,
                          cache=ProfileCache.for_recipe(recipe.train.neuroflux.reuse_profiles))
 

@@ -60,10 +60,16 @@ def test_a_failed_gate_raises_with_what_was_measured(built):
 
 def test_a_recipe_object_with_overrides_trains_and_selects_again(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, TINY_DIGITS_RECIPE))
-    trained = nfcompile.train(recipe, ["train.epochs=1"], out_dir=tmp_path / "out")
+    # Every epoch evaluates 40 of the 120 validation images; selection scores all 120.
+    overrides = ["train.epochs=1", "data.monitor_samples=40"]
+    trained = nfcompile.train(recipe, overrides, out_dir=tmp_path / "out")
     assert trained.path.name.endswith(".partial") and trained.train.blocks[0].epochs_run == 1
-    selected = nfcompile.select(recipe, ["train.epochs=1", "select.policy=max_accuracy"], out_dir=tmp_path / "out")
+    assert trained.plan.val_samples == 40
+    epoch_accuracies = [a for block in trained.train.blocks for epoch in block.history for a in epoch.val_accuracy]
+    assert epoch_accuracies and all(round(a * 40, 6).is_integer() for a in epoch_accuracies)
+    selected = nfcompile.select(recipe, [*overrides, "select.policy=max_accuracy"], out_dir=tmp_path / "out")
     assert isinstance(selected, SelectResult) and selected.selection.policy == "max_accuracy"
+    assert selected.scores.val_samples == 120
     assert nfcompile.check(recipe, ["seed=3"]).seed == 3
 
 

@@ -132,7 +132,7 @@ class Plan(Result):
     checkpointing_predicted_peak_bytes: int
     checkpointing_measurements: tuple[tuple[int, int], ...]
     train_samples: int
-    val_samples: int
+    val_samples: int  # evaluated after every epoch (`DataBundle.monitor`): what the activation cache holds
     network_state_bytes: int = 0  # parameters and buffers of every unit, head and the classifier
     # What a block's predicted peak counts, in words (it differs between CPU and CUDA).
     accounting: str = ""

@@ -64,9 +64,17 @@ class DatasetInfo:
 @dataclass(frozen=True)
 class DataBundle:
     train: ImageSet
-    val: ImageSet
+    val: ImageSet  # what exits are scored and selected on
     test: ImageSet
     info: DatasetInfo
+    # The part of `val` evaluated after every training epoch (`data.monitor_samples`); None: all of it.
+    # Selection is only as sure as its split is large, and every exit's per-epoch evaluation costs time in
+    # proportion: a small training set (the benchmarks' 1,500-2,000 images) makes evaluation a large share.
+    monitor_subset: ImageSet | None = None
+
+    @property
+    def monitor(self) -> ImageSet:
+        return self.val if self.monitor_subset is None else self.monitor_subset
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -139,6 +147,7 @@ def load_data(section: DataSection, seed: int) -> DataBundle:
     train = _limit(train, section.max_train_samples, generator)
     val = _limit(val, section.max_eval_samples, generator)
     test = _limit(test, section.max_eval_samples, generator)
+    monitor = _limit(val, section.monitor_samples, generator)
     if len(train) < 2:
         raise InputError(f"data.dataset {section.dataset!r}: only {len(train)} training sample(s) after "
                          "splitting; add data or lower data.val_fraction/test_fraction")
@@ -149,10 +158,10 @@ def load_data(section: DataSection, seed: int) -> DataBundle:
     std = tuple(section.std) if section.std is not None else std
     preprocessing = Preprocessing(image_size=section.image_size, mean=mean, std=std, color=raw.color)
     info = DatasetInfo(section.dataset, raw.class_names, preprocessing, raw.source)
-    log.info("data %s: %d train / %d val / %d test images, %d classes, %dx%d",
-             section.dataset, len(train), len(val), len(test), info.num_classes,
+    log.info("data %s: %d train / %d val (%d evaluated every epoch) / %d test images, %d classes, %dx%d",
+             section.dataset, len(train), len(val), len(monitor), len(test), info.num_classes,
              section.image_size, section.image_size)
-    return DataBundle(train, val, test, info)
+    return DataBundle(train, val, test, info, monitor_subset=monitor if monitor is not val else None)
 
 
 def _split_indices(labels: torch.Tensor, section: DataSection, generator: torch.Generator, *,

@@ -101,6 +101,16 @@ def test_max_samples_take_subsets_of_the_same_split(digits_seed0):
         assert not _samples(getattr(limited, name)) - _samples(getattr(digits_seed0, name))
 
 
+def test_the_monitored_part_of_val_is_a_stratified_subset_and_moves_no_other_split(digits_seed0):
+    bundle = load_data(DataSection(image_size=8, monitor_samples=60), seed=0)
+    assert digits_seed0.monitor is digits_seed0.val  # none asked for: every epoch evaluates all of val
+    for name in ("train", "val", "test"):  # drawn last: no other split changes
+        assert _samples(getattr(bundle, name)) == _samples(getattr(digits_seed0, name))
+    assert len(bundle.monitor) == 60 and not _samples(bundle.monitor) - _samples(bundle.val)
+    shares = lambda labels: torch.bincount(labels, minlength=10) / len(labels)
+    assert torch.allclose(shares(bundle.monitor.labels), shares(bundle.val.labels), atol=1 / 60)
+
+
 def test_digits_refuse_a_root(tmp_path):
     with pytest.raises(RecipeError, match="data.root"):
         check_data(DataSection(root=tmp_path))

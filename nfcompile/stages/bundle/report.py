@@ -45,7 +45,7 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
     if plan is not None or train is not None:
         lines += _plan_section(plan, train, images.get("plan"))
     if train is not None:
-        lines += _training_section(train, images.get("training"))
+        lines += _training_section(train, images.get("training"), plan.val_samples if plan is not None else None)
     if scores is not None and selection is not None:
         lines += _exits_section(scores, selection, images.get("pareto"))
     lines += extra_sections
@@ -210,11 +210,14 @@ def _profiles(plan: Plan) -> str:
             "(`train.neuroflux.reuse_profiles`).")
 
 
-def _training_section(train: TrainResult, image: str | None) -> list[str]:
+def _training_section(train: TrainResult, image: str | None, monitored: int | None) -> list[str]:
     rows = [[b.index, f"{b.units[0]}-{b.units[-1]}", b.batch_size, b.epochs_run, b.stop_reason,
              " / ".join(f"{a * 100:.1f}" for a in b.best_val_accuracy) or "-", f"{b.seconds:.1f}",
              f"{b.cache_seconds:.1f}"] for b in train.blocks]
-    lines = ["## Training", "", f"Method {train.method} on {train.device}, {train.seconds:.1f} s in all.", ""]
+    evaluated = (f" Per-epoch validation accuracies are over {monitored} samples per process (`data.monitor_samples`;"
+                 " exits are selected on the whole split)." if monitored else "")
+    lines = ["## Training", "", f"Method {train.method} on {train.device}, {train.seconds:.1f} s in all.{evaluated}",
+             ""]
     lines += _table(["block", "units", "batch", "epochs", "stopped", "best val. accuracy per exit (%)", "train s",
                      "cache s"], rows)
     spent = train.time_spent()

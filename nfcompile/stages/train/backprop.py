@@ -66,7 +66,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     stepped = data_parallel(trainee, device)  # several processes: gradients all-reduced
     train_in = shard(ImageInput(data.train, data.preprocessing, Augment(augment.flip, augment.crop_padding), device),
                      train=True)
-    val_in = shard(ImageInput(data.val, data.preprocessing, Augment(), device), train=False)
+    val_in = shard(ImageInput(data.monitor, data.preprocessing, Augment(), device), train=False)
     generator = torch.Generator().manual_seed(derived_seed(seed, "backprop"))
     torch.manual_seed(derived_seed(seed, "backprop-torch"))
     steps_per_epoch = math.ceil(len(train_in) / batch)

@@ -59,7 +59,7 @@ def block_meter(device: torch.device, modules: Iterable[nn.Module], data: DataBu
     """The meter for one block: its own weights and the activation cache it reads named as such, every
     other live tensor found by the scan, the read-only training images left out."""
     weights = [t for m in modules for t in (*m.parameters(), *m.buffers())]
-    images = [split.images for split in (data.train, data.val, data.test)]
+    images = [split.images for split in (data.train, data.val, data.monitor, data.test)]
     return BlockMeter(device, seeded={"block weights": weights, "activation cache": list(caches)}, exclude=images)
 
 

@@ -434,7 +434,7 @@ def train_gradient_filter(model: nn.Module, data: DataBundle, section: TrainSect
             optimizer.zero_grad(set_to_none=True)
             return (float(loss.detach()),)
 
-        val_in = shard(unaugmented(data.val, data.preprocessing, device), train=False)
+        val_in = shard(unaugmented(data.monitor, data.preprocessing, device), train=False)
         # The whole model stays in eval mode (BatchNorm frozen): no train_modules.
         outcome = fit(step, train_in, batch_size=batch_size,
                       epochs=range(section.epochs), lr_at=lr_schedule(section, global_batch(batch_size), total_steps),

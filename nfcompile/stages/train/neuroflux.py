@@ -251,7 +251,7 @@ def _inputs_for_block(index: int, net: MultiExitNet, plan: Plan, data: DataBundl
     it reads exactly what the uninterrupted run would have."""
     # Several processes: each rank reads (and caches, block after block) only its own shard.
     train_in = shard(ImageInput(data.train, data.preprocessing, image_augment, device), train=True)
-    val_in = shard(ImageInput(data.val, data.preprocessing, Augment(), device), train=False)
+    val_in = shard(ImageInput(data.monitor, data.preprocessing, Augment(), device), train=False)
     started = time.perf_counter()
     for block in plan.blocks[:index]:
         for unit in block.units:
