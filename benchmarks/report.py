@@ -169,6 +169,13 @@ def _heads(head: dict[str, Any]) -> str:
     return f"{depth} conv{'s' if depth > 1 else ''}, {width}{pool}"
 
 
+def _val_samples(samples: dict[str, int]) -> str:
+    """The validation split, and the part of it every epoch evaluates where that is less (older results
+    files record no "monitor": every epoch evaluated the whole split)."""
+    monitor = samples.get("monitor", samples["val"])
+    return f"{samples['val']} ({monitor} every epoch)" if monitor < samples["val"] else str(samples["val"])
+
+
 def _setups(document: dict[str, Any]) -> str:
     labels = [label for label, _ in document["config"]["budget_anchors"]]
     anchors = dict(document["config"]["budget_anchors"])
@@ -178,7 +185,7 @@ def _setups(document: dict[str, Any]) -> str:
         samples = setup["samples"]
         rows.append([setup["name"], recipe["model"]["arch"], recipe["model"]["width"],
                      f"{recipe['data']['image_size']}px {recipe['data']['dataset']}",
-                     f"{samples['train']}/{samples['val']}/{samples['test']}",
+                     f"{samples['train']}/{_val_samples(samples)}/{samples['test']}",
                      recipe["train"]["epochs"], _heads(recipe["train"]["neuroflux"]["head"]),
                      recipe["train"]["neuroflux"]["max_batch_size"],
                      " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])

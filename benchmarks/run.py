@@ -120,7 +120,8 @@ def _setup_entry(bench: Workbench, setup) -> dict:
     recipe = bench.recipe(setup)
     data = bench.data(recipe)
     return {"name": setup.name, "overrides": list(setup.overrides), "recipe": recipe_dict(recipe),
-            "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "samples": {"train": len(data.train), "val": len(data.val), "monitor": len(data.monitor),
+                        "test": len(data.test)},
             "budgets": bench.measured_budgets.get(setup.name, {})}
 
 

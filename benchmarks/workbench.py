@@ -184,7 +184,7 @@ class Workbench:
             try:
                 self._plans[key] = plan_training(
                     self.fresh_unit_net(recipe, recipe.seed), self.num_classes(recipe),
-                    image_size=recipe.data.image_size, train_samples=len(data.train), val_samples=len(data.val),
+                    image_size=recipe.data.image_size, train_samples=len(data.train), val_samples=len(data.monitor),
                     budget=recipe.budget, train=recipe.train, augment=recipe.data.augment, device=self.device)
             except BudgetError as exc:
                 self._plans[key] = exc
