@@ -113,3 +113,39 @@ def test_the_process_scan_leaves_out_traced_fake_tensors():
     found = live_tensors(torch.device("cpu"))
     assert any(t is real for t in found)
     assert not any(t is fake for t in found)
+
+
+def test_a_training_scope_meter_sees_what_an_unfrozen_scan_sees_and_thaws_only_its_own_freeze():
+    """The scope freezes what is alive when training begins, so the meters' scans skip it; what they
+    count must not change: the network's tensors stay in, what was alive outside stays out."""
+    import gc
+
+    from nfcompile.core.memory import BlockMeter, training_scope
+
+    cpu = torch.device("cpu")
+    outside = torch.empty(50_000)  # a caller's tensor: not the training's
+    network = nn.Linear(100, 100)  # 40,400 bytes of weights and bias
+    caller_frozen = gc.get_freeze_count()
+
+    def meter_reading() -> tuple[int, str]:
+        made_inside = torch.empty(1000)  # 4,000 bytes the training holds
+        with BlockMeter(cpu) as meter:
+            pass
+        del made_inside
+        return meter.reading.peak, meter.reading.method
+
+    with training_scope(cpu, [network]):
+        assert gc.get_freeze_count() > caller_frozen  # the scans inside skip what was alive at the start
+        frozen = meter_reading()
+    assert gc.get_freeze_count() == caller_frozen
+    gc.freeze()  # a caller that froze its own objects: nothing frozen or thawed for them
+    try:
+        count = gc.get_freeze_count()  # falls only as frozen objects are freed
+        with training_scope(cpu, [network]):
+            assert 0 < gc.get_freeze_count() <= count
+            unfrozen = meter_reading()
+        assert 0 < gc.get_freeze_count() <= count
+    finally:
+        gc.unfreeze()
+    assert frozen[0] == unfrozen[0] == 40_400 + 4_000, (frozen, unfrozen)
+    del outside
