@@ -184,10 +184,13 @@ class BlockResult(Result):
     rss_rise_bytes: int | None = None  # CPU: rise of the process's anonymous resident memory over the block
     peak_breakdown: dict[str, int] = field(default_factory=dict)  # what held the memory at the peak (CPU)
     measurement: str = ""  # how the peak was measured, in words
-    # Where the block's time went (`learning.loop.FitOutcome.time_spent`); a NeuroFlux block adds its
-    # "caching pass" (when its output feeds the next block) and "memory meter's scan".
+    # Where the block's time went (`learning.loop.FitOutcome.time_spent`), and the memory meter's scan
+    # before it (`METER_SCAN`, not in `seconds`); a NeuroFlux block adds its "caching pass" (when its
+    # output feeds the next block).
     time_spent: dict[str, float] = field(default_factory=dict)
 
+
+METER_SCAN = "memory meter's scan"  # a block's phase before its first step (CPU: `core.memory.BlockMeter`)
 
 TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks)
     "steps": "training steps (forward, losses, backward, optimizer)",
@@ -195,7 +198,7 @@ TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks
     "evaluation": "evaluating every exit after each epoch",
     "snapshots": "best-epoch snapshots",
     "caching pass": "caching passes",
-    "memory meter's scan": "the memory meter's scan of live tensors before each block",
+    METER_SCAN: "the memory meter's scan of live tensors before each block",
     "rest": "the rest (checkpoints, moving blocks, logging)",
 }
 

@@ -102,9 +102,9 @@ class DataSection(Section):
     max_train_samples: PositiveInt | None = Field(None, description="Use at most this many training samples.")
     max_eval_samples: PositiveInt | None = Field(None, description="Use at most this many val/test samples.")
     monitor_samples: PositiveInt | None = Field(
-        None, description="Validation samples evaluated after every training epoch (best-epoch snapshots, "
-        "patience, the accuracy curves): a stratified subset of the validation split. Exits are still scored "
-        "and selected on the whole split. null: all of it.")
+        None, description="At most this many validation samples evaluated after every training epoch "
+        "(best-epoch snapshots, patience, the accuracy curves): a stratified subset of the validation split. "
+        "Exits are still scored and selected on the whole split. null: all of it.")
     augment: AugmentSection = AugmentSection()
     mean: tuple[float, float, float] | None = Field(None, description="Normalization mean; null: dataset's own.")
     std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = \

@@ -19,7 +19,7 @@ from benchmarks import measures  # noqa: E402
 from benchmarks.config import SuiteConfig, Setup, full_config, quick_config  # noqa: E402
 from benchmarks.registry import Comparison, get_comparison, list_comparisons, register_comparison  # noqa: E402
 from benchmarks.results import machine_slug, results_path  # noqa: E402
-from nfcompile.core.results import BlockResult, EpochRecord, TrainResult  # noqa: E402
+from nfcompile.core.results import METER_SCAN, BlockResult, EpochRecord, TrainResult  # noqa: E402
 
 SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
          "pruning", "engine_efficiency", "minimum_budget", "accuracy_gap", "scaling", "learning_rate"]
@@ -29,27 +29,28 @@ SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "p
 
 
 def _block(index: int, accuracies: list[tuple[float, ...]], seconds: list[float], *, cache: float = 0.0,
-           trained: bool = True) -> BlockResult:
+           scan: float = 0.0, trained: bool = True) -> BlockResult:
     history = tuple(EpochRecord(epoch=i + 1, lr=0.1, train_loss=(1.0,) * len(acc), val_accuracy=acc, seconds=s)
                     for i, (acc, s) in enumerate(zip(accuracies, seconds)))
     return BlockResult(index=index, units=(index,), batch_size=8, trained=trained, stop_reason="epochs",
                        epochs_run=len(history), best_val_accuracy=max(accuracies, default=()),
                        measured_peak_bytes=100, predicted_peak_bytes=100, budget_bytes=200,
                        seconds=sum(seconds) + 0.5, cache_placement="disk", cache_bytes=10, cache_seconds=cache,
-                       history=history)
+                       history=history, time_spent={METER_SCAN: scan} if scan else {})
 
 
 def test_accuracy_curve_chains_blocks_and_their_caching_passes():
     result = TrainResult(method="neuroflux", device="cpu", budget_bytes=200, checkpoint="c", exit_units=(0, 1),
                          exit_val_accuracy=(0.6, 0.8), seconds=9.0, blocks=(
                              _block(0, [(0.3, 0.5), (0.4, 0.6)], [1.0, 2.0], cache=1.5),
-                             _block(1, [(0.55,), (0.8,)], [1.0, 1.0]),
+                             _block(1, [(0.55,), (0.8,)], [1.0, 1.0], scan=0.25),
                              _block(2, [], [], trained=False)))
     curve = measures.accuracy_curve(result)
-    # Block 1 starts after block 0's 3.5 s of training (epochs + bookkeeping) and 1.5 s of caching.
-    assert curve == ((1.0, 0.5), (3.0, 0.6), (6.0, 0.6), (7.0, 0.8))
+    # Block 1 starts after block 0's 3.5 s of training (epochs + bookkeeping), 1.5 s of caching and its
+    # own memory meter's 0.25 s scan.
+    assert curve == ((1.0, 0.5), (3.0, 0.6), (6.25, 0.6), (7.25, 0.8))
     assert measures.time_to_target(curve, 0.6) == 3.0
-    assert measures.time_to_target(curve, 0.8) == 7.0
+    assert measures.time_to_target(curve, 0.8) == 7.25
     assert measures.time_to_target(curve, 0.81) is None
 
 

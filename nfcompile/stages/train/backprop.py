@@ -14,7 +14,7 @@ from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import fit_memory
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import BlockResult, Plan, TrainOutcome, TrainResult
+from nfcompile.core.results import METER_SCAN, BlockResult, Plan, TrainOutcome, TrainResult
 from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer,
                                 set_lr, top1_accuracy, warmup_steps)
 from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment
@@ -76,21 +76,23 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
         set_lr(optimizer, lr)
         return (backprop_step(stepped, x, y, optimizer),)
 
-    started = time.perf_counter()
     best = BestWeights([unit_net], device, out_dir)
-    with memory_cap(device, plan.budget_bytes, budget.enforce), block_meter(device, [trainee], data) as meter:
-        try:
-            outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                          lr_at=lr_schedule(train, global_batch(batch), total_steps,
-                                            warmup_steps(steps_per_epoch, total_steps)),
-                          generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
-                          train_modules=[trainee],
-                          evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, evaluation_batch),),
-                                                   [unit_net], val_in), patience=train.patience,
-                          keep_best=best, label=f"{method} (batch {batch})", log_as=method,
-                          exit_names=[f"exit_{net.exit_units[-1]:02d}"])
-        finally:
-            best.close()
+    with memory_cap(device, plan.budget_bytes, budget.enforce):
+        scan_start = time.perf_counter()
+        with block_meter(device, [trainee], data) as meter:
+            started = time.perf_counter()  # the block's seconds leave the meter's scan out, as NeuroFlux's do
+            try:
+                outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
+                              lr_at=lr_schedule(train, global_batch(batch), total_steps,
+                                                warmup_steps(steps_per_epoch, total_steps)),
+                              generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
+                              train_modules=[trainee],
+                              evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, evaluation_batch),),
+                                                       [unit_net], val_in), patience=train.patience,
+                              keep_best=best, label=f"{method} (batch {batch})", log_as=method,
+                              exit_names=[f"exit_{net.exit_units[-1]:02d}"])
+            finally:
+                best.close()
     best_accuracy = outcome.best.val_accuracy[0]
     last = net.exit_units[-1]
     block = with_memory(BlockResult(
@@ -98,7 +100,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
         epochs_run=len(outcome.history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=None,
         predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes, seconds=time.perf_counter() - started,
         cache_placement="none", cache_bytes=0, cache_seconds=0.0, history=tuple(outcome.history),
-        time_spent=outcome.time_spent), meter.reading)
+        time_spent={**outcome.time_spent, METER_SCAN: started - scan_start}), meter.reading)
     log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s (predicted %s)", method,
              len(outcome.history), best_accuracy, format_bytes(block.measured_peak_bytes),
              format_bytes(plan.budget_bytes), format_bytes(predicted))

@@ -22,7 +22,7 @@ from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult, UnitProfile
+from nfcompile.core.results import METER_SCAN, BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult, UnitProfile
 from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_optimizer, set_lr,
                                 top1_accuracies, warmup_steps)
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
@@ -83,7 +83,7 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
                     cached = time.perf_counter() - cache_start
                     result = replace(result, cache_seconds=cached,
                                      time_spent={**result.time_spent, "caching pass": cached})
-            result = with_memory(replace(result, time_spent={**result.time_spent, "memory meter's scan": scanned}),
+            result = with_memory(replace(result, time_spent={**result.time_spent, METER_SCAN: scanned}),
                                  meter.reading)
             log.info("block %d: measured peak %s of %s (predicted %s)%s", block.index,
                      format_bytes(result.measured_peak_bytes), format_bytes(plan.budget_bytes),
