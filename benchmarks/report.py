@@ -34,6 +34,7 @@ def _why_different(document: dict[str, Any]) -> str:
     datasets = sorted({s["recipe"]["data"]["dataset"] for s in setups})
     train = sorted({s["samples"]["train"] for s in setups})
     val = sorted({s["samples"]["val"] for s in setups})
+    monitor = sorted({s["samples"].get("monitor", s["samples"]["val"]) for s in setups})
     test = sorted({s["samples"]["test"] for s in setups})
     epochs = sorted({s["recipe"]["train"]["epochs"] for s in setups})
     return (
@@ -47,7 +48,7 @@ def _why_different(document: dict[str, Any]) -> str:
         f"- **Data and schedules.** {', '.join(datasets)}; {_values(train)} training images, {_values(epochs)} "
         f"epochs (NeuroFlux: per block); accuracies from {_values(val)} validation and {_values(test)} test "
         f"images (one test image is {100 / min(test):.2f} points); time to accuracy is read at the end of "
-        "each epoch.\n"
+        f"each epoch{'' if monitor == val else ', on the ' + _values(monitor) + ' validation images every epoch evaluates'}.\n"
         "- **Selection.** The deliverable is the exit `nfcompile build` selects (the smallest within the "
         "recipe's margin of NeuroFlux's best exit); the parameter reduction is whatever that exit's depth gives "
         "against the full backprop model, not a chosen operating point.\n"

@@ -60,13 +60,20 @@ def test_a_failed_gate_raises_with_what_was_measured(built):
 
 def test_a_recipe_object_with_overrides_trains_and_selects_again(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, TINY_DIGITS_RECIPE))
-    # Every epoch evaluates 40 of the 120 validation images; selection scores all 120.
-    overrides = ["train.epochs=1", "data.monitor_samples=40"]
+    # Every epoch evaluates 41 of the 120 validation images (a count no other split size shares a fraction
+    # with: k/120 = j/41 only at 0 and 1); selection scores all 120.
+    overrides = ["train.epochs=1", "data.monitor_samples=41"]
+
+    def evaluated_on_the_monitored_images(result: TrainResult) -> bool:
+        accuracies = [a for block in result.blocks for epoch in block.history for a in epoch.val_accuracy]
+        return bool(accuracies) and all(0 < a < 1 and round(a * 41, 6).is_integer() for a in accuracies)
+
     trained = nfcompile.train(recipe, overrides, out_dir=tmp_path / "out")
     assert trained.path.name.endswith(".partial") and trained.train.blocks[0].epochs_run == 1
-    assert trained.plan.val_samples == 40
-    epoch_accuracies = [a for block in trained.train.blocks for epoch in block.history for a in epoch.val_accuracy]
-    assert epoch_accuracies and all(round(a * 40, 6).is_integer() for a in epoch_accuracies)
+    assert trained.plan.val_samples == 41 and evaluated_on_the_monitored_images(trained.train)
+    backprop = nfcompile.train(recipe, [*overrides, "train.method=backprop", "budget.memory=16MiB"],
+                               out_dir=tmp_path / "backprop")
+    assert evaluated_on_the_monitored_images(backprop.train)
     selected = nfcompile.select(recipe, [*overrides, "select.policy=max_accuracy"], out_dir=tmp_path / "out")
     assert isinstance(selected, SelectResult) and selected.selection.policy == "max_accuracy"
     assert selected.scores.val_samples == 120

@@ -81,6 +81,8 @@ def run(bench: Workbench) -> dict[str, Any]:
         val = unaugmented(data.val, data.preprocessing, bench.device)
         with eval_mode(neuroflux.net):
             heads = top1_accuracies(lambda x: [v for _, v in sorted(neuroflux.net.forward_exits(x).items())], val)
+        with eval_mode(backprop.net):  # on the same images as the heads (its record's is the per-epoch subset's)
+            (backprop_full,) = top1_accuracies(lambda x: [backprop.net(x)], val)
         untrained = bench.fresh_unit_net(recipe, config.seed).to(bench.device)
         rows = {
             "neuroflux": _probes(neuroflux.net.units, data, exits, bench.device),
@@ -90,7 +92,7 @@ def run(bench: Workbench) -> dict[str, Any]:
         setups.append({
             "setup": setup.name, "budget": label, "exits": exits, "unit_names": neuroflux.net.unit_names,
             "head_val_accuracy": heads, "probe_val_accuracy": {k: [v[e] for e in exits] for k, v in rows.items()},
-            "backprop_val_accuracy": backprop.record.best_val_accuracy,
+            "backprop_val_accuracy": backprop_full,
             "batch_sizes": {"neuroflux": list(neuroflux.record.batch_sizes),
                             "backprop": list(backprop.record.batch_sizes)},
             "train_samples": len(data.train), "val_samples": len(data.val)})

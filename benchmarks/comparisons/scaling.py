@@ -142,7 +142,7 @@ def run(bench: Workbench) -> dict[str, Any]:
     block_ratios = [[b2["samples_per_second"] / b1["samples_per_second"]
                      for b1, b2 in zip(one["blocks"], two["blocks"])] for one, two in zip(runs["1"], runs["2"])]
     return {"setup": setup.name, "budget": config.ablation_budget, "backend": backend, "epochs": epochs,
-            "rounds": rounds, "train_samples": train_samples, "val_samples": len(bench.data(recipe).val),
+            "rounds": rounds, "train_samples": train_samples, "val_samples": len(bench.data(recipe).monitor),
             "plan_batches": [b.batch_size for b in plan.blocks], "global_batches": global_batches,
             "runs": runs, "ratio": ratios, "block_ratio": block_ratios,
             "cuda_devices": cuda_devices}

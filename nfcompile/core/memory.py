@@ -223,22 +223,49 @@ def training_scope(device: torch.device, network: Iterable[nn.Module] = ()) -> I
         own_storages = {t.untyped_storage()._cdata for t in mine}
         outside = [weakref.ref(t) for t in live_tensors(device) if t.untyped_storage()._cdata not in own_storages]
         tokens += [(_OUTSIDE, _OUTSIDE.set(outside)), (_NETWORK, _NETWORK.set([weakref.ref(t) for t in mine]))]
-    # Every object alive now is outside the training or known (the network's tensors, listed), so no scan
-    # or collection inside needs to look at it again: frozen (gc.freeze), `gc.collect` and `gc.get_objects`
-    # skip it. In a build's process a scan of the 366k objects alive took 0.18 s (`gc.collect` 0.12 s of
-    # it), once per NeuroFlux block: 1.7 s of a 23 s VGG-16 run on the benchmarks' Fashion-MNIST; of what
-    # training created it takes microseconds. A caller's own frozen objects stay frozen: then nothing is
-    # frozen here (unfreezing would thaw theirs too), and the scans cost what they did.
-    freeze = gc.get_freeze_count() == 0
-    if freeze:
-        gc.freeze()
+    del mine  # weak references only: a tensor the training replaces must not stay alive (and counted)
+    _FREEZE.enter()
     try:
         yield
     finally:
-        if freeze:
-            gc.unfreeze()
+        _FREEZE.exit()
         for variable, token in reversed(tokens):
             variable.reset(token)
+
+
+class _ObjectsAliveBeforeTraining:
+    """Every object alive when training begins is outside the training or known (the network's tensors,
+    listed), so no scan or collection inside needs to look at it again: frozen (`gc.freeze`), `gc.collect`
+    and `gc.get_objects` skip it. In a build's process a scan of the 366k objects alive took 0.18 s
+    (`gc.collect` 0.12 s of it), once per NeuroFlux block: 1.7 s of a 23 s VGG-16 run on the benchmarks'
+    Fashion-MNIST; of what training created it takes microseconds.
+
+    The freeze is the process's, while scopes belong to threads: trainings that overlap share one freeze,
+    lifted when the last ends (lifted earlier, another's scans would suddenly see what its own scope never
+    listed as outside). A caller's own frozen objects stay frozen: then nothing is frozen or thawed here,
+    and the scans cost what they did."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._ours = False
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._ours = gc.get_freeze_count() == 0
+                if self._ours:
+                    gc.freeze()
+            self._depth += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._ours:
+                gc.unfreeze()
+
+
+_FREEZE = _ObjectsAliveBeforeTraining()
 
 
 def _outside_storages() -> set[int]:

@@ -95,7 +95,8 @@ class DataSection(Section):
     download: bool = Field(False, description="Let torchvision download CIFAR into `root` (needs internet).")
     image_size: Annotated[int, Field(ge=8, le=1024)] = Field(32, description="Side of the square model input.")
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
-        0.15, description="Share of the training data held out for early stopping.")
+        0.15, description="Share of the training data held out for validation: exits are selected on it, and "
+        "every epoch evaluates it (or `data.monitor_samples` of it) for snapshots, patience and the curves.")
     test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
         0.15, description="Share held out for scoring exits and validation (digits, imagefolder without a "
         "test folder; the MNIST family and CIFAR use their own test sets). Carved splits keep each class's share.")

@@ -149,3 +149,19 @@ def test_a_training_scope_meter_sees_what_an_unfrozen_scan_sees_and_thaws_only_i
         gc.unfreeze()
     assert frozen[0] == unfrozen[0] == 40_400 + 4_000, (frozen, unfrozen)
     del outside
+
+
+def test_overlapping_training_scopes_share_one_freeze_lifted_when_the_last_ends():
+    """Scopes are per thread, the freeze per process: one ending must not thaw another's."""
+    import gc
+
+    from nfcompile.core.memory import training_scope
+
+    cpu = torch.device("cpu")
+    first, second = training_scope(cpu), training_scope(cpu)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0  # the second still runs: its scans must keep skipping the same objects
+    second.__exit__(None, None, None)
+    assert gc.get_freeze_count() == 0

@@ -45,7 +45,11 @@ def render_report(*, recipe_name: str, run_id: str, bundle_path: str, recipe_sou
     if plan is not None or train is not None:
         lines += _plan_section(plan, train, images.get("plan"))
     if train is not None:
-        lines += _training_section(train, images.get("training"), plan.val_samples if plan is not None else None)
+        # Per-epoch accuracies are over fewer images than selection's where `data.monitor_samples` (or torchrun's
+        # sharding) says so: the report names the count then.
+        monitored = plan.val_samples if plan is not None and scores is not None and \
+            plan.val_samples < scores.val_samples else None
+        lines += _training_section(train, images.get("training"), monitored)
     if scores is not None and selection is not None:
         lines += _exits_section(scores, selection, images.get("pareto"))
     lines += extra_sections

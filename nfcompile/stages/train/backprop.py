@@ -108,7 +108,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     check_budget(block, f"{method} at batch {batch}", enforce=budget.enforce)
     result = TrainResult(method=method, device=str(device), budget_bytes=plan.budget_bytes,
                          checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),
-                         exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - started,
+                         exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - scan_start,
                          details={"batch_size": batch, "evaluation_batch_size": evaluation_batch})
     save_single_exit(checkpoint, fingerprint, net, model, num_classes, result)
     return TrainOutcome(net, result)
