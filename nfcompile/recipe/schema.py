@@ -162,7 +162,10 @@ class HeadSection(Section):
         "instead of from random weights that must first relearn what the features already give. On the "
         "benchmarks' Fashion-MNIST ResNet-18 at the moderate budget, best validation accuracy 0.835-0.842 "
         "against 0.818-0.831 over three seeds with block batches up to 128; at their cap of 64, 0.848 against "
-        "0.842 (one seed), reaching 84% 1.31x sooner. VGG-16 showed no difference (benchmarks comparison 3).")
+        "0.842 (one seed), reaching 84% 1.31x sooner. On a second draw of training images (one seed, "
+        "benchmarks/results/2026-12-06-intel-xeon-2cpu-21.json) warm-started heads reached the target 1.32x "
+        "sooner at the stringent budget and random ones 1.08x sooner at the moderate one. VGG-16 showed no "
+        "difference in any run (benchmarks comparison 3).")
 
     @model_validator(mode="after")
     def _range(self) -> "HeadSection":
@@ -203,16 +206,18 @@ class NeuroFluxSection(Section):
         2, description="Start a new block once a block holds this many units (null: only batch sizes split). Blocks "
         "train one after another, each on its finished predecessor's features; units trained together in one block "
         "chase each other's moving outputs. Split by batch size only, the benchmarks' Fashion-MNIST ResNet-18 and VGG-16 "
-        "lost 3.0-3.6 points of validation accuracy and reached the common target 2.3-2.6x later at the budgets where "
-        "every unit fits one block, 1.2-1.35x later at the stringent one (benchmarks comparison 3, one seed).")
+        "lost 1.9-3.6 points of validation accuracy and reached the common target 1.5-2.7x later at the budgets where "
+        "every unit fits one block, 1.1-1.35x later at the stringent one (benchmarks comparison 3, one seed per run, "
+        "two draws of training images).")
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(
         (4, 16), description="Batch sizes at which each unit's training step, and each block's evaluation, is "
         "first measured (two or more).")
     max_batch_size: PositiveInt = Field(
         512, description="Upper bound on any block's batch size, and on the batch the plan gives the backprop "
         "baselines. On a small training set a lower cap buys steps: the benchmarks' Fashion-MNIST setups (1,470-1,960 "
-        "images, 5 epochs per block) use 64, where 128 reached the common target 1.4-1.9x later at the moderate and "
-        "generous budgets (benchmarks comparison 3).")
+        "images, 5 epochs per block) use 64. At the generous budget, where every block trains at the cap, 128 reached "
+        "the common target 1.3-2.0x later; at the moderate one 1.4-1.9x later on one draw of training images and "
+        "1.08-1.10x sooner on another (benchmarks comparison 3, one seed per run).")
     reuse_profiles: bool = Field(
         True, description="Reuse the unit, block and baseline profiles an earlier plan measured on this machine "
         "for the same code, model, input, budget and step settings (kept in $NFCOMPILE_CACHE_DIR/profiles, else "
