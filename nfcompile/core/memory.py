@@ -29,6 +29,7 @@ import contextlib
 import contextvars
 import gc
 import threading
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -117,15 +118,14 @@ def _returned(out: object) -> Iterable[object]:
     return tree_flatten(out)[0]
 
 
-def live_tensors(device: torch.device, exclude: Iterable[torch.Tensor] = ()) -> list[torch.Tensor]:
+def live_tensors(device: torch.device) -> list[torch.Tensor]:
     """Every tensor alive in the process on ``device`` (a scan of the garbage collector's objects, after
-    a collection), except those sharing storage with ``exclude``."""
+    a collection)."""
     gc.collect()
-    skip = {t.untyped_storage()._cdata for t in exclude}
     with warnings.catch_warnings():  # isinstance on some of torch's deprecated module objects warns
         warnings.simplefilter("ignore")
         objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-    return [obj for obj in objects if _holds_memory_on(obj, device) and obj.untyped_storage()._cdata not in skip]
+    return [obj for obj in objects if _holds_memory_on(obj, device)]
 
 
 def _holds_memory_on(tensor: torch.Tensor, device: torch.device) -> bool:
@@ -304,14 +304,21 @@ class BlockMeter:
         self.seeded = seeded or {}
         self.exclude = list(exclude)
         self.reading: BlockMemory | None = None
+        self.scan_seconds = 0.0  # what starting took (the CPU scan): the trainers report it as METER_SCAN
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "BlockMeter":
+        started = time.perf_counter()
+        self._start()
+        self.scan_seconds = time.perf_counter() - started
+        return self
+
+    def _start(self) -> None:
         if self.device.type == "cuda":
             gc.collect()  # as the CPU scan does: garbage in a reference cycle is nobody's peak
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            return self
+            return
         known = {t.untyped_storage()._cdata for tensors in self.seeded.values() for t in tensors
                  if isinstance(t, torch.Tensor)}
         others = [t for t in resident_tensors(self.device, self.exclude) if t.untyped_storage()._cdata not in known]
@@ -319,7 +326,6 @@ class BlockMeter:
         self._tracker = LiveTensorBytes(seeded={**self.seeded, "other resident tensors": others})
         self._rss = self._stack.enter_context(RssRise())
         self._stack.enter_context(self._tracker)
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         # Let go of the tensors named at the start: a meter kept around after its block (the caller's

@@ -77,22 +77,21 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
         return (backprop_step(stepped, x, y, optimizer),)
 
     best = BestWeights([unit_net], device, out_dir)
-    with memory_cap(device, plan.budget_bytes, budget.enforce):
-        scan_start = time.perf_counter()
-        with block_meter(device, [trainee], data) as meter:
-            started = time.perf_counter()  # the block's seconds leave the meter's scan out, as NeuroFlux's do
-            try:
-                outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                              lr_at=lr_schedule(train, global_batch(batch), total_steps,
-                                                warmup_steps(steps_per_epoch, total_steps)),
-                              generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
-                              train_modules=[trainee],
-                              evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, evaluation_batch),),
-                                                       [unit_net], val_in), patience=train.patience,
-                              keep_best=best, label=f"{method} (batch {batch})", log_as=method,
-                              exit_names=[f"exit_{net.exit_units[-1]:02d}"])
-            finally:
-                best.close()
+    run_started = time.perf_counter()
+    with memory_cap(device, plan.budget_bytes, budget.enforce), block_meter(device, [trainee], data) as meter:
+        started = time.perf_counter()  # the block's seconds leave the meter's scan out, as NeuroFlux's do
+        try:
+            outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
+                          lr_at=lr_schedule(train, global_batch(batch), total_steps,
+                                            warmup_steps(steps_per_epoch, total_steps)),
+                          generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
+                          train_modules=[trainee],
+                          evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, evaluation_batch),),
+                                                   [unit_net], val_in), patience=train.patience,
+                          keep_best=best, label=f"{method} (batch {batch})", log_as=method,
+                          exit_names=[f"exit_{net.exit_units[-1]:02d}"])
+        finally:
+            best.close()
     best_accuracy = outcome.best.val_accuracy[0]
     last = net.exit_units[-1]
     block = with_memory(BlockResult(
@@ -100,7 +99,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
         epochs_run=len(outcome.history), best_val_accuracy=(best_accuracy,), measured_peak_bytes=None,
         predicted_peak_bytes=predicted, budget_bytes=plan.budget_bytes, seconds=time.perf_counter() - started,
         cache_placement="none", cache_bytes=0, cache_seconds=0.0, history=tuple(outcome.history),
-        time_spent={**outcome.time_spent, METER_SCAN: started - scan_start}), meter.reading)
+        time_spent={**outcome.time_spent, METER_SCAN: meter.scan_seconds}), meter.reading)
     log.info("%s: %d epoch(s), best accuracy %.4f, measured peak %s of %s (predicted %s)", method,
              len(outcome.history), best_accuracy, format_bytes(block.measured_peak_bytes),
              format_bytes(plan.budget_bytes), format_bytes(predicted))
@@ -108,7 +107,7 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     check_budget(block, f"{method} at batch {batch}", enforce=budget.enforce)
     result = TrainResult(method=method, device=str(device), budget_bytes=plan.budget_bytes,
                          checkpoint="checkpoint.pt", blocks=(block,), exit_units=(last,),
-                         exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - scan_start,
+                         exit_val_accuracy=(best_accuracy,), seconds=time.perf_counter() - run_started,
                          details={"batch_size": batch, "evaluation_batch_size": evaluation_batch})
     save_single_exit(checkpoint, fingerprint, net, model, num_classes, result)
     return TrainOutcome(net, result)

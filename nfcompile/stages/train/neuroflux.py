@@ -71,9 +71,7 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             modules = [*(net.units[i] for i in block.units), *(net.heads[str(i)] for i in block.units)]
             caches = [*train_in.device_tensors(), *val_in.device_tensors()]
             # One meter over the whole block: every step, evaluation, the snapshot and the caching pass.
-            scan_start = time.perf_counter()
             with block_meter(device, modules, data, caches) as meter:
-                scanned = time.perf_counter() - scan_start  # its scan of every live tensor (CPU)
                 result = _train_block(block, net, train_in, val_in, plan=plan, train=train, device=device,
                                       seed=seed, snapshot_folder=out_dir)
                 if block.index < len(plan.blocks) - 1:
@@ -83,7 +81,7 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
                     cached = time.perf_counter() - cache_start
                     result = replace(result, cache_seconds=cached,
                                      time_spent={**result.time_spent, "caching pass": cached})
-            result = with_memory(replace(result, time_spent={**result.time_spent, METER_SCAN: scanned}),
+            result = with_memory(replace(result, time_spent={**result.time_spent, METER_SCAN: meter.scan_seconds}),
                                  meter.reading)
             log.info("block %d: measured peak %s of %s (predicted %s)%s", block.index,
                      format_bytes(result.measured_peak_bytes), format_bytes(plan.budget_bytes),
