@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from nfcompile.core.results import METER_SCAN, Result, TrainResult
+from nfcompile.core.results import METER_SCAN, NOISE_SCALE, Result, TrainResult
 
 if TYPE_CHECKING:
     from benchmarks.workbench import RunRecord
@@ -50,7 +50,8 @@ def accuracy_curve(result: TrainResult) -> Curve:
     of any trained exit by then.
 
     NeuroFlux blocks train one after another: a block's epochs start after the earlier blocks'
-    training and caching passes and its own memory meter's scan. Skipped blocks (early stop) add nothing.
+    training and caching passes, its own memory meter's scan and (batch_policy noise_scale) the
+    measurement of its noise scale. Skipped blocks (early stop) add nothing.
     """
     points: list[tuple[float, float]] = []
     started, best = 0.0, 0.0
@@ -58,7 +59,7 @@ def accuracy_curve(result: TrainResult) -> Curve:
         if not block.trained:
             continue
         started += block.time_spent.get(METER_SCAN, 0.0)  # before the block's first step, not in its seconds
-        elapsed = started
+        elapsed = started + block.time_spent.get(NOISE_SCALE, 0.0)  # in its seconds, before its first epoch
         for epoch in block.history:
             elapsed += epoch.seconds
             best = max(best, *epoch.val_accuracy)

@@ -42,7 +42,7 @@ log = get_logger("nfcompile.benchmarks")
 
 # Recipe fields the planner does not read: contenders that differ only here share one plan.
 NOT_PLANNED = {"method", "backprop", "epochs", "patience", "schedule", "batch_size", "gradient_filter"}
-NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta"}
+NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta", "batch_policy"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,8 @@ class RunRecord(Result):
     rss_rise_bytes: tuple[int, ...] = ()
     time_spent: dict[str, float] = dataclasses.field(default_factory=dict)  # `TrainResult.time_spent()`
     evaluation_batch_sizes: tuple[int, ...] = ()  # per block, what it evaluated at after every epoch
+    # per block, the gradient noise scale measured at its start (batch_policy noise_scale; else None)
+    noise_scales: tuple[float | None, ...] = ()
 
 
 @dataclass
@@ -236,7 +238,7 @@ class Workbench:
             wall_seconds=wall, cpu_seconds=cpu, curve=curve,
             best_val_accuracy=curve[-1][1] if curve else None, blocks=len(result.blocks),
             blocks_trained=sum(b.trained for b in result.blocks), load_average=load,
-            time_spent=result.time_spent())
+            time_spent=result.time_spent(), noise_scales=tuple(b.noise_scale for b in result.blocks))
         log.info("%s @ %s: %s seed %d%s: %.1f s wall, %.1f s CPU, best val accuracy %.4f, batch %s, load %.1f",
                  spec.setup.name, spec.budget, result.method, spec.seed, _describe(spec), wall, cpu,
                  record.best_val_accuracy or 0.0, list(record.batch_sizes), load)

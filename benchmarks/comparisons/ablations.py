@@ -9,8 +9,10 @@ from the same repeat:
 - the activation cache vs recomputing the earlier blocks for every batch (`cache.placement: recompute`): time;
 - early stop of deeper blocks (`stop_stalled_blocks`) on vs off: time and the exit selection picks;
 - large-batch learning: every block's batch capped at 32 (`max_batch_size`: more, smaller steps per
-  epoch), and NeuroFlux at backprop's learning rate (`neuroflux.lr_scale: 1` against the default 2):
-  accuracy against time;
+  epoch; where the setup's cap is above 32), each block's batch lowered to its units' gradient noise
+  scale (`batch_policy: noise_scale`: at every budget, since the budget binds the batch least at the
+  larger ones), and NeuroFlux at backprop's learning rate (`neuroflux.lr_scale: 1` against the default
+  2): accuracy against time;
 - block batches up to 128 vs the setup's cap of 64, where a setup caps them (the Fashion-MNIST setups):
   at every budget, since the cap binds most where the budget allows large batches;
 - at most two units per block (`max_units_per_block`) vs blocks split by batch size only: at every
@@ -27,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.config import BASE_RECIPE, Setup
 from benchmarks.markdown import batches, count, mib, peak_of_budget, spread, table
 from benchmarks.measures import contender_summary, fitting, paired_ratios, spread_dict, target_for, times_to_target
 from benchmarks.registry import Comparison, register_comparison
@@ -46,6 +49,8 @@ class Ablation:
     every_budget: bool = False  # also against the default at the suite's other budgets
     # Runs only on setups that set this field (elsewhere the variant would be, or barely differ from, the default).
     only_where_setup_sets: str | None = None
+    # Runs only where the block batch cap (`max_batch_size`, the setup's or the base recipe's) is above this.
+    only_where_cap_above: int | None = None
 
 
 ABLATIONS = (
@@ -64,7 +69,9 @@ ABLATIONS = (
     # The global-batch ablation's deeper blocks learned more per epoch at a smaller batch: is it the
     # number of steps (the cap) or a learning rate too low for large batches (NeuroFlux's own rate)?
     Ablation("batch_cap", "block batch capped at 32", "each block's largest batch (up to the setup's cap)",
-             ("train.neuroflux.max_batch_size=32",)),
+             ("train.neuroflux.max_batch_size=32",), only_where_cap_above=32),
+    Ablation("batch_policy", "batch at each block's noise scale", "the largest batch that fits (up to the cap)",
+             ("train.neuroflux.batch_policy=noise_scale",), every_budget=True),
     # Only where the setup caps its block batches (the Fashion-MNIST setups, at 64).
     Ablation("batch_cap_128", "block batch up to 128", "block batch up to the setup's cap",
              ("train.neuroflux.max_batch_size=128",), every_budget=True,
@@ -108,9 +115,19 @@ def _at_budget(bench: Workbench, setup, budget: str, ablation: Ablation) -> dict
             "pair": _pair(ablation, runs[DEFAULT], runs[ablation.variant], config.target_cap, config.target_step)}
 
 
-def _applies(ablation: Ablation, setup) -> bool:
+def _applies(ablation: Ablation, setup: Setup) -> bool:
     field = ablation.only_where_setup_sets
-    return field is None or any(o.startswith(f"{field}=") for o in setup.overrides)
+    if field is not None and not any(o.startswith(f"{field}=") for o in setup.overrides):
+        return False
+    cap = ablation.only_where_cap_above
+    return cap is None or _batch_cap(setup) > cap
+
+
+def _batch_cap(setup: Setup) -> int:
+    """The setup's block batch cap: its own override, else the suite's base recipe's."""
+    prefix = "train.neuroflux.max_batch_size="
+    caps = [int(o.removeprefix(prefix)) for o in setup.overrides if o.startswith(prefix)]
+    return caps[-1] if caps else BASE_RECIPE["train"]["neuroflux"]["max_batch_size"]
 
 
 def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]],

@@ -186,11 +186,16 @@ class BlockResult(Result):
     measurement: str = ""  # how the peak was measured, in words
     # Where the block's time went (`learning.loop.FitOutcome.time_spent`), and the memory meter's scan
     # before it (`METER_SCAN`, not in `seconds`); a NeuroFlux block adds its "caching pass" (when its
-    # output feeds the next block).
+    # output feeds the next block) and, with batch_policy noise_scale, `NOISE_SCALE` (in `seconds`, before
+    # its first epoch).
     time_spent: dict[str, float] = field(default_factory=dict)
+    # NeuroFlux with batch_policy noise_scale: the smallest gradient noise scale of the block's units,
+    # measured at its start (`learning.noise_scale`); None where not measured or not measurable.
+    noise_scale: float | None = None
 
 
 METER_SCAN = "memory meter's scan"  # a block's phase before its first step (CPU: `core.memory.BlockMeter`)
+NOISE_SCALE = "noise scale"  # a NeuroFlux block's phase before its first step (batch_policy noise_scale)
 
 TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks)
     "steps": "training steps (forward, losses, backward, optimizer)",
@@ -199,6 +204,7 @@ TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks
     "snapshots": "best-epoch snapshots",
     "caching pass": "caching passes",
     METER_SCAN: "the memory meter's scan of live tensors before each block",
+    NOISE_SCALE: "measuring each block's gradient noise scale (its batch size)",
     "rest": "the rest (checkpoints, moving blocks, logging)",
 }
 

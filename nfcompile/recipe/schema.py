@@ -215,9 +215,17 @@ class NeuroFluxSection(Section):
     max_batch_size: PositiveInt = Field(
         512, description="Upper bound on any block's batch size, and on the batch the plan gives the backprop "
         "baselines. On a small training set a lower cap buys steps: the benchmarks' Fashion-MNIST setups (1,470-1,960 "
-        "images, 5 epochs per block) use 64. At the generous budget, where every block trains at the cap, 128 reached "
+        "images, 5 epochs per block) use 64 (ResNet-18) and 32 (VGG-16, whose units' gradient noise scales are "
+        "mostly 30-40: see batch_policy). At the generous budget, where every block trains at the cap, 128 reached "
         "the common target 1.3-2.0x later; at the moderate one 1.4-1.9x later on one draw of training images and "
         "1.08-1.10x sooner on another (benchmarks comparison 3, one seed per run).")
+    batch_policy: Literal["largest", "noise_scale"] = Field(
+        "largest", description="largest: every block trains at the largest batch that fits the budget (up to "
+        "max_batch_size). noise_scale: at most that, and no larger than the gradient noise scale its units "
+        "measure at the block's start (McCandlish et al. 2018), above which a larger batch buys little progress "
+        "per step; measured on 8 of the largest batches split into 4, so blocks whose largest batch is under 8 "
+        "keep it. Where a step costs nearly its samples' time (a CPU) a batch above the noise scale wastes "
+        "samples; on a GPU a larger batch is nearly free, so largest is the default.")
     reuse_profiles: bool = Field(
         True, description="Reuse the unit, block and baseline profiles an earlier plan measured on this machine "
         "for the same code, model, input, budget and step settings (kept in $NFCOMPILE_CACHE_DIR/profiles, else "

@@ -19,7 +19,7 @@ from benchmarks import measures  # noqa: E402
 from benchmarks.config import SuiteConfig, Setup, full_config, quick_config  # noqa: E402
 from benchmarks.registry import Comparison, get_comparison, list_comparisons, register_comparison  # noqa: E402
 from benchmarks.results import machine_slug, results_path  # noqa: E402
-from nfcompile.core.results import METER_SCAN, BlockResult, EpochRecord, TrainResult  # noqa: E402
+from nfcompile.core.results import METER_SCAN, NOISE_SCALE, BlockResult, EpochRecord, TrainResult  # noqa: E402
 
 SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "pipeline_overhead", "gradient_filter",
          "pruning", "engine_efficiency", "minimum_budget", "accuracy_gap", "scaling", "learning_rate"]
@@ -29,28 +29,30 @@ SUITE = ["time_to_accuracy", "deliverable", "ablations", "profiler_fidelity", "p
 
 
 def _block(index: int, accuracies: list[tuple[float, ...]], seconds: list[float], *, cache: float = 0.0,
-           scan: float = 0.0, trained: bool = True) -> BlockResult:
+           scan: float = 0.0, noise: float = 0.0, trained: bool = True) -> BlockResult:
     history = tuple(EpochRecord(epoch=i + 1, lr=0.1, train_loss=(1.0,) * len(acc), val_accuracy=acc, seconds=s)
                     for i, (acc, s) in enumerate(zip(accuracies, seconds)))
     return BlockResult(index=index, units=(index,), batch_size=8, trained=trained, stop_reason="epochs",
                        epochs_run=len(history), best_val_accuracy=max(accuracies, default=()),
                        measured_peak_bytes=100, predicted_peak_bytes=100, budget_bytes=200,
-                       seconds=sum(seconds) + 0.5, cache_placement="disk", cache_bytes=10, cache_seconds=cache,
-                       history=history, time_spent={METER_SCAN: scan} if scan else {})
+                       seconds=sum(seconds) + 0.5 + noise, cache_placement="disk", cache_bytes=10,
+                       cache_seconds=cache, history=history,
+                       time_spent={**({METER_SCAN: scan} if scan else {}), **({NOISE_SCALE: noise} if noise else {})})
 
 
 def test_accuracy_curve_chains_blocks_and_their_caching_passes():
     result = TrainResult(method="neuroflux", device="cpu", budget_bytes=200, checkpoint="c", exit_units=(0, 1),
                          exit_val_accuracy=(0.6, 0.8), seconds=9.0, blocks=(
-                             _block(0, [(0.3, 0.5), (0.4, 0.6)], [1.0, 2.0], cache=1.5),
+                             _block(0, [(0.3, 0.5), (0.4, 0.6)], [1.0, 2.0], cache=1.5, noise=0.4),
                              _block(1, [(0.55,), (0.8,)], [1.0, 1.0], scan=0.25),
                              _block(2, [], [], trained=False)))
     curve = measures.accuracy_curve(result)
-    # Block 1 starts after block 0's 3.5 s of training (epochs + bookkeeping), 1.5 s of caching and its
-    # own memory meter's 0.25 s scan.
-    assert curve == ((1.0, 0.5), (3.0, 0.6), (6.25, 0.6), (7.25, 0.8))
-    assert measures.time_to_target(curve, 0.6) == 3.0
-    assert measures.time_to_target(curve, 0.8) == 7.25
+    # Block 0's epochs start after its 0.4 s noise-scale measurement (inside its seconds). Block 1 starts
+    # after block 0's 3.9 s (measurement, epochs, bookkeeping), 1.5 s of caching and its own memory
+    # meter's 0.25 s scan.
+    assert curve == ((1.4, 0.5), (3.4, 0.6), (6.65, 0.6), (7.65, 0.8))
+    assert measures.time_to_target(curve, 0.6) == 3.4
+    assert measures.time_to_target(curve, 0.8) == 7.65
     assert measures.time_to_target(curve, 0.81) is None
 
 
@@ -268,8 +270,11 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert set(deliverable["summary"]["throughput_gain"]) == {"1", "32"}
 
     (ablations,) = result["ablations"]["setups"]
-    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap", "lr",
-                                                       "units_per_block", "head_warm_start"]
+    assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap",
+                                                       "batch_policy", "lr", "units_per_block", "head_warm_start"]
+    by_noise = ablations["variants"]["batch at each block's noise scale"]["batch_sizes"]
+    largest = ablations["variants"]["neuroflux (default)"]["batch_sizes"]
+    assert len(by_noise) == len(largest) and all(n <= b for n, b in zip(by_noise, largest))
     assert ablations["other_budgets"] == []  # this suite has one budget
     assert ablations["variants"]["fixed-width heads"]["head_filters"] == [64] * 9
     assert len(set(ablations["variants"]["one global batch"]["batch_sizes"])) == 1
@@ -459,6 +464,15 @@ def test_the_batch_cap_128_ablation_runs_only_where_a_setup_caps_block_batches()
     (cap,) = [a for a in ABLATIONS if a.name == "batch_cap_128"]
     assert _applies(cap, RESNET18_FMNIST) and _applies(cap, VGG16_FMNIST) and not _applies(cap, RESNET18_DIGITS)
     assert cap.overrides == ("train.neuroflux.max_batch_size=128",) and cap.every_budget
+
+
+def test_the_batch_cap_32_ablation_runs_only_where_blocks_may_train_above_32():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_DIGITS, RESNET18_FMNIST, VGG16_FMNIST
+
+    (cap,) = [a for a in ABLATIONS if a.name == "batch_cap"]
+    # ResNet on Fashion-MNIST caps at 64, the digits setups at the base recipe's 128, VGG at 32 already.
+    assert _applies(cap, RESNET18_FMNIST) and _applies(cap, RESNET18_DIGITS) and not _applies(cap, VGG16_FMNIST)
 
 
 def test_scaling_trains_one_and_two_processes_at_the_same_global_batch(suite_run):

@@ -20,11 +20,13 @@ from torch import nn
 
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
+from nfcompile.core import distributed as dist
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import METER_SCAN, BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult, UnitProfile
+from nfcompile.core.results import METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult, UnitProfile
 from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_optimizer, set_lr,
                                 top1_accuracies, warmup_steps)
+from nfcompile.learning.noise_scale import noise_scales
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.data.batches import Augment, batch_order, feature_augment
 from nfcompile.data.datasets import DataBundle
@@ -145,7 +147,11 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
                  device: torch.device, seed: int, snapshot_folder: Path) -> BlockResult:
     units = [net.units[i].to(device) for i in block.units]
     heads = [net.heads[str(i)].to(device) for i in block.units]
-    batch = block.batch_size
+    started = time.perf_counter()
+    batch, noise_scale, spent_before = block.batch_size, None, {}
+    if train.neuroflux.batch_policy == "noise_scale":
+        batch, noise_scale = _noise_scale_batch(block, units, heads, train_in, seed)
+        spent_before[NOISE_SCALE] = time.perf_counter() - started
     # NeuroFlux's own rate: the shared train.lr times neuroflux.lr_scale.
     local = train.model_copy(update={"lr": train.lr * train.neuroflux.lr_scale})
     optimizers = [make_optimizer([*u.parameters(), *h.parameters()], local, global_batch(batch))
@@ -169,7 +175,6 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
         with eval_mode(*units, *heads):
             return top1_accuracies(lambda x: block_exits(units, heads, x), val_in, block.evaluation_batch)
 
-    started = time.perf_counter()
     label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
     best = BestWeights([*units, *heads], device, snapshot_folder)
     try:
@@ -193,7 +198,35 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
                        predicted_peak_bytes=block.predicted_peak_bytes, budget_bytes=plan.budget_bytes,
                        seconds=time.perf_counter() - started, cache_placement=block.cache_placement,
                        cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history),
-                       time_spent=outcome.time_spent)
+                       time_spent={**spent_before, **outcome.time_spent}, noise_scale=noise_scale)
+
+
+# The noise scale is estimated on this many of the block's largest batches, each split into this many
+# micro-batches: on the benchmarks' Fashion-MNIST blocks 8 batches gave every unit's estimate within 10%
+# of what 16 gave (ad hoc, one seed), at a quarter of an epoch of 2,000 images per unit.
+NOISE_SCALE_BATCHES = 8
+NOISE_SCALE_MICRO_BATCHES = 4
+SMALLEST_BATCH = 2  # BatchNorm's batch statistics need two samples
+
+
+def _noise_scale_batch(block: BlockPlan, units: list[nn.Module], heads: list[nn.Module], train_in,
+                       seed: int) -> tuple[int, float | None]:
+    """The block's batch under batch_policy noise_scale: the plan's (the largest that fits), lowered to
+    the smallest noise scale of its units (global, over every process); the noise scale measured."""
+    if block.batch_size < SMALLEST_BATCH * NOISE_SCALE_MICRO_BATCHES:
+        return block.batch_size, None  # too small to split, and far below any noise scale seen
+    generator = torch.Generator().manual_seed(derived_seed(seed, "noise-scale", block.index))
+    scales = noise_scales(units, heads, train_in, batch=block.batch_size, batches=NOISE_SCALE_BATCHES,
+                          micro_batches=NOISE_SCALE_MICRO_BATCHES, generator=generator)
+    smallest = min(scales)
+    if not math.isfinite(smallest):
+        log.info("block %d: gradient noise scale not measurable (signal below noise); batch %d kept",
+                 block.index, block.batch_size)
+        return block.batch_size, None
+    batch = max(SMALLEST_BATCH, min(block.batch_size, int(smallest) // dist.world_size()))
+    log.info("block %d: gradient noise scale %s per unit: batch %d (largest that fits %d)", block.index,
+             "/".join(f"{s:.0f}" for s in scales), batch, block.batch_size)
+    return batch, smallest
 
 
 # --------------------------------------------------------------------------- caches

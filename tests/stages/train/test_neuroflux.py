@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nfcompile.core.results import Plan, TrainResult
+from nfcompile.core.results import NOISE_SCALE, Plan, TrainResult
 from nfcompile.errors import BudgetError, BudgetExceeded
 from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
@@ -245,3 +245,23 @@ def test_recompute_placement_trains_without_any_cache(data, tmp_path):
         assert block.measured_peak_bytes <= plan.budget_bytes
         assert abs(block.predicted_peak_bytes - block.measured_peak_bytes) <= 0.15 * block.measured_peak_bytes
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_noise_scale_policy_trains_each_block_at_its_measured_noise_scale_at_most(data, tmp_path, monkeypatch):
+    batches = []
+    real_fit = neuroflux.fit
+    monkeypatch.setattr(neuroflux, "fit", lambda *a, **k: batches.append(k["batch_size"]) or real_fit(*a, **k))
+    train = _train_section(batch_policy="noise_scale").model_copy(update={"epochs": 1})
+    plan = _plan(train, data)
+    result = _train(plan, train, data, tmp_path).result
+    assert batches == [b.batch_size for b in result.blocks]  # what the result reports is what trained
+    measured = 0
+    for block, planned in zip(result.blocks, plan.blocks):
+        assert 2 <= block.batch_size <= planned.batch_size
+        if block.noise_scale is not None:
+            measured += 1
+            assert block.batch_size == max(2, min(planned.batch_size, int(block.noise_scale)))
+            assert block.time_spent[NOISE_SCALE] > 0
+        if planned.batch_size < 8:  # too small to split into four micro-batches of two: kept as planned
+            assert block.noise_scale is None and block.batch_size == planned.batch_size
+    assert measured, f"no block measured its noise scale (planned batches {[b.batch_size for b in plan.blocks]})"
