@@ -89,11 +89,13 @@ FASHION_MNIST = ("data.dataset=fashion_mnist", f"data.root={FASHION_MNIST_ROOT}"
 # VGG's blocks train at batch 32 at most. Its units' gradient noise scales (McCandlish et al. 2018, measured
 # at each block's start: train.neuroflux.batch_policy=noise_scale) were 22-56, most near 30-40, against
 # ResNet's 44-62 in its first two blocks and 90-257 in the next two (ad hoc, moderate budget, seed 3; the
-# batch_policy ablation records every run's): above the noise scale a larger batch buys little per step. Picked on validation at the
-# moderate budget on seeds 3 and 4, which no comparison uses: VGG reached the common target in
-# 11.4/10.5 s at 32 against 19.2/16.1 s at 64 (best exit 0.830/0.833 against 0.811/0.819; backprop at
-# 31: 17.6/14.1 s); ResNet in 33.6/25.9 s at 32 against 26.7/28.5 s at 64, whole runs 20% longer, so it
-# keeps 64.
+# batch_policy ablation records every run's): above the noise scale a larger batch buys little per step.
+# Picked on validation at the moderate budget on seeds 3 and 4, which no comparison uses: VGG reached the
+# common target in 11.4/10.5 s at 32 against 19.2/16.1 s at 64 (best exit 0.830/0.833 against
+# 0.811/0.819; backprop at 31: 17.6/14.1 s); ResNet in 33.6/25.9 s at 32 against 26.7/28.5 s at 64, whole
+# runs 20% longer, so it keeps 64. The cap binds every contender: at the generous budget VGG's backprop
+# trains at 32 too. At 32 VGG's deeper exits learn more, so selection ships deeper exits than at 64
+# (2026-12-06-intel-xeon-2cpu-22.json: 6.7-19.6x fewer parameters than the full model, against 12.7-35.0x).
 RESNET18_FMNIST = Setup("resnet18-fashion_mnist", ("model.arch=resnet18", "model.width=0.25", "data.image_size=28",
                                                    "data.max_train_samples=2000", *FASHION_MNIST,
                                                    "train.neuroflux.head.filters=32",

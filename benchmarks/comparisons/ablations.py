@@ -13,7 +13,7 @@ from the same repeat:
   scale (`batch_policy: noise_scale`: at every budget, since the budget binds the batch least at the
   larger ones), and NeuroFlux at backprop's learning rate (`neuroflux.lr_scale: 1` against the default
   2): accuracy against time;
-- block batches up to 128 vs the setup's cap of 64, where a setup caps them (the Fashion-MNIST setups):
+- block batches up to 128 vs the setup's cap (64 or 32), where a setup caps them (the Fashion-MNIST setups):
   at every budget, since the cap binds most where the budget allows large batches;
 - at most two units per block (`max_units_per_block`) vs blocks split by batch size only: at every
   budget, since with a larger budget every unit fits one block at one batch size and the limit is all
@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.config import BASE_RECIPE, Setup
+from benchmarks.config import BASE_RECIPE, Setup, SuiteConfig
 from benchmarks.markdown import batches, count, mib, peak_of_budget, spread, table
 from benchmarks.measures import contender_summary, fitting, paired_ratios, spread_dict, target_for, times_to_target
 from benchmarks.registry import Comparison, register_comparison
@@ -72,7 +72,7 @@ ABLATIONS = (
              ("train.neuroflux.max_batch_size=32",), only_where_cap_above=32),
     Ablation("batch_policy", "batch at each block's noise scale", "the largest batch that fits (up to the cap)",
              ("train.neuroflux.batch_policy=noise_scale",), every_budget=True),
-    # Only where the setup caps its block batches (the Fashion-MNIST setups, at 64).
+    # Only where the setup caps its block batches (the Fashion-MNIST setups, at 64 or 32).
     Ablation("batch_cap_128", "block batch up to 128", "block batch up to the setup's cap",
              ("train.neuroflux.max_batch_size=128",), every_budget=True,
              only_where_setup_sets="train.neuroflux.max_batch_size"),
@@ -90,7 +90,7 @@ def run(bench: Workbench) -> dict[str, Any]:
     budget = config.ablation_budget
     setups = []
     for setup in config.setups:
-        ablations = [a for a in ABLATIONS if _applies(a, setup)]
+        ablations = [a for a in ABLATIONS if _applies(a, setup, config)]
         contenders = {DEFAULT: RunSpec(setup, budget)}
         contenders.update({a.variant: RunSpec(setup, budget, a.overrides, global_batch=a.global_batch)
                            for a in ablations})
@@ -115,19 +115,22 @@ def _at_budget(bench: Workbench, setup, budget: str, ablation: Ablation) -> dict
             "pair": _pair(ablation, runs[DEFAULT], runs[ablation.variant], config.target_cap, config.target_step)}
 
 
-def _applies(ablation: Ablation, setup: Setup) -> bool:
+def _applies(ablation: Ablation, setup: Setup, config: SuiteConfig | None = None) -> bool:
     field = ablation.only_where_setup_sets
     if field is not None and not any(o.startswith(f"{field}=") for o in setup.overrides):
         return False
     cap = ablation.only_where_cap_above
-    return cap is None or _batch_cap(setup) > cap
+    return cap is None or _batch_cap(setup, config) > cap
 
 
-def _batch_cap(setup: Setup) -> int:
-    """The setup's block batch cap: its own override, else the suite's base recipe's."""
+def _batch_cap(setup: Setup, config: SuiteConfig | None) -> int:
+    """The block batch cap a setup trains under: the last override that sets it (the suite's, then the
+    setup's), else the base recipe's."""
     prefix = "train.neuroflux.max_batch_size="
-    caps = [int(o.removeprefix(prefix)) for o in setup.overrides if o.startswith(prefix)]
-    return caps[-1] if caps else BASE_RECIPE["train"]["neuroflux"]["max_batch_size"]
+    overrides = [*(config.overrides if config else ()), *setup.overrides]
+    caps = [int(o.removeprefix(prefix)) for o in overrides if o.startswith(prefix)]
+    base = config.base_recipe if config else BASE_RECIPE
+    return caps[-1] if caps else base["train"]["neuroflux"]["max_batch_size"]
 
 
 def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]],
@@ -229,7 +232,7 @@ def _render_other_budgets(setup: str, entries: list[dict[str, Any]]) -> str:
 
 register_comparison(Comparison(
     name="ablations", title="Ablations: every design choice against the default",
-    question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch sizes, "
-             "the activation cache, early stop of deeper blocks, at most two units per block, warm-started heads) "
-             "pay for itself?",
+    question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch "
+             "sizes and how large, the activation cache, early stop of deeper blocks, at most two units per "
+             "block, warm-started heads) pay for itself?",
     run=run, render=render))

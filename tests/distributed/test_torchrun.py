@@ -1,6 +1,7 @@
 """Block training on two processes (CPU, gloo, localhost), through the real CLI: `nfcompile build
 --nproc 2` and `torchrun ... -m nfcompile build`. The bundle verifies; both ranks hold the same
-weights after every block; they trained on disjoint shards that cover the training set; a killed
+weights after every block; every block trains at the noise scale the ranks measured together (the
+recipe's batch_policy); they trained on disjoint shards that cover the training set; a killed
 2-process run resumes to the same exit and ONNX graph as an uninterrupted one (and refuses another
 world size); a rank killed mid-block fails the whole job and leaves no bundle."""
 
@@ -27,7 +28,9 @@ from conftest import TINY_DIGITS_RECIPE, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
-RECIPE = TINY_DIGITS_RECIPE.replace("epochs: 6", "epochs: 4")
+# Blocks at their noise scale: every rank measures on its own shard and all must train at one batch.
+RECIPE = TINY_DIGITS_RECIPE.replace("epochs: 6", "epochs: 4").replace("lr_scale: 1.0}",
+                                                                      "lr_scale: 1.0, batch_policy: noise_scale}")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -86,6 +89,16 @@ def test_both_ranks_hold_the_same_weights_after_every_block(bundle):
     assert len(first) == blocks >= 2
     assert first == second and len(set(first)) == blocks  # equal across ranks, changing block to block
     assert record["weights_identical"] is True
+
+
+def test_each_block_trains_at_the_noise_scale_both_ranks_measured_together(bundle):
+    path, _ = bundle
+    blocks = json.loads((path / "state" / "train.json").read_text())["result"]["blocks"]
+    planned = json.loads((path / "state" / "plan.json").read_text())["result"]["blocks"]
+    measured = [(b, p) for b, p in zip(blocks, planned) if b["noise_scale"] is not None]
+    assert measured, [p["batch_size"] for p in planned]
+    for block, plan in measured:  # one global noise scale, shared out between the two processes
+        assert block["batch_size"] == max(2, min(plan["batch_size"], int(block["noise_scale"]) // 2))
 
 
 def test_the_ranks_trained_on_disjoint_shards_covering_the_training_set(bundle):

@@ -51,8 +51,8 @@ MAX_ENTRIES = 2000
 # values, never sizes).
 STEP_INDEPENDENT = {"epochs": True, "patience": True, "schedule": True, "lr": True, "reference_batch_size": True,
                     "batch_size": True,
-                    "neuroflux": {"lr_scale": True, "stop_stalled_blocks": True, "stall_delta": True, "batch_policy": True,
-                                  "head": {"warm_start": True},
+                    "neuroflux": {"lr_scale": True, "stop_stalled_blocks": True, "stall_delta": True,
+                                  "batch_policy": True, "head": {"warm_start": True},
                                   "reuse_profiles": True, "block_split_ratio": True,
                                   "max_units_per_block": True}}
 

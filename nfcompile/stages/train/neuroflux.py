@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nfcompile.core import distributed as dist
 from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
-from nfcompile.core import distributed as dist
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, Plan, TrainOutcome, TrainResult, UnitProfile
+from nfcompile.core.results import (METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, Plan, TrainOutcome,
+                                    TrainResult, UnitProfile)
 from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_optimizer, set_lr,
                                 top1_accuracies, warmup_steps)
 from nfcompile.learning.noise_scale import noise_scales
@@ -91,7 +92,7 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
                      f", process RSS rose {format_bytes(result.rss_rise_bytes)}" if result.rss_rise_bytes else "")
             log_block_memory("neuroflux", result)
             check_budget(result, f"block {block.index} (units {block.units[0]}-{block.units[-1]}, batch "
-                                 f"{block.batch_size})", enforce=budget.enforce)
+                                 f"{result.batch_size})", enforce=budget.enforce)
             _off_device(block, net, device)
             results.append(result)
             checkpoint.save(net, model, num_classes, results)
@@ -213,10 +214,12 @@ def _noise_scale_batch(block: BlockPlan, units: list[nn.Module], heads: list[nn.
                        seed: int) -> tuple[int, float | None]:
     """The block's batch under batch_policy noise_scale: the plan's (the largest that fits), lowered to
     the smallest noise scale of its units (global, over every process); the noise scale measured."""
-    if block.batch_size < SMALLEST_BATCH * NOISE_SCALE_MICRO_BATCHES:
+    # At most the (per-process) training set: every process's shard is padded to the same length.
+    probe = min(block.batch_size, len(train_in))
+    if probe < SMALLEST_BATCH * NOISE_SCALE_MICRO_BATCHES:
         return block.batch_size, None  # too small to split, and far below any noise scale seen
     generator = torch.Generator().manual_seed(derived_seed(seed, "noise-scale", block.index))
-    scales = noise_scales(units, heads, train_in, batch=block.batch_size, batches=NOISE_SCALE_BATCHES,
+    scales = noise_scales(units, heads, train_in, batch=probe, batches=NOISE_SCALE_BATCHES,
                           micro_batches=NOISE_SCALE_MICRO_BATCHES, generator=generator)
     smallest = min(scales)
     if not math.isfinite(smallest):

@@ -258,6 +258,7 @@ def test_the_noise_scale_policy_trains_each_block_at_its_measured_noise_scale_at
     measured = 0
     for block, planned in zip(result.blocks, plan.blocks):
         assert 2 <= block.batch_size <= planned.batch_size
+        assert block.measured_peak_bytes <= plan.budget_bytes  # the measurement is inside the block's budget
         if block.noise_scale is not None:
             measured += 1
             assert block.batch_size == max(2, min(planned.batch_size, int(block.noise_scale)))
