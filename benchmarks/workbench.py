@@ -121,15 +121,8 @@ class Workbench:
 
     def recipe(self, setup: Setup, budget: str | None = None, overrides: tuple[str, ...] = ()) -> Recipe:
         self.setups_used.setdefault(setup.name, setup)
-        raw = copy.deepcopy(self.config.base_recipe)
-        raw["device"] = self.config.device
-        raw["seed"] = self.config.seed
-        raw.setdefault("bench", {})["threads"] = self.config.threads
-        recipe = validate_recipe(raw, source="benchmarks/config.py")
-        extra = [*self.config.overrides, *setup.overrides]
-        if budget is not None:
-            extra.append(f"budget.memory={self.budgets(setup)[budget]}")
-        return with_overrides(recipe, [*extra, *overrides], source=f"benchmarks setup {setup.name}")
+        memory = () if budget is None else (f"budget.memory={self.budgets(setup)[budget]}",)
+        return setup_recipe(self.config, setup, (*memory, *overrides))
 
     def data(self, recipe: Recipe) -> DataBundle:
         key = fingerprint({"data": recipe_dict(recipe)["data"], "seed": recipe.seed})
@@ -273,6 +266,17 @@ class Workbench:
     def _keep(self, run: TrainedRun) -> TrainedRun:
         self.runs.append(run)
         return run
+
+
+def setup_recipe(config: SuiteConfig, setup: Setup, overrides: tuple[str, ...] = ()) -> Recipe:
+    """The suite's base recipe with the suite's overrides, then the setup's, then ``overrides``."""
+    raw = copy.deepcopy(config.base_recipe)
+    raw["device"] = config.device
+    raw["seed"] = config.seed
+    raw.setdefault("bench", {})["threads"] = config.threads
+    recipe = validate_recipe(raw, source="benchmarks/config.py")
+    return with_overrides(recipe, [*config.overrides, *setup.overrides, *overrides],
+                          source=f"benchmarks setup {setup.name}")
 
 
 def plan_key(recipe: Recipe) -> str:

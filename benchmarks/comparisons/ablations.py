@@ -29,11 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.config import BASE_RECIPE, Setup, SuiteConfig
+from benchmarks.config import Setup, SuiteConfig
 from benchmarks.markdown import batches, count, mib, peak_of_budget, spread, table
 from benchmarks.measures import contender_summary, fitting, paired_ratios, spread_dict, target_for, times_to_target
 from benchmarks.registry import Comparison, register_comparison
-from benchmarks.workbench import RunSpec, TrainedRun, Workbench
+from benchmarks.workbench import RunSpec, TrainedRun, Workbench, setup_recipe
 
 DEFAULT = "neuroflux (default)"
 
@@ -115,22 +115,12 @@ def _at_budget(bench: Workbench, setup, budget: str, ablation: Ablation) -> dict
             "pair": _pair(ablation, runs[DEFAULT], runs[ablation.variant], config.target_cap, config.target_step)}
 
 
-def _applies(ablation: Ablation, setup: Setup, config: SuiteConfig | None = None) -> bool:
+def _applies(ablation: Ablation, setup: Setup, config: SuiteConfig) -> bool:
     field = ablation.only_where_setup_sets
     if field is not None and not any(o.startswith(f"{field}=") for o in setup.overrides):
         return False
     cap = ablation.only_where_cap_above
-    return cap is None or _batch_cap(setup, config) > cap
-
-
-def _batch_cap(setup: Setup, config: SuiteConfig | None) -> int:
-    """The block batch cap a setup trains under: the last override that sets it (the suite's, then the
-    setup's), else the base recipe's."""
-    prefix = "train.neuroflux.max_batch_size="
-    overrides = [*(config.overrides if config else ()), *setup.overrides]
-    caps = [int(o.removeprefix(prefix)) for o in overrides if o.startswith(prefix)]
-    base = config.base_recipe if config else BASE_RECIPE
-    return caps[-1] if caps else base["train"]["neuroflux"]["max_batch_size"]
+    return cap is None or setup_recipe(config, setup).train.neuroflux.max_batch_size > cap
 
 
 def _chosen_exits(bench: Workbench, setup: str, runs: dict[str, list[TrainedRun]],

@@ -453,7 +453,8 @@ def test_the_head_width_ablation_runs_only_where_a_setup_narrows_its_heads():
     from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
 
     (head_width,) = [a for a in ABLATIONS if a.name == "head_width"]
-    assert _applies(head_width, RESNET18_FMNIST) and not _applies(head_width, VGG16_FMNIST)
+    config = quick_config()
+    assert _applies(head_width, RESNET18_FMNIST, config) and not _applies(head_width, VGG16_FMNIST, config)
     assert head_width.overrides == ("train.neuroflux.head.filters=64",) and head_width.selects_exit
 
 
@@ -462,7 +463,9 @@ def test_the_batch_cap_128_ablation_runs_only_where_a_setup_caps_block_batches()
     from benchmarks.config import RESNET18_DIGITS, RESNET18_FMNIST, VGG16_FMNIST
 
     (cap,) = [a for a in ABLATIONS if a.name == "batch_cap_128"]
-    assert _applies(cap, RESNET18_FMNIST) and _applies(cap, VGG16_FMNIST) and not _applies(cap, RESNET18_DIGITS)
+    config = quick_config()
+    assert _applies(cap, RESNET18_FMNIST, config) and _applies(cap, VGG16_FMNIST, config)
+    assert not _applies(cap, RESNET18_DIGITS, config)
     assert cap.overrides == ("train.neuroflux.max_batch_size=128",) and cap.every_budget
 
 
@@ -472,7 +475,9 @@ def test_the_batch_cap_32_ablation_runs_only_where_blocks_may_train_above_32():
 
     (cap,) = [a for a in ABLATIONS if a.name == "batch_cap"]
     # ResNet on Fashion-MNIST caps at 64, the digits setups at the base recipe's 128, VGG at 32 already.
-    assert _applies(cap, RESNET18_FMNIST) and _applies(cap, RESNET18_DIGITS) and not _applies(cap, VGG16_FMNIST)
+    config = quick_config()
+    assert _applies(cap, RESNET18_FMNIST, config) and _applies(cap, RESNET18_DIGITS, config)
+    assert not _applies(cap, VGG16_FMNIST, config)
 
 
 def test_scaling_trains_one_and_two_processes_at_the_same_global_batch(suite_run):
