@@ -37,6 +37,8 @@ def _why_different(document: dict[str, Any]) -> str:
     monitor = sorted({s["samples"].get("monitor", s["samples"]["val"]) for s in setups})
     test = sorted({s["samples"]["test"] for s in setups})
     epochs = sorted({s["recipe"]["train"]["epochs"] for s in setups})
+    shortened = [f"{s['name']} {_epochs(s['recipe']['train'])}" for s in setups
+                 if s["recipe"]["train"]["neuroflux"].get("block_epochs")]
     return (
         "The published figures come from full-width CNNs (VGG, ResNet, MobileNet) on CIFAR-10/100 and larger "
         "images, trained on GPUs. These runs differ in ways that move every ratio:\n\n"
@@ -46,7 +48,7 @@ def _why_different(document: dict[str, Any]) -> str:
         "units run on the largest maps), so an exit saves far more parameters than compute: throughput "
         "follows the MAC reduction in the table above, not the parameter reduction.\n"
         f"- **Data and schedules.** {', '.join(datasets)}; {_values(train)} training images, {_values(epochs)} "
-        f"epochs (NeuroFlux: per block); accuracies from {_values(val)} validation and {_values(test)} test "
+        f"epochs (NeuroFlux: per block{'; ' + ', '.join(shortened) if shortened else ''}); accuracies from {_values(val)} validation and {_values(test)} test "
         f"images (one test image is {100 / min(test):.2f} points); time to accuracy is read at the end of "
         f"each epoch{'' if monitor == val else ', on the ' + _values(monitor) + ' validation images every epoch evaluates'}.\n"
         "- **Selection.** The deliverable is the exit `nfcompile build` selects (the smallest within the "
@@ -177,6 +179,14 @@ def _val_samples(samples: dict[str, int]) -> str:
     return f"{samples['val']} ({monitor} every epoch)" if monitor < samples["val"] else str(samples["val"])
 
 
+def _epochs(train: dict[str, Any]) -> str:
+    """train.epochs, and the first blocks' own (train.neuroflux.block_epochs, capped by it) where set."""
+    named = [min(e, train["epochs"]) for e in train["neuroflux"].get("block_epochs", [])]
+    if not named:
+        return str(train["epochs"])
+    return f"{train['epochs']} (NeuroFlux's first {len(named)} blocks: {'/'.join(map(str, named))})"
+
+
 def _setups(document: dict[str, Any]) -> str:
     labels = [label for label, _ in document["config"]["budget_anchors"]]
     anchors = dict(document["config"]["budget_anchors"])
@@ -187,7 +197,7 @@ def _setups(document: dict[str, Any]) -> str:
         rows.append([setup["name"], recipe["model"]["arch"], recipe["model"]["width"],
                      f"{recipe['data']['image_size']}px {recipe['data']['dataset']}",
                      f"{samples['train']}/{_val_samples(samples)}/{samples['test']}",
-                     recipe["train"]["epochs"], _heads(recipe["train"]["neuroflux"]["head"]),
+                     _epochs(recipe["train"]), _heads(recipe["train"]["neuroflux"]["head"]),
                      recipe["train"]["neuroflux"]["max_batch_size"],
                      " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])
     text = table(["setup", "model", "width", "input", "train/val/test images", "epochs", "NeuroFlux heads",

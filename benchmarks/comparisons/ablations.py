@@ -21,7 +21,9 @@ from the same repeat:
 - heads of at most 32 filters (`head.filters`) vs 64, where a setup narrows them: accuracy, and the
   chosen exit's parameters;
 - a block's heads warm-started from the previous block's last head where unit and head match
-  (`head.warm_start`) vs every head from random weights: at every budget.
+  (`head.warm_start`) vs every head from random weights: at every budget;
+- fewer epochs for the first blocks (`block_epochs`) vs every block at train.epochs, where a setup
+  shortens them: at every budget, time and the exit selection picks.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ ABLATIONS = (
              ("train.neuroflux.max_units_per_block=null",), every_budget=True),
     Ablation("head_warm_start", "every head from random weights", "heads warm-started from the previous block's",
              ("train.neuroflux.head.warm_start=false",), every_budget=True),
+    # Only where the setup shortens its first blocks (ResNet on Fashion-MNIST).
+    Ablation("block_epochs", "every block train.epochs", "the setup's first blocks fewer epochs",
+             ("train.neuroflux.block_epochs=[]",), every_budget=True,
+             only_where_setup_sets="train.neuroflux.block_epochs"),
 )
 
 

@@ -104,6 +104,13 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
     return TrainOutcome(net, _train_result(results, plan, device, time.perf_counter() - start, resumed=len(done)))
 
 
+def block_epochs(train: TrainSection, index: int) -> int:
+    """The epochs block ``index`` trains: train.neuroflux.block_epochs where it names the block, else
+    train.epochs, which caps both (a run shortened with train.epochs is shortened everywhere)."""
+    named = train.neuroflux.block_epochs
+    return min(named[index], train.epochs) if index < len(named) else train.epochs
+
+
 def _warm_start_heads(block: BlockPlan, net: MultiExitNet, plan: Plan) -> list[int]:
     """Start the block's heads from the previous block's last head (trained, its best epoch restored)
     wherever the unit's output shape and the head's structure are the same; returns the units whose
@@ -157,8 +164,9 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     local = train.model_copy(update={"lr": train.lr * train.neuroflux.lr_scale})
     optimizers = [make_optimizer([*u.parameters(), *h.parameters()], local, global_batch(batch))
                   for u, h in zip(units, heads)]
+    epochs = block_epochs(train, block.index)
     steps_per_epoch = math.ceil(len(train_in) / batch)
-    total_steps = train.epochs * steps_per_epoch
+    total_steps = epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(derived_seed(seed, "block", block.index))
     torch.manual_seed(derived_seed(seed, "block-torch", block.index))
 
@@ -180,7 +188,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     best = BestWeights([*units, *heads], device, snapshot_folder)
     try:
         # The block is judged by its last unit: that is what the next block learns from.
-        outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
+        outcome = fit(step, train_in, batch_size=batch, epochs=range(epochs),
                       lr_at=lr_schedule(local, global_batch(batch), total_steps,
                                         warmup_steps(steps_per_epoch, total_steps)),
                       generator_for=rank_generators(lambda epoch: generator, seed, "block", block.index),

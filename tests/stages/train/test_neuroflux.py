@@ -168,6 +168,25 @@ def test_stalled_blocks_are_skipped(data, tmp_path):
     assert outcome.result.exit_units == tuple(u for b in outcome.result.blocks if b.trained for u in b.units)
 
 
+def test_the_first_blocks_train_the_epochs_block_epochs_names_and_the_rest_train_epochs(data, tmp_path):
+    train = _train_section(block_epochs=(2, 3)).model_copy(update={"epochs": 4})
+    plan = _plan(train, data)
+    assert len(plan.blocks) >= 3, "the tiny budget should give a block past the named ones"
+    outcome = _train(plan, train, data, tmp_path)
+    blocks = outcome.result.blocks
+    assert [b.epochs_run for b in blocks] == [2, 3] + [4] * (len(blocks) - 2)
+    assert [len(b.history) for b in blocks] == [b.epochs_run for b in blocks]
+    # Each block's schedule spans its own epochs: block 0's rate has annealed to nearly 0 by its second
+    # (last) epoch, where a schedule over train.epochs would still be near half its peak.
+    peak = train.lr * train.neuroflux.lr_scale * blocks[0].batch_size / train.reference_batch_size
+    assert blocks[0].history[-1].lr < 0.2 * peak
+
+
+def test_train_epochs_caps_the_epochs_block_epochs_names():
+    train = _train_section(block_epochs=(2, 6)).model_copy(update={"epochs": 4})
+    assert [neuroflux.block_epochs(train, i) for i in range(4)] == [2, 4, 4, 4]
+
+
 def test_a_blocks_heads_start_from_the_previous_blocks_trained_head_where_unit_and_head_match():
     def unit(channels, filters):
         return SimpleNamespace(out_shape=(channels, 4, 4), head_filters=filters, head_pool=None, head_depth=1)
