@@ -37,8 +37,8 @@ def _why_different(document: dict[str, Any]) -> str:
     monitor = sorted({s["samples"].get("monitor", s["samples"]["val"]) for s in setups})
     test = sorted({s["samples"]["test"] for s in setups})
     epochs = sorted({s["recipe"]["train"]["epochs"] for s in setups})
-    shortened = [f"{s['name']} {_epochs(s['recipe']['train'])}" for s in setups
-                 if s["recipe"]["train"]["neuroflux"].get("block_epochs")]
+    shortened = [f"{s['name']}'s first blocks {_block_epochs(s['recipe']['train'])}" for s in setups
+                 if _block_epochs(s["recipe"]["train"])]
     return (
         "The published figures come from full-width CNNs (VGG, ResNet, MobileNet) on CIFAR-10/100 and larger "
         "images, trained on GPUs. These runs differ in ways that move every ratio:\n\n"
@@ -179,12 +179,15 @@ def _val_samples(samples: dict[str, int]) -> str:
     return f"{samples['val']} ({monitor} every epoch)" if monitor < samples["val"] else str(samples["val"])
 
 
+def _block_epochs(train: dict[str, Any]) -> str:
+    """NeuroFlux's first blocks' own epochs (train.neuroflux.block_epochs, each capped by train.epochs), as
+    3/3; empty where unset (and in results files from before the field)."""
+    return "/".join(str(min(e, train["epochs"])) for e in train["neuroflux"].get("block_epochs", []))
+
+
 def _epochs(train: dict[str, Any]) -> str:
-    """train.epochs, and the first blocks' own (train.neuroflux.block_epochs, capped by it) where set."""
-    named = [min(e, train["epochs"]) for e in train["neuroflux"].get("block_epochs", [])]
-    if not named:
-        return str(train["epochs"])
-    return f"{train['epochs']} (NeuroFlux's first {len(named)} blocks: {'/'.join(map(str, named))})"
+    named = _block_epochs(train)
+    return f"{train['epochs']} (first blocks {named})" if named else str(train["epochs"])
 
 
 def _setups(document: dict[str, Any]) -> str:

@@ -2,8 +2,8 @@
 
 At every budget the three contenders share one plan (the same profiler sizes NeuroFlux's blocks and
 both baselines' batches), the same data and, per repeat, the same seed; their order rotates between
-repeats. Every contender trains the same number of epochs (NeuroFlux: per block) and evaluates after
-every epoch at the batch its plan measured to fit within its training step's peak; the time to
+repeats. Every contender trains the setup's epochs (NeuroFlux: per block, its first blocks fewer where the
+setup sets `block_epochs`) and evaluates after every epoch at the batch its plan measured to fit within its training step's peak; the time to
 accuracy is when its best validation accuracy first reached the common target, read from the
 per-epoch records (the plan's profiling is shared by all three and not counted).
 """
@@ -60,7 +60,7 @@ def run(bench: Workbench) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     out = [f"Target accuracy: {result['target_rule']}. Speed-up = the baseline's time to the target / "
            "NeuroFlux's, paired within each repeat (mean, min–max over repeats). Whole-run CPU = the baseline's "
-           "CPU time for the whole schedule (same epochs) / NeuroFlux's, paired the same way: CPU time is less "
+           "CPU time for its whole schedule / NeuroFlux's, paired the same way: CPU time is less "
            "sensitive to other processes on the machine. The plan (profiling) is shared by the three "
            "contenders and not counted.\n"]
     for entry in result["setups"]:

@@ -210,12 +210,14 @@ class NeuroFluxSection(Section):
         "every unit fits one block, 1.1-1.5x later at the stringent one (benchmarks comparison 3, one seed per run, "
         "two draws of training images and VGG-16 at block batches up to 64 and 32).")
     block_epochs: tuple[PositiveInt, ...] = Field(
-        (), description="Epochs of the first blocks, in order, each at most train.epochs; the blocks after them "
-        "train train.epochs (empty: every block does). An early block's own exits need not converge where a deeper block's exits will be "
+        (), description="Epochs of the first blocks of the plan, in order, each at most train.epochs; the blocks "
+        "after them train train.epochs (empty: every block does). Which units a block holds depends on the plan "
+        "(budget, max_units_per_block, block_split_ratio): `nfcompile plan` shows it. An early block's own exits need not converge where a deeper block's exits will be "
         "the better ones: its units have learned most of what the next blocks build on in a few epochs. On the "
         "benchmarks' Fashion-MNIST ResNet-18, whose first two blocks' exits stay 5-8 points below its best, 3 "
         "epochs for those two blocks (5 for the rest) reached the common target 1.0-1.4x sooner than backprop at "
-        "the moderate budget, where 5 everywhere reached it 0.80-0.95x as soon (ad hoc, held-out seeds 3-4). On "
+        "the moderate budget, where 5 everywhere reached it 0.80-0.95x as soon, for a best exit 0.1-0.9 points "
+        "lower (ad hoc, held-out seeds 3-4, two rounds). On "
         "VGG-16, whose second block's exits already reach the target, it was mixed (later on one seed, sooner on "
         "the other), so its benchmark setup keeps 5.")
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(
@@ -224,7 +226,7 @@ class NeuroFluxSection(Section):
     max_batch_size: PositiveInt = Field(
         512, description="Upper bound on any block's batch size, and on the batch the plan gives the backprop "
         "baselines. On a small training set a lower cap buys steps: the benchmarks' Fashion-MNIST setups (1,470-1,960 "
-        "images, 5 epochs per block) use 64 (ResNet-18) and 32 (VGG-16, whose units' gradient noise scales are "
+        "images, up to 5 epochs per block) use 64 (ResNet-18) and 32 (VGG-16, whose units' gradient noise scales are "
         "mostly 30-40: see batch_policy). At the generous budget, where every block trains at the cap, 128 reached "
         "the common target 1.2-2.0x later; at the moderate one ResNet-18 1.4-1.9x later on one draw of training "
         "images and 1.07-1.14x sooner on another, VGG-16 1.4x later than at 32 (benchmarks comparison 3, one seed "

@@ -469,6 +469,38 @@ def test_the_batch_cap_128_ablation_runs_only_where_a_setup_caps_block_batches()
     assert cap.overrides == ("train.neuroflux.max_batch_size=128",) and cap.every_budget
 
 
+def test_the_block_epochs_ablation_runs_only_where_a_setup_shortens_its_first_blocks():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
+    from benchmarks.workbench import setup_recipe
+
+    (epochs,) = [a for a in ABLATIONS if a.name == "block_epochs"]
+    config = quick_config()
+    assert _applies(epochs, RESNET18_FMNIST, config) and not _applies(epochs, VGG16_FMNIST, config)
+    # The variant trains every block train.epochs.
+    assert setup_recipe(config, RESNET18_FMNIST).train.neuroflux.block_epochs == (3, 3)
+    assert setup_recipe(config, RESNET18_FMNIST, epochs.overrides).train.neuroflux.block_epochs == ()
+
+
+def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
+    from benchmarks.config import RESNET18_FMNIST
+    from benchmarks.workbench import plan_key, setup_recipe
+
+    config = quick_config()
+    shortened = setup_recipe(config, RESNET18_FMNIST)
+    assert plan_key(shortened) == plan_key(setup_recipe(config, RESNET18_FMNIST, ("train.neuroflux.block_epochs=[]",)))
+    assert plan_key(shortened) != plan_key(setup_recipe(config, RESNET18_FMNIST, ("train.neuroflux.max_batch_size=32",)))
+
+
+def test_the_setups_table_gives_the_first_blocks_own_epochs_capped_by_train_epochs():
+    from benchmarks.report import _epochs
+
+    assert _epochs({"epochs": 5, "neuroflux": {"block_epochs": [3, 3]}}) == "5 (first blocks 3/3)"
+    assert _epochs({"epochs": 2, "neuroflux": {"block_epochs": [3, 1]}}) == "2 (first blocks 2/1)"
+    # Results files from before the field: every block train.epochs.
+    assert _epochs({"epochs": 5, "neuroflux": {}}) == "5"
+
+
 def test_the_batch_cap_32_ablation_runs_only_where_blocks_may_train_above_32():
     from benchmarks.comparisons.ablations import ABLATIONS, _applies
     from benchmarks.config import RESNET18_DIGITS, RESNET18_FMNIST, VGG16_FMNIST
