@@ -37,8 +37,8 @@ def _why_different(document: dict[str, Any]) -> str:
     monitor = sorted({s["samples"].get("monitor", s["samples"]["val"]) for s in setups})
     test = sorted({s["samples"]["test"] for s in setups})
     epochs = sorted({s["recipe"]["train"]["epochs"] for s in setups})
-    shortened = [f"{s['name']}'s first blocks {_block_epochs(s['recipe']['train'])}" for s in setups
-                 if _block_epochs(s["recipe"]["train"])]
+    shortened = "".join(f"; {s['name']}'s first blocks {_block_epochs(s['recipe']['train'])}" for s in setups
+                        if _block_epochs(s["recipe"]["train"]))
     return (
         "The published figures come from full-width CNNs (VGG, ResNet, MobileNet) on CIFAR-10/100 and larger "
         "images, trained on GPUs. These runs differ in ways that move every ratio:\n\n"
@@ -48,7 +48,7 @@ def _why_different(document: dict[str, Any]) -> str:
         "units run on the largest maps), so an exit saves far more parameters than compute: throughput "
         "follows the MAC reduction in the table above, not the parameter reduction.\n"
         f"- **Data and schedules.** {', '.join(datasets)}; {_values(train)} training images, {_values(epochs)} "
-        f"epochs (NeuroFlux: per block{'; ' + ', '.join(shortened) if shortened else ''}); accuracies from {_values(val)} validation and {_values(test)} test "
+        f"epochs (NeuroFlux: per block{shortened}); accuracies from {_values(val)} validation and {_values(test)} test "
         f"images (one test image is {100 / min(test):.2f} points); time to accuracy is read at the end of "
         f"each epoch{'' if monitor == val else ', on the ' + _values(monitor) + ' validation images every epoch evaluates'}.\n"
         "- **Selection.** The deliverable is the exit `nfcompile build` selects (the smallest within the "

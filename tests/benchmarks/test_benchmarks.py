@@ -487,9 +487,11 @@ def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
     from benchmarks.workbench import plan_key, setup_recipe
 
     config = quick_config()
-    shortened = setup_recipe(config, RESNET18_FMNIST)
-    assert plan_key(shortened) == plan_key(setup_recipe(config, RESNET18_FMNIST, ("train.neuroflux.block_epochs=[]",)))
-    assert plan_key(shortened) != plan_key(setup_recipe(config, RESNET18_FMNIST, ("train.neuroflux.max_batch_size=32",)))
+    def key(*overrides):
+        return plan_key(setup_recipe(config, RESNET18_FMNIST, overrides))
+
+    assert key() == key("train.neuroflux.block_epochs=[]")
+    assert key() != key("train.neuroflux.max_batch_size=32")
 
 
 def test_the_setups_table_gives_the_first_blocks_own_epochs_capped_by_train_epochs():
