@@ -96,7 +96,7 @@ FASHION_MNIST = ("data.dataset=fashion_mnist", f"data.root={FASHION_MNIST_ROOT}"
 # runs 20% longer, so it keeps 64. The cap binds every contender: at the generous budget VGG's backprop
 # trains at 32 too. At 32 VGG's deeper exits learn more, so selection ships deeper exits than at 64
 # (2026-12-06-intel-xeon-2cpu-22.json: 6.7-19.6x fewer parameters than the full model, against 12.7-35.0x).
-# ResNet's first two blocks train 3 epochs, the rest 5 (train.neuroflux.block_epochs). Their exits stay 5-8
+# ResNet's first two blocks train 3 epochs, the rest 5 (train.neuroflux.block_epochs). Their exits stay 2-9
 # points below its best and the target is reached in its fourth block, so their epochs are spent on features
 # the next blocks need after fewer. Picked on validation at the moderate budget on seeds 3 and 4 (ad hoc,
 # interleaved, one thread; common target of each seed's contenders): 3/3 reached it in 24.1/26.9 s against

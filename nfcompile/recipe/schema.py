@@ -215,7 +215,7 @@ class NeuroFluxSection(Section):
         "(budget, max_units_per_block, block_split_ratio): `nfcompile plan` shows it. An early block's own exits "
         "need not converge where a deeper block's exits will be the better ones: its units have learned most of "
         "what the next blocks build on in a few epochs. On the benchmarks' Fashion-MNIST ResNet-18, whose first "
-        "two blocks' exits stay 5-8 points below its best, 3 epochs for those two blocks (5 for the rest) reached"
+        "two blocks' exits stay 2-9 points below its best, 3 epochs for those two blocks (5 for the rest) reached"
         " the common target 1.0-1.4x sooner than backprop at the moderate budget, where 5 everywhere reached it "
         "0.80-0.95x as soon, for a best exit 0.1-0.9 points lower (ad hoc, held-out seeds 3-4, two rounds). In "
         "the committed run it reached the target 1.14x sooner than backprop at the moderate budget over three "
