@@ -105,9 +105,9 @@ FASHION_MNIST = ("data.dataset=fashion_mnist", f"data.root={FASHION_MNIST_ROOT}"
 # sooner still but its best exit fell to 0.840/0.839, 3/3/3 to 0.838/0.849. VGG-16 keeps 5: its second
 # block's exits reach the target, and 3/3 was mixed (19.6 s against 15.5 s on seed 3, 25.1 against 28.2 s on
 # seed 4, the latter with the machine loaded). The block_epochs ablation measures it against 5 everywhere.
-# The cost shows at the stringent budget: ResNet's exit_04 loses 1.0-1.8 points of validation accuracy and its best exit 0.2-0.8
-# (ad hoc, seeds 0-2, 6,000 validation images), and on seed 1 selection ships exit_05 (5.4x fewer parameters
-# than the full model) instead of exit_04 (11.4x) (2026-12-07-intel-xeon-2cpu.json).
+# The cost shows at the stringent budget: ResNet's exit_04 loses 1.0-1.8 points of validation accuracy and
+# its best exit 0.2-0.8 (ad hoc, seeds 0-2, 6,000 validation images), and on seed 1 selection ships exit_05
+# (5.4x fewer parameters than the full model) instead of exit_04 (11.4x) (2026-12-07-intel-xeon-2cpu.json).
 RESNET18_FMNIST = Setup("resnet18-fashion_mnist", ("model.arch=resnet18", "model.width=0.25", "data.image_size=28",
                                                    "data.max_train_samples=2000", *FASHION_MNIST,
                                                    "train.neuroflux.head.filters=32",

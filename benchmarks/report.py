@@ -37,8 +37,8 @@ def _why_different(document: dict[str, Any]) -> str:
     monitor = sorted({s["samples"].get("monitor", s["samples"]["val"]) for s in setups})
     test = sorted({s["samples"]["test"] for s in setups})
     epochs = sorted({s["recipe"]["train"]["epochs"] for s in setups})
-    shortened = "".join(f"; {s['name']}'s first blocks {_block_epochs(s['recipe']['train'])}" for s in setups
-                        if _block_epochs(s["recipe"]["train"]))
+    named = {s["name"]: _block_epochs(s["recipe"]["train"]) for s in setups}
+    shortened = "".join(f"; {name}'s first blocks {epochs}" for name, epochs in named.items() if epochs)
     return (
         "The published figures come from full-width CNNs (VGG, ResNet, MobileNet) on CIFAR-10/100 and larger "
         "images, trained on GPUs. These runs differ in ways that move every ratio:\n\n"
@@ -181,7 +181,9 @@ def _val_samples(samples: dict[str, int]) -> str:
 
 def _block_epochs(train: dict[str, Any]) -> str:
     """NeuroFlux's first blocks' own epochs (train.neuroflux.block_epochs, each capped by train.epochs), as
-    3/3; empty where unset (and in results files from before the field)."""
+    3/3; empty where unset (and in results files from before the field). The rule of
+    `nfcompile.stages.train.neuroflux.block_epochs`, read from a results file's recipe dict: a recipe
+    of an older run need not validate against today's schema."""
     return "/".join(str(min(e, train["epochs"])) for e in train["neuroflux"].get("block_epochs", []))
 
 

@@ -4,8 +4,9 @@ At every budget the three contenders share one plan (the same profiler sizes Neu
 both baselines' batches), the same data and, per repeat, the same seed; their order rotates between
 repeats. Every contender trains the setup's epochs (NeuroFlux: per block, its first blocks fewer where the
 setup sets `block_epochs`) and evaluates after every epoch at the batch its plan measured to fit within
-its training step's peak; the time to accuracy is when its best validation accuracy first reached the common target, read from the
-per-epoch records (the plan's profiling is shared by all three and not counted).
+its training step's peak; the time to accuracy is when its best validation accuracy first reached the
+common target, read from the per-epoch records (the plan's profiling is shared by all three and not
+counted).
 """
 
 from __future__ import annotations
