@@ -189,7 +189,9 @@ def _block_epochs(train: dict[str, Any]) -> str:
 
 def _epochs(train: dict[str, Any]) -> str:
     named = _block_epochs(train)
-    return f"{train['epochs']} (first blocks {named})" if named else str(train["epochs"])
+    epochs = f"{train['epochs']} (first blocks {named})" if named else str(train["epochs"])
+    heads = train["neuroflux"].get("head_epochs", 0)  # absent in results files from before the field
+    return f"{epochs}, then {heads} of the heads alone" if heads else epochs
 
 
 def _setups(document: dict[str, Any]) -> str:

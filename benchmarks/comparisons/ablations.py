@@ -23,7 +23,9 @@ from the same repeat:
 - a block's heads warm-started from the previous block's last head where unit and head match
   (`head.warm_start`) vs every head from random weights: at every budget;
 - fewer epochs for the first blocks (`block_epochs`) vs every block at train.epochs, where a setup
-  shortens them (ResNet on Fashion-MNIST): at every budget, time and accuracy.
+  shortens them (ResNet on Fashion-MNIST): at every budget, time and accuracy;
+- the heads trained on their frozen units after every block (`head_epochs`) vs not, where a setup sets
+  them (VGG on Fashion-MNIST): at every budget, time, accuracy and the exit selection picks.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ ABLATIONS = (
     Ablation("block_epochs", "every block train.epochs", "the setup's first blocks fewer epochs",
              ("train.neuroflux.block_epochs=[]",), every_budget=True,
              only_where_setup_sets="train.neuroflux.block_epochs"),
+    # Only where the setup trains its heads after each block (VGG on Fashion-MNIST): the chosen exit is the point.
+    Ablation("head_epochs", "no head epochs", "the setup's head epochs after every block",
+             ("train.neuroflux.head_epochs=0",), selects_exit=True, every_budget=True,
+             only_where_setup_sets="train.neuroflux.head_epochs"),
 )
 
 
@@ -230,5 +236,5 @@ register_comparison(Comparison(
     name="ablations", title="Ablations: every design choice against the default",
     question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch "
              "sizes and how large, the activation cache, early stop of deeper blocks, at most two units per "
-             "block, warm-started heads, fewer epochs for the first blocks) pay for itself?",
+             "block, warm-started heads, fewer epochs for the first blocks, head epochs) pay for itself?",
     run=run, render=render))

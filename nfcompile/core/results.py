@@ -196,6 +196,7 @@ class BlockResult(Result):
 
 METER_SCAN = "memory meter's scan"  # a block's phase before its first step (CPU: `core.memory.BlockMeter`)
 NOISE_SCALE = "noise scale"  # a NeuroFlux block's phase before its first step (batch_policy noise_scale)
+HEAD_EPOCHS = "head epochs"  # a NeuroFlux block's phase after its units' epochs (neuroflux.head_epochs)
 
 TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks)
     "steps": "training steps (forward, losses, backward, optimizer)",
@@ -203,6 +204,7 @@ TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks
     "evaluation": "evaluating every exit after each epoch",
     "snapshots": "best-epoch snapshots",
     "caching pass": "caching passes",
+    HEAD_EPOCHS: "training each block's heads on its frozen units (neuroflux.head_epochs)",
     METER_SCAN: "the memory meter's scan of live tensors before each block",
     NOISE_SCALE: "measuring each block's gradient noise scale (its batch size)",
     "rest": "the rest (checkpoints, moving blocks, logging)",

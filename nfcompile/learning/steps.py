@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +26,25 @@ def local_step(unit: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tenso
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return h.detach(), float(loss.detach())
+
+
+@contextlib.contextmanager
+def frozen(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside, ``modules`` run as fixed functions: eval mode (BatchNorm on its running statistics) and no
+    parameter requiring a gradient, so a forward through them keeps no graph, a `local_step` through one
+    trains only its head, and DistributedDataParallel syncs only the head. Modes and flags come back after."""
+    modes = [m.training for m in modules]
+    flags = [[p.requires_grad for p in m.parameters()] for m in modules]
+    for m in modules:
+        m.eval()
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, mode, wanted in zip(modules, modes, flags):
+            m.train(mode)
+            for p, flag in zip(m.parameters(), wanted):
+                p.requires_grad_(flag)
 
 
 def backprop_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:

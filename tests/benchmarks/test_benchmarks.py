@@ -482,6 +482,19 @@ def test_the_block_epochs_ablation_runs_only_where_a_setup_shortens_its_first_bl
     assert setup_recipe(config, RESNET18_FMNIST, epochs.overrides).train.neuroflux.block_epochs == ()
 
 
+def test_the_head_epochs_ablation_runs_only_where_a_setup_trains_its_heads_after_each_block():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
+    from benchmarks.workbench import setup_recipe
+
+    (heads,) = [a for a in ABLATIONS if a.name == "head_epochs"]
+    config = quick_config()
+    assert _applies(heads, VGG16_FMNIST, config) and not _applies(heads, RESNET18_FMNIST, config)
+    assert heads.selects_exit and heads.every_budget
+    assert setup_recipe(config, VGG16_FMNIST).train.neuroflux.head_epochs == 1
+    assert setup_recipe(config, VGG16_FMNIST, heads.overrides).train.neuroflux.head_epochs == 0
+
+
 def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
     from benchmarks.config import RESNET18_FMNIST
     from benchmarks.workbench import plan_key, setup_recipe
@@ -490,7 +503,7 @@ def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
     def key(*overrides):
         return plan_key(setup_recipe(config, RESNET18_FMNIST, overrides))
 
-    assert key() == key("train.neuroflux.block_epochs=[]")
+    assert key() == key("train.neuroflux.block_epochs=[]") == key("train.neuroflux.head_epochs=2")
     assert key() != key("train.neuroflux.max_batch_size=32")
 
 
@@ -501,6 +514,7 @@ def test_the_setups_table_gives_the_first_blocks_own_epochs_capped_by_train_epoc
     assert _epochs({"epochs": 2, "neuroflux": {"block_epochs": [3, 1]}}) == "2 (first blocks 2/1)"
     # Results files from before the field: every block train.epochs.
     assert _epochs({"epochs": 5, "neuroflux": {}}) == "5"
+    assert _epochs({"epochs": 5, "neuroflux": {"head_epochs": 1}}) == "5, then 1 of the heads alone"
 
 
 def test_the_batch_cap_32_ablation_runs_only_where_blocks_may_train_above_32():

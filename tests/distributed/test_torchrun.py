@@ -28,9 +28,10 @@ from conftest import TINY_DIGITS_RECIPE, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
-# Blocks at their noise scale: every rank measures on its own shard and all must train at one batch.
-RECIPE = TINY_DIGITS_RECIPE.replace("epochs: 6", "epochs: 4").replace("lr_scale: 1.0}",
-                                                                      "lr_scale: 1.0, batch_policy: noise_scale}")
+# Blocks at their noise scale: every rank measures on its own shard and all must train at one batch. A head
+# epoch after every block: the heads alone train through DDP on frozen units, and must stay equal across ranks.
+RECIPE = TINY_DIGITS_RECIPE.replace("epochs: 6", "epochs: 4").replace(
+    "lr_scale: 1.0}", "lr_scale: 1.0, batch_policy: noise_scale, head_epochs: 1}")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 

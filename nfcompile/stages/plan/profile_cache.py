@@ -54,7 +54,8 @@ STEP_INDEPENDENT = {"epochs": True, "patience": True, "schedule": True, "lr": Tr
                     "neuroflux": {"lr_scale": True, "stop_stalled_blocks": True, "stall_delta": True,
                                   "batch_policy": True, "head": {"warm_start": True},
                                   "reuse_profiles": True, "block_split_ratio": True,
-                                  "max_units_per_block": True, "block_epochs": True}}
+                                  "max_units_per_block": True, "block_epochs": True,
+                                  "head_epochs": True}}
 
 
 def cache_folder() -> Path:

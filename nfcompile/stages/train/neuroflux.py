@@ -23,9 +23,9 @@ from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import (METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, Plan, TrainOutcome,
-                                    TrainResult, UnitProfile)
-from nfcompile.learning import (BestWeights, eval_mode, fit, lr_schedule, make_optimizer, set_lr,
+from nfcompile.core.results import (HEAD_EPOCHS, METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, EpochRecord,
+                                    Plan, TrainOutcome, TrainResult, UnitProfile)
+from nfcompile.learning import (BestWeights, eval_mode, fit, frozen, lr_schedule, make_optimizer, set_lr,
                                 top1_accuracies, warmup_steps)
 from nfcompile.learning.noise_scale import noise_scales
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
@@ -171,14 +171,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     torch.manual_seed(derived_seed(seed, "block-torch", block.index))
 
     local_steps = LocalSteps(units, heads, device)
-
-    def step(h: torch.Tensor, y: torch.Tensor, lr: float) -> list[float]:
-        losses = []
-        for local_step, optimizer in zip(local_steps.steps, optimizers):
-            set_lr(optimizer, lr)
-            h, loss = local_step(h, y, optimizer)
-            losses.append(loss)
-        return losses
+    step = _unit_by_unit(local_steps, optimizers)
 
     def evaluate() -> list[float]:
         with eval_mode(*units, *heads):
@@ -198,16 +191,81 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     finally:
         local_steps.close()
         best.close()
-    record = outcome.best
+    accuracy, history, spent = outcome.best.val_accuracy, list(outcome.history), {**spent_before, **outcome.time_spent}
     log.info("%s: %d epoch(s) (%s), best exit accuracy %.4f at epoch %d", label, len(outcome.history),
-             outcome.stop_reason, max(record.val_accuracy), outcome.best_epoch)
+             outcome.stop_reason, max(accuracy), outcome.best_epoch)
+    if train.neuroflux.head_epochs:
+        optimizers.clear()  # the units' optimizer state is done with: its memory goes before the heads' epochs
+        heads_started = time.perf_counter()
+        accuracy, more = _train_heads(units, heads, train_in, synced_evaluate(evaluate, [*units, *heads], val_in),
+                                      before=accuracy, batch=batch, local=local, first_epoch=len(history),
+                                      generator_for=rank_generators(lambda epoch: generator, seed, "block",
+                                                                    block.index),
+                                      device=device, snapshot_folder=snapshot_folder, label=label,
+                                      log_as=f"block{block.index}", exit_names=[f"exit_{u:02d}" for u in block.units])
+        history += more
+        spent[HEAD_EPOCHS] = time.perf_counter() - heads_started
     return BlockResult(index=block.index, units=block.units, batch_size=batch, trained=True,
                        stop_reason=outcome.stop_reason, epochs_run=len(outcome.history),
-                       best_val_accuracy=record.val_accuracy, measured_peak_bytes=None,
+                       best_val_accuracy=accuracy, measured_peak_bytes=None,
                        predicted_peak_bytes=block.predicted_peak_bytes, budget_bytes=plan.budget_bytes,
                        seconds=time.perf_counter() - started, cache_placement=block.cache_placement,
-                       cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(outcome.history),
-                       time_spent={**spent_before, **outcome.time_spent}, noise_scale=noise_scale)
+                       cache_bytes=block.cache_bytes, cache_seconds=0.0, history=tuple(history),
+                       time_spent=spent, noise_scale=noise_scale)
+
+
+def _unit_by_unit(local_steps: LocalSteps, optimizers: list[torch.optim.Optimizer]):
+    """A block's step: every unit's local step in turn, each on the detached output of the one before."""
+    def step(h: torch.Tensor, y: torch.Tensor, lr: float) -> list[float]:
+        losses = []
+        for local_step, optimizer in zip(local_steps.steps, optimizers):
+            set_lr(optimizer, lr)
+            h, loss = local_step(h, y, optimizer)
+            losses.append(loss)
+        return losses
+
+    return step
+
+
+def _train_heads(units: list[nn.Module], heads: list[nn.Module], train_in, evaluate, *,
+                 before: tuple[float, ...], batch: int, local: TrainSection, first_epoch: int, generator_for,
+                 device: torch.device, snapshot_folder: Path, label: str, log_as: str,
+                 exit_names: list[str]) -> tuple[tuple[float, ...], list[EpochRecord]]:
+    """neuroflux.head_epochs: the block's heads trained further on its units frozen, each head's step
+    the NeuroFlux local step through a unit that keeps no graph. ``before``: every exit's accuracy
+    now. A head keeps its new weights where its exit's last accuracy is at least that, else gets its
+    old ones back. Returns every exit's accuracy as kept, and the epochs' records (numbered on from
+    ``first_epoch``, the block's epochs so far)."""
+    epochs = local.neuroflux.head_epochs
+    previous = [BestWeights([head], device, snapshot_folder) for head in heads]
+    for snapshot in previous:
+        snapshot.keep()
+    optimizers = [make_optimizer(head.parameters(), local, global_batch(batch)) for head in heads]
+    steps_per_epoch = math.ceil(len(train_in) / batch)
+    total_steps = epochs * steps_per_epoch
+    schedule = lr_schedule(local, global_batch(batch), total_steps, warmup_steps(steps_per_epoch, total_steps))
+    offset = first_epoch * steps_per_epoch  # fit counts steps from its first epoch: the schedule from 0
+    with frozen(units):
+        local_steps = LocalSteps(units, heads, device)
+        try:
+            outcome = fit(_unit_by_unit(local_steps, optimizers), train_in, batch_size=batch,
+                          epochs=range(first_epoch, first_epoch + epochs), lr_at=lambda index: schedule(index - offset),
+                          generator_for=generator_for, train_modules=heads, evaluate=evaluate,
+                          label=f"{label}, heads", log_as=log_as, exit_names=exit_names)
+        finally:
+            local_steps.close()
+    after = outcome.history[-1].val_accuracy
+    kept = []
+    for snapshot, old, new in zip(previous, before, after):
+        if new >= old:
+            snapshot.close()
+        else:
+            snapshot.restore()
+        kept.append(max(old, new))
+    log.info("%s: %d head epoch(s), exits %s -> %s (%d head(s) kept their new weights)", label, epochs,
+             " ".join(f"{a:.4f}" for a in before), " ".join(f"{a:.4f}" for a in kept),
+             sum(new >= old for old, new in zip(before, after)))
+    return tuple(kept), outcome.history
 
 
 # The noise scale is estimated on this many of the block's largest batches, each split into this many

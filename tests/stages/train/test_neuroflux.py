@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nfcompile.core.results import NOISE_SCALE, Plan, TrainResult
+from nfcompile.core.results import HEAD_EPOCHS, NOISE_SCALE, Plan, TrainResult
 from nfcompile.errors import BudgetError, BudgetExceeded
 from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
@@ -185,6 +185,33 @@ def test_the_first_blocks_train_the_epochs_block_epochs_names_and_the_rest_train
 def test_train_epochs_caps_the_epochs_block_epochs_names():
     train = _train_section(block_epochs=(2, 6)).model_copy(update={"epochs": 4})
     assert [neuroflux.block_epochs(train, i) for i in range(4)] == [2, 4, 4, 4]
+
+
+def test_head_epochs_train_only_the_heads_and_each_keeps_its_new_weights_only_where_its_exit_improved(data,
+                                                                                                    tmp_path):
+    # Heads not warm-started, so a block's units are trained alike with or without the earlier head epochs.
+    runs = {}
+    for head_epochs in (0, 2):
+        train = _train_section(head_epochs=head_epochs, head={"warm_start": False}).model_copy(update={"epochs": 2})
+        runs[head_epochs] = _train(_plan(train, data), train, data, tmp_path / str(head_epochs))
+    plain, refined = runs[0], runs[2]
+    assert all(torch.equal(a, b) for a, b in zip(plain.net.units.state_dict().values(),
+                                                 refined.net.units.state_dict().values()))
+    changed = 0
+    for before, after in zip(plain.result.blocks, refined.result.blocks):
+        assert after.epochs_run == before.epochs_run == 2
+        assert [r.epoch for r in after.history] == [1, 2, 3, 4]  # the heads' epochs numbered on
+        assert [r.val_accuracy for r in after.history[:2]] == [r.val_accuracy for r in before.history[:2]]
+        assert after.time_spent[HEAD_EPOCHS] > 0
+        last = after.history[-1].val_accuracy
+        for position, unit in enumerate(after.units):
+            kept_new = last[position] >= before.best_val_accuracy[position]
+            same = all(torch.equal(a, b) for a, b in zip(plain.net.heads[str(unit)].state_dict().values(),
+                                                         refined.net.heads[str(unit)].state_dict().values()))
+            assert same != kept_new, (unit, last[position], before.best_val_accuracy[position])
+            assert after.best_val_accuracy[position] == max(last[position], before.best_val_accuracy[position])
+            changed += kept_new
+    assert changed, "no head kept its head epochs' weights: the test shows nothing"
 
 
 def test_a_blocks_heads_start_from_the_previous_blocks_trained_head_where_unit_and_head_match():
