@@ -114,19 +114,18 @@ RESNET18_FMNIST = Setup("resnet18-fashion_mnist", ("model.arch=resnet18", "model
                                                    "train.neuroflux.max_batch_size=64",
                                                    "train.neuroflux.block_epochs=[3, 3]"),
                         needs_folder=str(FASHION_MNIST_ROOT))
-# VGG's heads train one more epoch on their frozen units after every block (train.neuroflux.head_epochs): a
-# head learns beside its unit and has not caught up with the unit's final features when the block ends (ad
-# hoc, stringent budget: heads trained 5 more epochs on the finished network raised exits 3-7 by 0.3-1.0
-# points on VGG seed 0, exits 3-6 by 0.2-3.9 on ResNet seed 1). What it bought, picked on validation (ad hoc,
-# interleaved, one thread; 6,000 validation images, the deliverable's seeds 0-2 and budget): selection ships
-# exit_04 (19.6x fewer parameters than the full model) on seeds 0 and 1, where without it seed 0 shipped
-# exit_05 (9.2x), at 4.4-4.7 s of a 36-39 s run; two head epochs also moved seed 2 from exit_06 (6.7x) to
-# exit_03 (12.7x), at 9.5-10.2 s. At the moderate budget on seeds 3-4 (common target of each seed's
-# contenders) one epoch reached the target in 15.6/21.1 s, none in 14.6/29.3 s, two in 17.8/31.8 s, backprop
-# in 20.8/21.8 s, so VGG takes one. ResNet takes none: its fifth exit, the one that decides its deliverable,
-# gained 0.0-0.7 points from two (seeds 0-2: seed 1 still ships exit_05), and at the moderate budget one
-# reached the target in 28.3/28.8 s, none in 24.7/26.4 s, backprop in 28.4/28.2 s. The head_epochs ablation
-# measures it.
+# VGG's heads train one more epoch on their frozen units after every block (train.neuroflux.head_epochs): a head
+# learns beside its unit and has not caught up with the unit's final features when the block ends (ad hoc, stringent
+# budget: heads trained 5 more epochs on the finished network raised exits 3-7 by 0.3-1.0 points on VGG seed 0,
+# exits 3-6 by 0.2-3.9 on ResNet seed 1). What it bought, picked on validation (ad hoc, interleaved, one thread;
+# 6,000 validation images, the deliverable's seeds 0-2 and budget): one head epoch moved the exit selection ships
+# from exit_05 (9.2x fewer parameters than the full model) to exit_04 (19.6x) on seed 0 and from exit_06 (6.7x) to
+# exit_05 (9.2x) on seed 2 (seed 1: exit_04 either way), at 4.4-4.7 s of a 36-39 s run; two moved seed 2 to exit_03
+# (12.7x), at 9.5-10.2 s. At the moderate budget on seeds 3-4 (common target of each seed's contenders) one epoch
+# reached the target in 15.6/21.1 s, none in 14.6/29.3 s, two in 17.8/31.8 s, backprop in 20.8/21.8 s, so VGG takes
+# one. ResNet takes none: its fifth exit, the one that decides its deliverable, gained 0.0-0.7 points from two
+# (seeds 0-2: seed 1 still ships exit_05), and at the moderate budget one reached the target in 28.3/28.8 s, none in
+# 24.7/26.4 s, backprop in 28.4/28.2 s. The head_epochs ablation measures it.
 VGG16_FMNIST = Setup("vgg16_bn-fashion_mnist", ("model.arch=vgg16_bn", "model.width=0.25", "data.image_size=32",
                                                 "data.max_train_samples=1500", *FASHION_MNIST,
                                                 "train.neuroflux.max_batch_size=32",

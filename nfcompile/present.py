@@ -112,7 +112,7 @@ def training_table(train) -> Table:
                    "tracked peak", "RSS rise", "seconds"):
         table.add_column(column)
     for b in train.blocks:
-        table.add_row(str(b.index), f"{b.units[0]}-{b.units[-1]}", str(b.batch_size), str(b.epochs_run),
+        table.add_row(str(b.index), f"{b.units[0]}-{b.units[-1]}", str(b.batch_size), b.epochs_label,
                       b.stop_reason, f"{max(b.best_val_accuracy) * 100:.2f}%" if b.best_val_accuracy else "-",
                       format_bytes(b.predicted_peak_bytes or None), format_bytes(b.measured_peak_bytes),
                       format_bytes(b.rss_rise_bytes), f"{b.seconds + b.cache_seconds:.1f}")

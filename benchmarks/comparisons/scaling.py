@@ -89,7 +89,8 @@ def _block_figures(result: dict[str, Any], world: int, train_samples: int) -> li
     shard = math.ceil(train_samples / world)
     out = []
     for block in result["blocks"]:
-        seconds = sum(epoch["seconds"] for epoch in block["history"])
+        # The units' epochs only: head epochs (neuroflux.head_epochs) follow them in the history.
+        seconds = sum(epoch["seconds"] for epoch in block["history"][:block["epochs_run"]])
         samples = world * shard * block["epochs_run"]
         out.append({"index": block["index"], "units": list(block["units"]), "per_rank_batch": block["batch_size"],
                     "global_batch": world * block["batch_size"], "epochs": block["epochs_run"],

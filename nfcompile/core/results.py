@@ -171,7 +171,9 @@ class BlockResult(Result):
     trained: bool
     stop_reason: str  # "epochs", "patience", "exits stopped improving", "resumed", ...
     epochs_run: int
-    best_val_accuracy: tuple[float, ...]  # per unit of the block
+    # per unit of the block, of the weights it kept: its best epoch's, or with neuroflux.head_epochs the
+    # higher of that and the heads' last epoch, head by head (so possibly no single record of `history`)
+    best_val_accuracy: tuple[float, ...]
     measured_peak_bytes: int | None
     predicted_peak_bytes: int
     budget_bytes: int | None  # None where the method runs without a memory plan (fine-tuning)
@@ -179,19 +181,26 @@ class BlockResult(Result):
     cache_placement: str
     cache_bytes: int
     cache_seconds: float
-    history: tuple[EpochRecord, ...] = ()
+    history: tuple[EpochRecord, ...] = ()  # every epoch; with neuroflux.head_epochs the heads' after epochs_run
     # The independent measurement (`core.memory.BlockMeter`): measured_peak_bytes is its tracked peak.
     rss_rise_bytes: int | None = None  # CPU: rise of the process's anonymous resident memory over the block
     peak_breakdown: dict[str, int] = field(default_factory=dict)  # what held the memory at the peak (CPU)
     measurement: str = ""  # how the peak was measured, in words
     # Where the block's time went (`learning.loop.FitOutcome.time_spent`), and the memory meter's scan
     # before it (`METER_SCAN`, not in `seconds`); a NeuroFlux block adds its "caching pass" (when its
-    # output feeds the next block) and, with batch_policy noise_scale, `NOISE_SCALE` (in `seconds`, before
-    # its first epoch).
+    # output feeds the next block), with batch_policy noise_scale `NOISE_SCALE` (in `seconds`, before its
+    # first epoch), and with head_epochs `HEAD_EPOCHS` (in `seconds`, after the units' epochs).
     time_spent: dict[str, float] = field(default_factory=dict)
     # NeuroFlux with batch_policy noise_scale: the smallest gradient noise scale of the block's units,
     # measured at its start (`learning.noise_scale`); None where not measured or not measurable.
     noise_scale: float | None = None
+
+    @property
+    def epochs_label(self) -> str:
+        """The epochs it ran, and the heads' own epochs after them (`neuroflux.head_epochs`, in `history`
+        after the block's): "5 + 1 heads"."""
+        heads = len(self.history) - self.epochs_run
+        return f"{self.epochs_run} + {heads} heads" if heads > 0 else str(self.epochs_run)
 
 
 METER_SCAN = "memory meter's scan"  # a block's phase before its first step (CPU: `core.memory.BlockMeter`)

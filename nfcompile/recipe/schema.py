@@ -227,13 +227,15 @@ class NeuroFluxSection(Section):
     head_epochs: Annotated[int, Field(ge=0, le=100)] = Field(
         0, description="After a block's epochs, its heads train this many more on its units frozen: each batch "
         "runs through the units without gradients (in eval mode) and every head steps on its own loss, at the "
-        "block's batch and learning rate, on a schedule of its own. A head keeps its new weights only where its "
-        "exit's accuracy on the monitor split rose. A unit and its head learn together, so when the unit stops "
+        "block's batch, warming up again to the block's peak learning rate and annealing on a schedule of their "
+        "own. A head keeps its new weights only where its exit's accuracy on the monitor split did not fall. A "
+        "unit and its head learn together, so when the unit stops "
         "the head has not yet caught up with its final features; an epoch of the heads costs a forward through "
         "the units and the heads' steps, not the units' backward (0: none). On the benchmarks' Fashion-MNIST "
-        "VGG-16 at the stringent budget one head epoch per block let selection ship exit_04 (19.6x fewer "
-        "parameters than the full model) on seeds 0 and 1, where seed 0 shipped exit_05 (9.2x) without it, for "
-        "4.4-4.7 s of a 36-39 s run (ad hoc, 6,000 validation images). On ResNet-18 it did not pay: the exit "
+        "VGG-16 at the stringent budget one head epoch per block moved the exit selection ships from exit_05 "
+        "(9.2x fewer parameters than the full model) to exit_04 (19.6x) on seed 0 and from exit_06 (6.7x) to "
+        "exit_05 (9.2x) on seed 2 (seed 1: exit_04 either way), for 4.4-4.7 s of a 36-39 s run (ad hoc, 6,000 "
+        "validation images). On ResNet-18 it did not pay: the exit "
         "that decides its deliverable gained 0.0-0.7 points from two, and at the moderate budget one reached "
         "the common target 1.1x later (benchmarks/config.py has the figures).")
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(

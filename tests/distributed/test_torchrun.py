@@ -1,9 +1,9 @@
-"""Block training on two processes (CPU, gloo, localhost), through the real CLI: `nfcompile build
---nproc 2` and `torchrun ... -m nfcompile build`. The bundle verifies; both ranks hold the same
-weights after every block; every block trains at the noise scale the ranks measured together (the
-recipe's batch_policy); they trained on disjoint shards that cover the training set; a killed
-2-process run resumes to the same exit and ONNX graph as an uninterrupted one (and refuses another
-world size); a rank killed mid-block fails the whole job and leaves no bundle."""
+"""Block training on two processes (CPU, gloo, localhost), through the real CLI: `nfcompile build --nproc
+2` and `torchrun ... -m nfcompile build`. The bundle verifies; both ranks hold the same weights after
+every block, whose heads also train one epoch alone (through DDP); every block trains at the noise scale
+the ranks measured together (the recipe's batch_policy); they trained on disjoint shards that cover the
+training set; a killed 2-process run resumes to the same exit and ONNX graph as an uninterrupted one
+(and refuses another world size); a rank killed mid-block fails the whole job and leaves no bundle."""
 
 from __future__ import annotations
 
@@ -90,6 +90,12 @@ def test_both_ranks_hold_the_same_weights_after_every_block(bundle):
     assert len(first) == blocks >= 2
     assert first == second and len(set(first)) == blocks  # equal across ranks, changing block to block
     assert record["weights_identical"] is True
+
+
+def test_every_block_ran_its_head_epoch_on_both_ranks(bundle):
+    path, _ = bundle
+    blocks = json.loads((path / "state" / "train.json").read_text())["result"]["blocks"]
+    assert blocks and all(len(b["history"]) == b["epochs_run"] + 1 for b in blocks)
 
 
 def test_each_block_trains_at_the_noise_scale_both_ranks_measured_together(bundle):

@@ -215,7 +215,7 @@ def _profiles(plan: Plan) -> str:
 
 
 def _training_section(train: TrainResult, image: str | None, monitored: int | None) -> list[str]:
-    rows = [[b.index, f"{b.units[0]}-{b.units[-1]}", b.batch_size, b.epochs_run, b.stop_reason,
+    rows = [[b.index, f"{b.units[0]}-{b.units[-1]}", b.batch_size, b.epochs_label, b.stop_reason,
              " / ".join(f"{a * 100:.1f}" for a in b.best_val_accuracy) or "-", f"{b.seconds:.1f}",
              f"{b.cache_seconds:.1f}"] for b in train.blocks]
     evaluated = (f" Per-epoch validation accuracies are over {monitored} samples per process (`data.monitor_samples`;"

@@ -177,6 +177,8 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
         with eval_mode(*units, *heads):
             return top1_accuracies(lambda x: block_exits(units, heads, x), val_in, block.evaluation_batch)
 
+    evaluate_synced = synced_evaluate(evaluate, [*units, *heads], val_in)
+    generator_for = rank_generators(lambda epoch: generator, seed, "block", block.index)
     label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
     best = BestWeights([*units, *heads], device, snapshot_folder)
     try:
@@ -184,10 +186,9 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
         outcome = fit(step, train_in, batch_size=batch, epochs=range(epochs),
                       lr_at=lr_schedule(local, global_batch(batch), total_steps,
                                         warmup_steps(steps_per_epoch, total_steps)),
-                      generator_for=rank_generators(lambda epoch: generator, seed, "block", block.index),
-                      train_modules=[*units, *heads], evaluate=synced_evaluate(evaluate, [*units, *heads], val_in),
+                      generator_for=generator_for, train_modules=[*units, *heads], evaluate=evaluate_synced,
                       patience=train.patience, keep_best=best, label=label, log_as=f"block{block.index}",
-                      exit_names=[f"exit_{u:02d}" for u in block.units])
+                      exit_names=_exit_names(block))
     finally:
         local_steps.close()
         best.close()
@@ -197,12 +198,9 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     if train.neuroflux.head_epochs:
         optimizers.clear()  # the units' optimizer state is done with: its memory goes before the heads' epochs
         heads_started = time.perf_counter()
-        accuracy, more = _train_heads(units, heads, train_in, synced_evaluate(evaluate, [*units, *heads], val_in),
-                                      before=accuracy, batch=batch, local=local, first_epoch=len(history),
-                                      generator_for=rank_generators(lambda epoch: generator, seed, "block",
-                                                                    block.index),
-                                      device=device, snapshot_folder=snapshot_folder, label=label,
-                                      log_as=f"block{block.index}", exit_names=[f"exit_{u:02d}" for u in block.units])
+        accuracy, more = _train_heads(block, units, heads, train_in, evaluate_synced, before=accuracy, batch=batch,
+                                      local=local, first_epoch=len(history), generator_for=generator_for,
+                                      device=device, snapshot_folder=snapshot_folder, label=label)
         history += more
         spent[HEAD_EPOCHS] = time.perf_counter() - heads_started
     return BlockResult(index=block.index, units=block.units, batch_size=batch, trained=True,
@@ -227,45 +225,55 @@ def _unit_by_unit(local_steps: LocalSteps, optimizers: list[torch.optim.Optimize
     return step
 
 
-def _train_heads(units: list[nn.Module], heads: list[nn.Module], train_in, evaluate, *,
+def _train_heads(block: BlockPlan, units: list[nn.Module], heads: list[nn.Module], train_in, evaluate, *,
                  before: tuple[float, ...], batch: int, local: TrainSection, first_epoch: int, generator_for,
-                 device: torch.device, snapshot_folder: Path, label: str, log_as: str,
-                 exit_names: list[str]) -> tuple[tuple[float, ...], list[EpochRecord]]:
+                 device: torch.device, snapshot_folder: Path,
+                 label: str) -> tuple[tuple[float, ...], list[EpochRecord]]:
     """neuroflux.head_epochs: the block's heads trained further on its units frozen, each head's step
-    the NeuroFlux local step through a unit that keeps no graph. ``before``: every exit's accuracy
-    now. A head keeps its new weights where its exit's last accuracy is at least that, else gets its
-    old ones back. Returns every exit's accuracy as kept, and the epochs' records (numbered on from
-    ``first_epoch``, the block's epochs so far)."""
+    the NeuroFlux local step through a unit that keeps no graph, on a schedule of their own (warm-up
+    to the block's peak rate, then down). ``before``: every exit's accuracy now. A head keeps its new
+    weights where its exit's last accuracy is at least that, else gets its old ones back. Returns every
+    exit's accuracy as kept, and the epochs' records (numbered on from ``first_epoch``, the block's
+    epochs so far; the first one's seconds include the snapshots and optimizers made before it)."""
+    started = time.perf_counter()
     epochs = local.neuroflux.head_epochs
     previous = [BestWeights([head], device, snapshot_folder) for head in heads]
-    for snapshot in previous:
-        snapshot.keep()
-    optimizers = [make_optimizer(head.parameters(), local, global_batch(batch)) for head in heads]
-    steps_per_epoch = math.ceil(len(train_in) / batch)
-    total_steps = epochs * steps_per_epoch
-    schedule = lr_schedule(local, global_batch(batch), total_steps, warmup_steps(steps_per_epoch, total_steps))
-    offset = first_epoch * steps_per_epoch  # fit counts steps from its first epoch: the schedule from 0
-    with frozen(units):
-        local_steps = LocalSteps(units, heads, device)
-        try:
-            outcome = fit(_unit_by_unit(local_steps, optimizers), train_in, batch_size=batch,
-                          epochs=range(first_epoch, first_epoch + epochs), lr_at=lambda index: schedule(index - offset),
-                          generator_for=generator_for, train_modules=heads, evaluate=evaluate,
-                          label=f"{label}, heads", log_as=log_as, exit_names=exit_names)
-        finally:
-            local_steps.close()
-    after = outcome.history[-1].val_accuracy
-    kept = []
-    for snapshot, old, new in zip(previous, before, after):
-        if new >= old:
+    try:
+        for snapshot in previous:
+            snapshot.keep()
+        optimizers = [make_optimizer(head.parameters(), local, global_batch(batch)) for head in heads]
+        steps_per_epoch = math.ceil(len(train_in) / batch)
+        total_steps = epochs * steps_per_epoch
+        schedule = lr_schedule(local, global_batch(batch), total_steps, warmup_steps(steps_per_epoch, total_steps))
+        offset = first_epoch * steps_per_epoch  # fit counts steps from its first epoch: the schedule from 0
+        with frozen(units):
+            local_steps = LocalSteps(units, heads, device)
+            prelude = time.perf_counter() - started
+            try:
+                outcome = fit(_unit_by_unit(local_steps, optimizers), train_in, batch_size=batch,
+                              epochs=range(first_epoch, first_epoch + epochs),
+                              lr_at=lambda index: schedule(index - offset), generator_for=generator_for,
+                              train_modules=heads, evaluate=evaluate, label=f"{label}, heads",
+                              log_as=f"block{block.index}", exit_names=_exit_names(block))
+            finally:
+                local_steps.close()
+        kept, renewed = [], 0
+        for snapshot, old, new in zip(previous, before, outcome.history[-1].val_accuracy):
+            if new < old:
+                snapshot.restore()
+            renewed += new >= old
+            kept.append(max(old, new))
+    finally:
+        for snapshot in previous:  # a kept head's, or all where training failed: no file stays behind
             snapshot.close()
-        else:
-            snapshot.restore()
-        kept.append(max(old, new))
     log.info("%s: %d head epoch(s), exits %s -> %s (%d head(s) kept their new weights)", label, epochs,
-             " ".join(f"{a:.4f}" for a in before), " ".join(f"{a:.4f}" for a in kept),
-             sum(new >= old for old, new in zip(before, after)))
-    return tuple(kept), outcome.history
+             " ".join(f"{a:.4f}" for a in before), " ".join(f"{a:.4f}" for a in kept), renewed)
+    first = replace(outcome.history[0], seconds=outcome.history[0].seconds + prelude)
+    return tuple(kept), [first, *outcome.history[1:]]
+
+
+def _exit_names(block: BlockPlan) -> list[str]:
+    return [f"exit_{u:02d}" for u in block.units]
 
 
 # The noise scale is estimated on this many of the block's largest batches, each split into this many
