@@ -225,21 +225,20 @@ class NeuroFluxSection(Section):
         " one seed of three (comparison 2). On VGG-16, whose second block's exits already reach the target, it "
         "was mixed (later on one seed, sooner on the other), so its benchmark setup keeps 5.")
     head_epochs: Annotated[int, Field(ge=0, le=100)] = Field(
-        0, description="After a block's epochs, its heads train this many more on its units frozen: each batch "
-        "runs through the units without gradients (in eval mode) and every head steps on its own loss, at the block's batch, "
-        "warming up again to the block's peak learning rate and annealing on a schedule of their own. A head "
-        "keeps its new weights only where its exit's accuracy on the monitor split did not fall. A unit and its "
-        "head learn together, so when the unit stops the head has not yet caught up with its final features; an "
-        "epoch of the heads costs a forward through the units and the heads' steps, not the units' backward (0: "
-        "none). On the benchmarks' Fashion-MNIST VGG-16 at the stringent budget one head epoch per block moved "
-        "the exit selection ships from exit_05 (9.2x fewer parameters than the full model) to exit_04 (19.6x) on "
-        "seed 0 and from exit_06 (6.7x) to exit_05 (9.2x) on seed 2 (seed 1: exit_04 either way), for 4.4-4.7 s "
-        "of a 36-39 s run (ad hoc, 6,000 validation images). In the committed run VGG shipped "
-        "exit_04/exit_04/exit_05 (19.6/19.6/9.2x; the run before, without it: 9.2/19.6/6.7x; benchmarks "
-        "comparison 2) and still reached the common target 1.10x sooner than backprop at the moderate budget "
-        "(1.25x the run before; comparison 1). On ResNet-18 it did not pay: the exit that decides its deliverable"
-        " gained 0.0-0.7 points from two, and at the moderate budget one reached the common target 1.09-1.15x "
-        "later than none (benchmarks/config.py has the figures).")
+        0, description="After a block's epochs, its heads train this many more on its units frozen: each batch runs "
+        "through the units without gradients (in eval mode) and every head steps on its own loss, at the block's "
+        "batch, warming up again to the block's peak learning rate and annealing on a schedule of their own. A head "
+        "keeps its new weights only where its exit's accuracy on the monitor split did not fall. A unit and its head "
+        "learn together, so when the unit stops the head has not yet caught up with its final features; an epoch of "
+        "the heads costs a forward through the units and the heads' steps, not the units' backward (0: none). On the "
+        "benchmarks' Fashion-MNIST VGG-16 at the stringent budget one head epoch per block moved the exit selection "
+        "ships from exit_05 (9.2x fewer parameters than the full model) to exit_04 (19.6x) on seed 0 and from exit_06 "
+        "(6.7x) to exit_05 (9.2x) on seed 2 (seed 1: exit_04 either way), for 4.4-4.7 s of a 36-39 s run (ad hoc, "
+        "6,000 validation images). In the committed run VGG shipped exit_04/exit_04/exit_05 (19.6/19.6/9.2x; the run "
+        "before, without it: 9.2/19.6/6.7x; benchmarks comparison 2) and still reached the common target 1.10x sooner "
+        "than backprop at the moderate budget (1.25x the run before; comparison 1). On ResNet-18 it did not pay: the "
+        "exit that decides its deliverable gained 0.0-0.7 points from two, and at the moderate budget one reached the "
+        "common target 1.09-1.15x later than none (benchmarks/config.py has the figures).")
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(
         (4, 16), description="Batch sizes at which each unit's training step, and each block's evaluation, is "
         "first measured (two or more).")

@@ -187,8 +187,8 @@ def test_train_epochs_caps_the_epochs_block_epochs_names():
     assert [neuroflux.block_epochs(train, i) for i in range(4)] == [2, 4, 4, 4]
 
 
-def test_head_epochs_train_only_the_heads_and_each_keeps_its_new_weights_only_where_its_exit_improved(data,
-                                                                                                    tmp_path):
+def test_head_epochs_train_only_the_heads_and_each_keeps_its_new_weights_only_where_its_exit_did_not_fall(
+        data, tmp_path):
     # Heads not warm-started, so a block's units are trained alike with or without the earlier head epochs.
     runs = {}
     for head_epochs in (0, 2):
