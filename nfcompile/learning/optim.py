@@ -47,6 +47,19 @@ def lr_schedule(section: TrainSection, batch_size: int, total_steps: int, warmup
     return lambda step: base * lr_factor(step, total_steps, warmup, section.schedule)
 
 
+def warmed_up_schedule(section: TrainSection, *, samples: int, batch: int, lr_batch: int, epochs: int,
+                       first_epoch: int = 0) -> Callable[[int], float]:
+    """The learning rate at each of `fit`'s steps over ``epochs`` epochs of ``samples`` at ``batch``: a
+    warm-up (`warmup_steps`), then the section's schedule, the rate scaled to ``lr_batch`` (the global
+    batch). ``first_epoch``: the epoch `fit`'s window starts at (it counts steps from there), so a run
+    numbered on after an earlier one still starts its own schedule at step 0."""
+    steps_per_epoch = math.ceil(samples / batch)
+    total_steps = epochs * steps_per_epoch
+    schedule = lr_schedule(section, lr_batch, total_steps, warmup_steps(steps_per_epoch, total_steps))
+    offset = first_epoch * steps_per_epoch
+    return lambda step: schedule(step - offset)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -3,7 +3,6 @@ end-to-end backprop at the largest batch that fits, and backprop with gradient c
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -15,8 +14,8 @@ from nfcompile.core.log import get_logger
 from nfcompile.core.memory import fit_memory
 from nfcompile.core.repro import derived_seed
 from nfcompile.core.results import METER_SCAN, BlockResult, Plan, TrainOutcome, TrainResult
-from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, lr_schedule, make_optimizer,
-                                set_lr, top1_accuracy, warmup_steps)
+from nfcompile.learning import (BestWeights, CheckpointedUnits, backprop_step, fit, make_optimizer, set_lr,
+                                top1_accuracy, warmed_up_schedule)
 from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment
 from nfcompile.learning.parallel import (data_parallel, global_batch, rank_generators, shard, synced_evaluate,
                                         with_gradient_buckets)
@@ -69,8 +68,6 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
     val_in = shard(ImageInput(data.monitor, data.preprocessing, Augment(), device), train=False)
     generator = torch.Generator().manual_seed(derived_seed(seed, "backprop"))
     torch.manual_seed(derived_seed(seed, "backprop-torch"))
-    steps_per_epoch = math.ceil(len(train_in) / batch)
-    total_steps = train.epochs * steps_per_epoch
 
     def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float]:
         set_lr(optimizer, lr)
@@ -82,8 +79,8 @@ def train_backprop(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: Mo
         started = time.perf_counter()  # the block's seconds leave the meter's scan out, as NeuroFlux's do
         try:
             outcome = fit(step, train_in, batch_size=batch, epochs=range(train.epochs),
-                          lr_at=lr_schedule(train, global_batch(batch), total_steps,
-                                            warmup_steps(steps_per_epoch, total_steps)),
+                          lr_at=warmed_up_schedule(train, samples=len(train_in), batch=batch,
+                                                   lr_batch=global_batch(batch), epochs=train.epochs),
                           generator_for=rank_generators(lambda epoch: generator, seed, "backprop"),
                           train_modules=[trainee],
                           evaluate=synced_evaluate(lambda: (top1_accuracy(unit_net, val_in, evaluation_batch),),

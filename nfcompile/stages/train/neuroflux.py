@@ -25,8 +25,8 @@ from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
 from nfcompile.core.results import (HEAD_EPOCHS, METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, EpochRecord,
                                     Plan, TrainOutcome, TrainResult, UnitProfile)
-from nfcompile.learning import (BestWeights, eval_mode, fit, frozen, lr_schedule, make_optimizer, set_lr,
-                                top1_accuracies, warmup_steps)
+from nfcompile.learning import (BestWeights, eval_mode, fit, frozen, make_optimizer, set_lr, top1_accuracies,
+                                warmed_up_schedule)
 from nfcompile.learning.noise_scale import noise_scales
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, shard, synced_evaluate
 from nfcompile.data.batches import Augment, batch_order, feature_augment
@@ -165,8 +165,6 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     optimizers = [make_optimizer([*u.parameters(), *h.parameters()], local, global_batch(batch))
                   for u, h in zip(units, heads)]
     epochs = block_epochs(train, block.index)
-    steps_per_epoch = math.ceil(len(train_in) / batch)
-    total_steps = epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(derived_seed(seed, "block", block.index))
     torch.manual_seed(derived_seed(seed, "block-torch", block.index))
 
@@ -184,8 +182,8 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     try:
         # The block is judged by its last unit: that is what the next block learns from.
         outcome = fit(step, train_in, batch_size=batch, epochs=range(epochs),
-                      lr_at=lr_schedule(local, global_batch(batch), total_steps,
-                                        warmup_steps(steps_per_epoch, total_steps)),
+                      lr_at=warmed_up_schedule(local, samples=len(train_in), batch=batch,
+                                               lr_batch=global_batch(batch), epochs=epochs),
                       generator_for=generator_for, train_modules=[*units, *heads], evaluate=evaluate_synced,
                       patience=train.patience, keep_best=best, label=label, log_as=f"block{block.index}",
                       exit_names=_exit_names(block))
@@ -242,19 +240,17 @@ def _train_heads(block: BlockPlan, units: list[nn.Module], heads: list[nn.Module
         for snapshot in previous:
             snapshot.keep()
         optimizers = [make_optimizer(head.parameters(), local, global_batch(batch)) for head in heads]
-        steps_per_epoch = math.ceil(len(train_in) / batch)
-        total_steps = epochs * steps_per_epoch
-        schedule = lr_schedule(local, global_batch(batch), total_steps, warmup_steps(steps_per_epoch, total_steps))
-        offset = first_epoch * steps_per_epoch  # fit counts steps from its first epoch: the schedule from 0
         with frozen(units):
             local_steps = LocalSteps(units, heads, device)
             prelude = time.perf_counter() - started
             try:
                 outcome = fit(_unit_by_unit(local_steps, optimizers), train_in, batch_size=batch,
                               epochs=range(first_epoch, first_epoch + epochs),
-                              lr_at=lambda index: schedule(index - offset), generator_for=generator_for,
-                              train_modules=heads, evaluate=evaluate, label=f"{label}, heads",
-                              log_as=f"block{block.index}", exit_names=_exit_names(block))
+                              lr_at=warmed_up_schedule(local, samples=len(train_in), batch=batch,
+                                                       lr_batch=global_batch(batch), epochs=epochs,
+                                                       first_epoch=first_epoch),
+                              generator_for=generator_for, train_modules=heads, evaluate=evaluate,
+                              label=f"{label}, heads", log_as=f"block{block.index}", exit_names=_exit_names(block))
             finally:
                 local_steps.close()
         kept, renewed = [], 0
