@@ -51,7 +51,8 @@ def accuracy_curve(result: TrainResult) -> Curve:
 
     NeuroFlux blocks train one after another: a block's epochs start after the earlier blocks'
     training and caching passes, its own memory meter's scan and (batch_policy noise_scale) the
-    measurement of its noise scale. Skipped blocks (early stop) add nothing.
+    measurement of its noise scale. What a block keeps counts when its seconds end: with slim heads
+    (neuroflux.slim_heads) its exits' accuracy after the epochs. Skipped blocks (early stop) add nothing.
     """
     points: list[tuple[float, float]] = []
     started, best = 0.0, 0.0
@@ -64,6 +65,9 @@ def accuracy_curve(result: TrainResult) -> Curve:
             elapsed += epoch.seconds
             best = max(best, *epoch.val_accuracy)
             points.append((elapsed, best))
+        if block.best_val_accuracy and max(block.best_val_accuracy) > best:
+            best = max(block.best_val_accuracy)
+            points.append((started + block.seconds, best))
         started += block.seconds + block.cache_seconds
     return tuple(points)
 

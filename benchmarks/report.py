@@ -165,11 +165,15 @@ def _loads(values: Sequence[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values) if values else "?"
 
 
-def _heads(head: dict[str, Any]) -> str:
+def _heads(neuroflux: dict[str, Any]) -> str:
+    head = neuroflux["head"]
     depth = head.get("depth", 1)
     width = f"up to {head['filters']} filters" if head.get("policy") == "adaptive" else f"{head['filters']} filters"
     pool = f", maps pooled to {head['pool_to']}x{head['pool_to']}" if head.get("pool_to") else ""
-    return f"{depth} conv{'s' if depth > 1 else ''}, {width}{pool}"
+    slim = neuroflux.get("slim_heads", {})  # absent in results files from before the field
+    shipped = (f"; exits ship slim heads ({slim['share']:g} of the filters, {slim['epochs']} epochs) where they do "
+               "as well" if slim.get("share") else "")
+    return f"{depth} conv{'s' if depth > 1 else ''}, {width}{pool}{shipped}"
 
 
 def _val_samples(samples: dict[str, int]) -> str:
@@ -204,7 +208,7 @@ def _setups(document: dict[str, Any]) -> str:
         rows.append([setup["name"], recipe["model"]["arch"], recipe["model"]["width"],
                      f"{recipe['data']['image_size']}px {recipe['data']['dataset']}",
                      f"{samples['train']}/{_val_samples(samples)}/{samples['test']}",
-                     _epochs(recipe["train"]), _heads(recipe["train"]["neuroflux"]["head"]),
+                     _epochs(recipe["train"]), _heads(recipe["train"]["neuroflux"]),
                      recipe["train"]["neuroflux"]["max_batch_size"],
                      " / ".join(mib(setup["budgets"].get(label)) or DASH for label in labels)])
     text = table(["setup", "model", "width", "input", "train/val/test images", "epochs", "NeuroFlux heads",

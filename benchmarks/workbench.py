@@ -42,7 +42,8 @@ log = get_logger("nfcompile.benchmarks")
 
 # Recipe fields the planner does not read: contenders that differ only here share one plan.
 NOT_PLANNED = {"method", "backprop", "epochs", "patience", "schedule", "batch_size", "gradient_filter"}
-NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta", "batch_policy", "block_epochs", "head_epochs"}
+NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta", "batch_policy", "block_epochs", "head_epochs",
+                         "slim_heads"}
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,11 @@ from the same repeat:
   (`head.warm_start`) vs every head from random weights: at every budget;
 - fewer epochs for the first blocks (`block_epochs`) vs every block at train.epochs, where a setup
   shortens them (ResNet on Fashion-MNIST): at every budget, time and accuracy;
-- the heads trained on their frozen units after every block (`head_epochs`) vs not, where a setup sets
-  them (VGG on Fashion-MNIST): at every budget, time, accuracy and the exit selection picks.
+- slim heads trained on the frozen units' cached features, shipped where they do at least as well
+  (`slim_heads`), vs every exit shipping the head its unit learned from, where a setup sets them: at every
+  budget, time, accuracy and the exit selection picks;
+- a head epoch after every block (`head_epochs`: the heads trained on their frozen units) vs none, where a
+  setup ships slim heads: time, accuracy and the exit selection picks.
 """
 
 from __future__ import annotations
@@ -90,10 +93,15 @@ ABLATIONS = (
     Ablation("block_epochs", "every block train.epochs", "the setup's first blocks fewer epochs",
              ("train.neuroflux.block_epochs=[]",), every_budget=True,
              only_where_setup_sets="train.neuroflux.block_epochs"),
-    # Only where the setup trains its heads after each block (VGG on Fashion-MNIST): the chosen exit is the point.
-    Ablation("head_epochs", "no head epochs", "the setup's head epochs after every block",
-             ("train.neuroflux.head_epochs=0",), selects_exit=True, every_budget=True,
-             only_where_setup_sets="train.neuroflux.head_epochs"),
+    # Only where the setup ships slim heads (the Fashion-MNIST setups): the chosen exit, and what training them
+    # costs, are the point.
+    Ablation("slim_heads", "exits ship the heads their units learned from", "slim heads where they do as well",
+             ("train.neuroflux.slim_heads.share=null",), selects_exit=True, every_budget=True,
+             only_where_setup_sets="train.neuroflux.slim_heads.share"),
+    # Does a head epoch after every block still pay once the exits ship slim heads? (VGG's setup took one before.)
+    Ablation("head_epochs", "a head epoch after every block", "no head epochs",
+             ("train.neuroflux.head_epochs=1",), selects_exit=True,
+             only_where_setup_sets="train.neuroflux.slim_heads.share"),
 )
 
 
@@ -236,5 +244,5 @@ register_comparison(Comparison(
     name="ablations", title="Ablations: every design choice against the default",
     question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch "
              "sizes and how large, the activation cache, early stop of deeper blocks, at most two units per "
-             "block, warm-started heads, fewer epochs for the first blocks, head epochs) pay for itself?",
+             "block, warm-started heads, fewer epochs for the first blocks, slim heads, head epochs) pay for itself?",
     run=run, render=render))

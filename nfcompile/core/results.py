@@ -172,7 +172,8 @@ class BlockResult(Result):
     stop_reason: str  # "epochs", "patience", "exits stopped improving", "resumed", ...
     epochs_run: int
     # per unit of the block, of the weights it kept: its best epoch's, or with neuroflux.head_epochs the
-    # higher of that and the heads' last epoch, head by head (so possibly no single record of `history`)
+    # higher of that and the heads' last epoch, head by head (so possibly no single record of `history`);
+    # where its exit ships a slim head (neuroflux.slim_heads), that head's
     best_val_accuracy: tuple[float, ...]
     measured_peak_bytes: int | None
     predicted_peak_bytes: int
@@ -189,11 +190,15 @@ class BlockResult(Result):
     # Where the block's time went (`learning.loop.FitOutcome.time_spent`), and the memory meter's scan
     # before it (`METER_SCAN`, not in `seconds`); a NeuroFlux block adds its "caching pass" (when its
     # output feeds the next block), with batch_policy noise_scale `NOISE_SCALE` (in `seconds`, before its
-    # first epoch), and with head_epochs `HEAD_EPOCHS` (in `seconds`, after the units' epochs).
+    # first epoch), with head_epochs `HEAD_EPOCHS` (in `seconds`, after the units' epochs) and with
+    # slim_heads `SLIM_HEADS` (in `seconds`, after them).
     time_spent: dict[str, float] = field(default_factory=dict)
     # NeuroFlux with batch_policy noise_scale: the smallest gradient noise scale of the block's units,
     # measured at its start (`learning.noise_scale`); None where not measured or not measurable.
     noise_scale: float | None = None
+    # neuroflux.slim_heads: per unit of the block, the filters of the slim head its exit ships, 0 where it
+    # ships the head it learned from; () where slim heads were not trained.
+    slim_head_filters: tuple[int, ...] = ()
 
     @property
     def epochs_label(self) -> str:
@@ -206,6 +211,7 @@ class BlockResult(Result):
 METER_SCAN = "memory meter's scan"  # a block's phase before its first step (CPU: `core.memory.BlockMeter`)
 NOISE_SCALE = "noise scale"  # a NeuroFlux block's phase before its first step (batch_policy noise_scale)
 HEAD_EPOCHS = "head epochs"  # a NeuroFlux block's phase after its units' epochs (neuroflux.head_epochs)
+SLIM_HEADS = "slim heads"  # a NeuroFlux block's phase after those (neuroflux.slim_heads)
 
 TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks)
     "steps": "training steps (forward, losses, backward, optimizer)",
@@ -214,6 +220,7 @@ TIME_PHASES = {  # `TrainResult.time_spent` phases, in words (report, benchmarks
     "snapshots": "best-epoch snapshots",
     "caching pass": "caching passes",
     HEAD_EPOCHS: "training each block's heads on its frozen units (neuroflux.head_epochs)",
+    SLIM_HEADS: "training the exits' slim heads on cached features (neuroflux.slim_heads)",
     METER_SCAN: "the memory meter's scan of live tensors before each block",
     NOISE_SCALE: "measuring each block's gradient noise scale (its batch size)",
     "rest": "the rest (checkpoints, moving blocks, logging)",

@@ -136,6 +136,19 @@ def attach_heads(unit_net: UnitNet, specs: dict[str, dict[str, Any]], num_classe
     return MultiExitNet(unit_net, heads)
 
 
+def match_head_specs(net: MultiExitNet, specs: dict[str, dict[str, Any]]) -> None:
+    """Give ``net`` the auxiliary heads ``specs`` (a checkpoint's `head_specs`) describes where its own
+    differ (a resumed run whose finished blocks' exits ship slim heads), so their weights load."""
+    for key, spec in specs.items():
+        head = net.heads[key]
+        if spec["kind"] != "aux" or not isinstance(head, AuxHead):
+            continue
+        wanted = (int(spec["filters"]), int(spec.get("pool", 1)), int(spec.get("depth", 1)))
+        if wanted != (head.filters, head.pool_kernel, head.depth):
+            in_channels = next(m for m in head.body if isinstance(m, nn.Conv2d)).in_channels
+            net.heads[key] = AuxHead(in_channels, wanted[0], head.fc.out_features, pool=wanted[1], depth=wanted[2])
+
+
 def _probe_input_shape(unit_net: UnitNet) -> tuple[int, int, int]:
     # Channel counts do not depend on the spatial size; 32x32 is valid for every adapter.
     return (3, 32, 32)

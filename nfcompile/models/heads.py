@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from nfcompile.recipe.schema import HeadSection
@@ -42,12 +43,46 @@ class AuxHead(nn.Module):
     def forward(self, x):
         return self.fc(self.flatten(self.pool(self.body(x))))
 
+    def pooled_input(self, x):
+        """What the convs see: ``x`` after the head's own pooling (``x`` itself where it has none)."""
+        return self.body[0](x) if self.pool_kernel > 1 else x
+
+    def from_pooled(self, pooled):
+        """The logits from `pooled_input`'s output: ``forward(x) == from_pooled(pooled_input(x))``."""
+        convs = self.body[1:] if self.pool_kernel > 1 else self.body
+        return self.fc(self.flatten(self.pool(convs(pooled))))
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints from before pooled and deeper heads name the one conv and BN `conv.` and `bn.`.
         for old, new in (("conv.", "body.0."), ("bn.", "body.1.")):
             for key in [k for k in state_dict if k.startswith(prefix + old)]:
                 state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@torch.no_grad()
+def slim_head(head: AuxHead, filters: int) -> AuxHead:
+    """A copy of ``head`` with ``filters`` filters per conv: at every conv, the filters whose BatchNorm scale
+    is largest in magnitude (network slimming, Liu et al. 2017: a filter's |gamma| is how much of it reaches
+    the next layer), with their weights, BatchNorm statistics and the next layer's matching inputs."""
+    if not 1 <= filters <= head.filters:
+        raise ValueError(f"a slim head keeps 1 to {head.filters} filters, not {filters}")
+    convs = [m for m in head.body if isinstance(m, nn.Conv2d)]
+    norms = [m for m in head.body if isinstance(m, nn.BatchNorm2d)]
+    slim = AuxHead(convs[0].in_channels, filters, head.fc.out_features, pool=head.pool_kernel, depth=head.depth)
+    slim_convs = [m for m in slim.body if isinstance(m, nn.Conv2d)]
+    slim_norms = [m for m in slim.body if isinstance(m, nn.BatchNorm2d)]
+    kept_inputs = torch.arange(convs[0].in_channels, device=convs[0].weight.device)
+    for conv, norm, slim_conv, slim_norm in zip(convs, norms, slim_convs, slim_norms):
+        kept = norm.weight.abs().argsort(descending=True, stable=True)[:filters].sort().values
+        slim_conv.weight.copy_(conv.weight[kept][:, kept_inputs])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(slim_norm, name).copy_(getattr(norm, name)[kept])
+        slim_norm.num_batches_tracked.copy_(norm.num_batches_tracked)
+        kept_inputs = kept
+    slim.fc.weight.copy_(head.fc.weight[:, kept_inputs])
+    slim.fc.bias.copy_(head.fc.bias)
+    return slim.train(head.training)
 
 
 def head_pool_kernel(section: HeadSection, spatial_side: int) -> int:

@@ -191,9 +191,29 @@ class CacheSection(Section):
         return None if value is None else parse_bytes(value)
 
 
+class SlimHeadsSection(Section):
+    share: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="After a block (and its head_epochs), each of its heads is copied at this share of its "
+        "filters, those whose BatchNorm scale is largest (network slimming, Liu et al. 2017), and the copy trains on "
+        "the block's frozen units; an exit ships the copy where its accuracy on the monitor split is at least the "
+        "head's. A wide head teaches its unit while it learns; the exit needs less, and a head trained on finished "
+        "features learns more than one that chased them (null: every exit ships the head its unit learned from). "
+        "On the benchmarks' Fashion-MNIST VGG-16 at the stringent budget, half-width slim heads moved the exit "
+        "selection ships from 9.2-19.6x fewer parameters than the full model to 54.0-62.9x, raised the best exit by "
+        "0.6-1.0 points and reached the common target sooner (the early exits reach it), for 20-24 s of 59-68 s runs "
+        "(ad hoc, seeds 0-2, 6,000 validation images; benchmarks/config.py has the figures).")
+    epochs: Annotated[int, Field(ge=1, le=100)] = Field(
+        10, description="Epochs each slim copy trains: on its unit's outputs, pooled as the head pools them and "
+        "cached once, so an epoch costs the small head's steps, not the units' forward.")
+    batch_size: Annotated[int, Field(ge=2, le=4096)] = Field(
+        64, description="The slim copies' batch (per process), at train.lr scaled to it and the block's "
+        "neuroflux.lr_scale, with a warm-up and train.schedule.")
+
+
 class NeuroFluxSection(Section):
     head: HeadSection = HeadSection()
     cache: CacheSection = CacheSection()
+    slim_heads: SlimHeadsSection = SlimHeadsSection()
     lr_scale: Annotated[float, Field(gt=0.0, le=16.0)] = Field(
         2.0, description="NeuroFlux's units train at train.lr times this. A unit learns from its shallow "
         "auxiliary head, not from the whole network's gradient: validation picked twice backprop's rate in all "
@@ -238,7 +258,8 @@ class NeuroFluxSection(Section):
         "before, without it: 9.2/19.6/6.7x; benchmarks comparison 2) and still reached the common target 1.10x sooner "
         "than backprop at the moderate budget (1.25x the run before; comparison 1). On ResNet-18 it did not pay: the "
         "exit that decides its deliverable gained 0.0-0.7 points from two, and at the moderate budget one reached the "
-        "common target 1.09-1.15x later than none (benchmarks/config.py has the figures).")
+        "common target 1.09-1.15x later than none (benchmarks/config.py has the figures). Once slim_heads trains each "
+        "exit's shipped head on the finished units, it changed little, and VGG-16's setup dropped it.")
     profile_batch_sizes: tuple[PositiveInt, ...] = Field(
         (4, 16), description="Batch sizes at which each unit's training step, and each block's evaluation, is "
         "first measured (two or more).")

@@ -5,6 +5,7 @@ budget). The end-to-end test asserts the structure of what the suite writes, nev
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 
@@ -54,6 +55,19 @@ def test_accuracy_curve_chains_blocks_and_their_caching_passes():
     assert measures.time_to_target(curve, 0.6) == 3.4
     assert measures.time_to_target(curve, 0.8) == 7.65
     assert measures.time_to_target(curve, 0.81) is None
+
+
+def test_accuracy_curve_counts_what_a_block_keeps_after_its_epochs_when_the_block_ends():
+    # Slim heads (neuroflux.slim_heads) raised block 0's second exit to 0.7 after its epochs: that counts from
+    # the end of the block's seconds (2 s of epochs, 0.5 s of the rest), not from its last epoch.
+    slimmed = dataclasses.replace(_block(0, [(0.3, 0.5), (0.4, 0.6)], [1.0, 1.0], cache=1.0),
+                                  best_val_accuracy=(0.4, 0.7))
+    result = TrainResult(method="neuroflux", device="cpu", budget_bytes=200, checkpoint="c", exit_units=(0, 1, 2),
+                         exit_val_accuracy=(0.4, 0.7, 0.65), seconds=9.0,
+                         blocks=(slimmed, _block(1, [(0.65,)], [1.0])))
+    curve = measures.accuracy_curve(result)
+    assert curve == ((1.0, 0.5), (2.0, 0.6), (2.5, 0.7), (4.5, 0.7))
+    assert measures.time_to_target(curve, 0.7) == 2.5
 
 
 def test_common_target_is_reached_by_everyone_and_capped():
@@ -482,17 +496,22 @@ def test_the_block_epochs_ablation_runs_only_where_a_setup_shortens_its_first_bl
     assert setup_recipe(config, RESNET18_FMNIST, epochs.overrides).train.neuroflux.block_epochs == ()
 
 
-def test_the_head_epochs_ablation_runs_only_where_a_setup_trains_its_heads_after_each_block():
+def test_the_slim_heads_and_head_epochs_ablations_run_where_a_setup_ships_slim_heads():
     from benchmarks.comparisons.ablations import ABLATIONS, _applies
-    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
+    from benchmarks.config import RESNET18_DIGITS, VGG16_FMNIST
     from benchmarks.workbench import setup_recipe
 
+    (slim,) = [a for a in ABLATIONS if a.name == "slim_heads"]
     (heads,) = [a for a in ABLATIONS if a.name == "head_epochs"]
     config = quick_config()
-    assert _applies(heads, VGG16_FMNIST, config) and not _applies(heads, RESNET18_FMNIST, config)
-    assert heads.selects_exit and heads.every_budget
-    assert setup_recipe(config, VGG16_FMNIST).train.neuroflux.head_epochs == 1
-    assert setup_recipe(config, VGG16_FMNIST, heads.overrides).train.neuroflux.head_epochs == 0
+    for ablation in (slim, heads):
+        assert ablation.selects_exit
+        assert _applies(ablation, VGG16_FMNIST, config) and not _applies(ablation, RESNET18_DIGITS, config)
+    assert slim.every_budget and not heads.every_budget
+    default = setup_recipe(config, VGG16_FMNIST).train.neuroflux
+    assert (default.slim_heads.share, default.head_epochs) == (0.5, 0)
+    assert setup_recipe(config, VGG16_FMNIST, slim.overrides).train.neuroflux.slim_heads.share is None
+    assert setup_recipe(config, VGG16_FMNIST, heads.overrides).train.neuroflux.head_epochs == 1
 
 
 def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
@@ -503,7 +522,8 @@ def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
     def key(*overrides):
         return plan_key(setup_recipe(config, RESNET18_FMNIST, overrides))
 
-    assert key() == key("train.neuroflux.block_epochs=[]") == key("train.neuroflux.head_epochs=2")
+    assert key() == key("train.neuroflux.block_epochs=[]") == key("train.neuroflux.head_epochs=2") == key(
+        "train.neuroflux.slim_heads.share=0.25", "train.neuroflux.slim_heads.epochs=3")
     assert key() != key("train.neuroflux.max_batch_size=32")
 
 

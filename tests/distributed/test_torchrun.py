@@ -29,9 +29,10 @@ from conftest import TINY_DIGITS_RECIPE, run_cli, write_recipe
 pytestmark = pytest.mark.slow
 
 # Blocks at their noise scale: every rank measures on its own shard and all must train at one batch. A head
-# epoch after every block: the heads alone train through DDP on frozen units, and must stay equal across ranks.
+# epoch after every block, then slim heads: the heads alone train through DDP on frozen units (the slim ones on
+# each rank's cached features), and must stay equal across ranks, every rank shipping the same heads.
 RECIPE = TINY_DIGITS_RECIPE.replace("epochs: 6", "epochs: 4").replace(
-    "lr_scale: 1.0}", "lr_scale: 1.0, batch_policy: noise_scale, head_epochs: 1}")
+    "lr_scale: 1.0}", "lr_scale: 1.0, batch_policy: noise_scale, head_epochs: 1, slim_heads: {share: 0.5, epochs: 2}}")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -92,10 +93,11 @@ def test_both_ranks_hold_the_same_weights_after_every_block(bundle):
     assert record["weights_identical"] is True
 
 
-def test_every_block_ran_its_head_epoch_on_both_ranks(bundle):
+def test_every_block_ran_its_head_epoch_and_slim_heads_on_both_ranks(bundle):
     path, _ = bundle
     blocks = json.loads((path / "state" / "train.json").read_text())["result"]["blocks"]
     assert blocks and all(len(b["history"]) == b["epochs_run"] + 1 for b in blocks)
+    assert all(len(b["slim_head_filters"]) == len(b["units"]) and b["time_spent"]["slim heads"] > 0 for b in blocks)
 
 
 def test_each_block_trains_at_the_noise_scale_both_ranks_measured_together(bundle):

@@ -224,6 +224,7 @@ def _training_section(train: TrainResult, image: str | None, monitored: int | No
              ""]
     lines += _table(["block", "units", "batch", "epochs", "stopped", "best val. accuracy per exit (%)", "train s",
                      "cache s"], rows)
+    lines += _slim_heads(train)
     spent = train.time_spent()
     if spent and train.seconds > 0:
         shares = ", ".join(f"{TIME_PHASES.get(phase, phase)} {seconds:.1f} s ({seconds / train.seconds:.0%})"
@@ -232,6 +233,16 @@ def _training_section(train: TrainResult, image: str | None, monitored: int | No
     if image:
         lines += [f"![training curves]({image})", ""]
     return lines
+
+
+def _slim_heads(train: TrainResult) -> list[str]:
+    slimmed = [(u, f) for b in train.blocks for u, f in zip(b.units, b.slim_head_filters)]
+    if not slimmed:
+        return []
+    shipped = ", ".join(f"exit_{u:02d} ({f} filters)" for u, f in slimmed if f) or "none"
+    return [f"Slim heads (`train.neuroflux.slim_heads`), trained on each block's frozen units, shipped where they "
+            f"did at least as well on the monitor split: {shipped}, of {len(slimmed)} exits; the accuracies above "
+            "are of the heads shipped.", ""]
 
 
 def _exits_section(scores: ExitScores, selection: Selection, image: str | None) -> list[str]:

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import psutil
 import torch
 from torch import nn
 
@@ -29,7 +28,8 @@ from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, Rec
 from nfcompile.models import AuxHead, UnitNet, block_exits, choose_head_filters, unit_shapes_for
 from nfcompile.models.heads import head_pool_kernel
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
-from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
+from nfcompile.stages.plan.partition import (block_max_batch, block_peak, host_cache_limit, partition_blocks,
+                                            place_cache)
 from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, measure_evaluation,
                                           profile_backprop_step, profile_input_fetch, profile_local_step)
 from nfcompile.stages.plan.profile_cache import ProfileCache
@@ -325,7 +325,7 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
     # (an upper bound of what else is resident); every block's batch is then sized exactly.
     groups = partition_blocks(fits, budget - resident.besides([]), split_ratio=section.block_split_ratio, cap=cap,
                               fetch_bytes_per_sample=fetch, max_units=section.max_units_per_block)
-    host_limit = section.cache.max_host_bytes or psutil.virtual_memory().available // 2
+    host_limit = host_cache_limit(section.cache)
     blocks: list[BlockPlan] = []
     input_cache_on_device = 0
     for k, (units, _) in enumerate(groups):

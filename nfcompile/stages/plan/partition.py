@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import psutil
+
 from nfcompile.core.memory import MemoryFit
+from nfcompile.recipe.schema import CacheSection
 
 
 def block_peak(fits: Sequence[MemoryFit], batch: int, fetch_bytes_per_sample: int = 0) -> int:
@@ -69,6 +72,11 @@ class CachePlacement:
     placement: str  # device | host | disk | none
     bytes: int
     reason: str
+
+
+def host_cache_limit(cache: CacheSection) -> int:
+    """Host RAM a cache may take: cache.max_host_bytes, else half of what is available now."""
+    return cache.max_host_bytes or psutil.virtual_memory().available // 2
 
 
 def place_cache(cache_bytes: int, *, device_type: str, requested: str, device_headroom: int,

@@ -55,7 +55,7 @@ STEP_INDEPENDENT = {"epochs": True, "patience": True, "schedule": True, "lr": Tr
                                   "batch_policy": True, "head": {"warm_start": True},
                                   "reuse_profiles": True, "block_split_ratio": True,
                                   "max_units_per_block": True, "block_epochs": True,
-                                  "head_epochs": True}}
+                                  "head_epochs": True, "slim_heads": True}}
 
 
 def cache_folder() -> Path:

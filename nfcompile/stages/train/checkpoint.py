@@ -17,11 +17,13 @@ from nfcompile.core.io import load_checkpoint, save_checkpoint
 from nfcompile.core.log import get_logger
 from nfcompile.core.results import BlockResult, TrainResult
 from nfcompile.models import MultiExitNet, multi_exit_state
+from nfcompile.models.build import match_head_specs
 from nfcompile.recipe.schema import ModelSection
 
 log = get_logger(__name__)
 
-FORMAT = "nfcompile.train/1"
+# 2: a finished block's checkpoint holds the next block's warm-started heads, and may hold slim heads.
+FORMAT = "nfcompile.train/2"
 
 
 class TrainCheckpoint:
@@ -49,6 +51,7 @@ class TrainCheckpoint:
         if state.get("format") != FORMAT or state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written for other settings: training starts over", self.path)
             return []
+        match_head_specs(net, state["net"]["heads"])
         net.load_state_dict(state["net"]["state_dict"])
         blocks = [BlockResult.from_dict(b) for b in state["blocks"]]
         log.info("resuming: blocks %s already trained (from %s)", [b.index for b in blocks], self.path)

@@ -4,7 +4,8 @@ Blocks train one after another at the batch size the plan gave them. Inside a bl
 mini-batch and each unit: forward on the detached output of the unit before, local loss through the
 unit's auxiliary head, backward at once (only one unit's graph is ever alive), step that unit's
 optimizer. A finished block is restored to its best epoch, run once over the data to fill the
-activation cache the next block reads, and checkpointed, so `--resume` never redoes it.
+activation cache the next block reads, and checkpointed, so `--resume` never redoes it. With
+`neuroflux.slim_heads` its exits get narrower heads first, trained on its frozen units (`slim_heads`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from nfcompile.core.bytesize import format_bytes
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import memory_phase
 from nfcompile.core.repro import derived_seed
-from nfcompile.core.results import (HEAD_EPOCHS, METER_SCAN, NOISE_SCALE, BlockPlan, BlockResult, EpochRecord,
-                                    Plan, TrainOutcome, TrainResult, UnitProfile)
+from nfcompile.core.results import (HEAD_EPOCHS, METER_SCAN, NOISE_SCALE, SLIM_HEADS, BlockPlan, BlockResult,
+                                    EpochRecord, Plan, TrainOutcome, TrainResult, UnitProfile)
 from nfcompile.learning import (BestWeights, eval_mode, fit, frozen, make_optimizer, set_lr, top1_accuracies,
                                 warmed_up_schedule)
 from nfcompile.learning.noise_scale import noise_scales
@@ -37,6 +38,7 @@ from nfcompile.stages.train.budget import (block_meter, check_budget, log_block_
                                           with_memory)
 from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.stages.train.checkpoint import TrainCheckpoint
+from nfcompile.stages.train.slim_heads import slim_block_heads
 
 log = get_logger(__name__)
 
@@ -69,14 +71,19 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             if stalled:
                 results.append(_skipped(block, plan.budget_bytes))
                 continue
-            if section.head.warm_start:
-                _warm_start_heads(block, net, plan)
             modules = [*(net.units[i] for i in block.units), *(net.heads[str(i)] for i in block.units)]
             caches = [*train_in.device_tensors(), *val_in.device_tensors()]
-            # One meter over the whole block: every step, evaluation, the snapshot and the caching pass.
+            # One meter over the whole block: every step, evaluation, the snapshot, slim heads and the caching pass.
             with block_meter(device, modules, data, caches) as meter:
                 result = _train_block(block, net, train_in, val_in, plan=plan, train=train, device=device,
                                       seed=seed, snapshot_folder=out_dir)
+                # The next block's heads start from this block's heads as its units learned from them, before
+                # any slimming; done here, the checkpoint keeps them for a resumed run.
+                if section.head.warm_start and block.index < len(plan.blocks) - 1:
+                    _warm_start_heads(plan.blocks[block.index + 1], net, plan)
+                if section.slim_heads.share is not None:
+                    result = _slim_heads(block, net, result, train_in, val_in, plan=plan, train=train,
+                                         device=device, seed=seed, folder=cache_folder)
                 if block.index < len(plan.blocks) - 1:
                     cache_start = time.perf_counter()
                     train_in, val_in = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
@@ -102,6 +109,30 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
     with contextlib.suppress(OSError):
         cache_folder.rmdir()  # only when empty: every cache file is gone by now
     return TrainOutcome(net, _train_result(results, plan, device, time.perf_counter() - start, resumed=len(done)))
+
+
+def _slim_heads(block: BlockPlan, net: MultiExitNet, result: BlockResult, train_in, val_in, *, plan: Plan,
+                train: TrainSection, device: torch.device, seed: int, folder: Path) -> BlockResult:
+    """neuroflux.slim_heads: the block's exits get slim heads where those do at least as well."""
+    started = time.perf_counter()
+    slim = slim_block_heads(block, [net.units[i] for i in block.units], [net.heads[str(i)] for i in block.units],
+                            train_in, val_in, accuracy=result.best_val_accuracy, local=_local(train), plan=plan,
+                            device=device, seed=seed, folder=folder, label=_label(block, plan, result.batch_size))
+    for unit, head in zip(block.units, slim.heads):
+        net.heads[str(unit)] = head
+    seconds = time.perf_counter() - started
+    return replace(result, best_val_accuracy=slim.accuracy, seconds=result.seconds + seconds,
+                   time_spent={**result.time_spent, SLIM_HEADS: seconds},
+                   slim_head_filters=tuple(h.filters if s else 0 for h, s in zip(slim.heads, slim.slimmed)))
+
+
+def _local(train: TrainSection) -> TrainSection:
+    """NeuroFlux's own rate: the shared train.lr times neuroflux.lr_scale."""
+    return train.model_copy(update={"lr": train.lr * train.neuroflux.lr_scale})
+
+
+def _label(block: BlockPlan, plan: Plan, batch: int) -> str:
+    return f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
 
 
 def block_epochs(train: TrainSection, index: int) -> int:
@@ -160,8 +191,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
     if train.neuroflux.batch_policy == "noise_scale":
         batch, noise_scale = _noise_scale_batch(block, units, heads, train_in, seed)
         spent_before[NOISE_SCALE] = time.perf_counter() - started
-    # NeuroFlux's own rate: the shared train.lr times neuroflux.lr_scale.
-    local = train.model_copy(update={"lr": train.lr * train.neuroflux.lr_scale})
+    local = _local(train)
     optimizers = [make_optimizer([*u.parameters(), *h.parameters()], local, global_batch(batch))
                   for u, h in zip(units, heads)]
     epochs = block_epochs(train, block.index)
@@ -177,7 +207,7 @@ def _train_block(block: BlockPlan, net: MultiExitNet, train_in, val_in, *, plan:
 
     evaluate_synced = synced_evaluate(evaluate, [*units, *heads], val_in)
     generator_for = rank_generators(lambda epoch: generator, seed, "block", block.index)
-    label = f"block {block.index + 1}/{len(plan.blocks)} (units {block.units[0]}-{block.units[-1]}, batch {batch})"
+    label = _label(block, plan, batch)
     best = BestWeights([*units, *heads], device, snapshot_folder)
     try:
         # The block is judged by its last unit: that is what the next block learns from.

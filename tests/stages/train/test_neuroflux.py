@@ -9,8 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nfcompile.core.results import HEAD_EPOCHS, NOISE_SCALE, Plan, TrainResult
+from nfcompile.core.results import HEAD_EPOCHS, NOISE_SCALE, SLIM_HEADS, Plan, TrainResult
+from nfcompile.data.batches import Augment
+from nfcompile.data.sources import ImageInput
 from nfcompile.errors import BudgetError, BudgetExceeded
+from nfcompile.learning import top1_accuracy
 from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.plan import plan_training
@@ -111,8 +114,10 @@ def test_device_cache_counts_against_the_measured_peak(tmp_path):
     assert second.measured_peak_bytes <= plan.budget_bytes
 
 
-def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, monkeypatch):
-    train = _train_section()
+@pytest.mark.parametrize("slim", [None, 0.5])
+def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, monkeypatch, slim):
+    # With slim heads the checkpoint holds block 0's slim heads and block 1's heads warm-started from its wide one.
+    train = _train_section(slim_heads={"share": slim})
     plan = _plan(train, data)
     # What is resumed is judged here, not the budget: inside pytest other tests' tensors share the
     # process (the budget is held in a fresh process: test_blocks_stay_under_the_budget_as_measured).
@@ -217,6 +222,39 @@ def test_head_epochs_train_only_the_heads_and_each_keeps_its_new_weights_only_wh
     assert True in outcomes and False in outcomes, "both a kept and a restored head are what the test is about"
 
 
+def test_an_exit_ships_a_slim_head_trained_on_its_frozen_unit_only_where_it_does_at_least_as_well(data, tmp_path):
+    runs = {}
+    for share in (None, 0.5):
+        # float32 features: the slim heads are judged on exactly what the block's own evaluation saw.
+        train = _train_section(slim_heads={"share": share, "epochs": 3}, cache={"dtype": "float32"}).model_copy(
+            update={"epochs": 2})
+        runs[share] = _train(_plan(train, data), train, data, tmp_path / str(share))
+    plain, slimmed = runs[None], runs[0.5]
+    # Slimming follows a block's training, and the next block's heads start from the wide heads: the units
+    # learn exactly what they learn without it.
+    assert all(torch.equal(a, b) for a, b in zip(plain.net.units.state_dict().values(),
+                                                 slimmed.net.units.state_dict().values()))
+    assert not list((tmp_path / "0.5").rglob("*.bin")), "a slim head's feature cache was left behind"
+    monitor = ImageInput(data.monitor, data.preprocessing, Augment(), CPU)
+    shipped = []
+    for before, after in zip(plain.result.blocks, slimmed.result.blocks):
+        assert [r.val_accuracy for r in after.history] == [r.val_accuracy for r in before.history]
+        assert after.time_spent[SLIM_HEADS] > 0 and before.slim_head_filters == ()
+        for position, unit in enumerate(after.units):
+            head, wide = slimmed.net.heads[str(unit)], plain.net.heads[str(unit)]
+            if after.slim_head_filters[position]:
+                assert head.filters == after.slim_head_filters[position] == wide.filters // 2
+                assert after.best_val_accuracy[position] >= before.best_val_accuracy[position]
+                # The accuracy recorded is the shipped exit's, end to end (one sample's worth of rounding).
+                assert after.best_val_accuracy[position] == pytest.approx(
+                    top1_accuracy(slimmed.net.exit_net(unit), monitor), abs=1 / len(monitor) + 1e-9)
+            else:
+                assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), wide.state_dict().values()))
+                assert after.best_val_accuracy[position] == before.best_val_accuracy[position]
+            shipped.append(bool(after.slim_head_filters[position]))
+    assert True in shipped and False in shipped, "both a slim and a kept wide head are what the test is about"
+
+
 def test_a_blocks_heads_start_from_the_previous_blocks_trained_head_where_unit_and_head_match():
     def unit(channels, filters):
         return SimpleNamespace(out_shape=(channels, 4, 4), head_filters=filters, head_pool=None, head_depth=1)
@@ -244,7 +282,8 @@ def test_heads_are_warm_started_before_every_block_only_when_the_recipe_says(dat
     train = _train_section(head={"warm_start": warm_start}).model_copy(update={"epochs": 1})
     plan = _plan(train, data)
     _train(plan, train, data, tmp_path)
-    assert asked == ([b.index for b in plan.blocks] if warm_start else [])
+    # Each block's heads after the block before it: the first block's have no head to start from.
+    assert asked == ([b.index for b in plan.blocks[1:]] if warm_start else [])
 
 
 def test_blocks_train_at_the_recipes_rate_times_lr_scale(data, tmp_path):
