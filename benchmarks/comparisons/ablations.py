@@ -93,8 +93,8 @@ ABLATIONS = (
     Ablation("block_epochs", "every block train.epochs", "the setup's first blocks fewer epochs",
              ("train.neuroflux.block_epochs=[]",), every_budget=True,
              only_where_setup_sets="train.neuroflux.block_epochs"),
-    # Only where the setup ships slim heads (the Fashion-MNIST setups): the chosen exit, and what training them
-    # costs, are the point.
+    # Only where the setup ships slim heads (VGG on Fashion-MNIST): the chosen exit, and what training them costs,
+    # are the point.
     Ablation("slim_heads", "exits ship the heads their units learned from", "slim heads where they do as well",
              ("train.neuroflux.slim_heads.share=null",), selects_exit=True, every_budget=True,
              only_where_setup_sets="train.neuroflux.slim_heads.share"),
@@ -206,7 +206,8 @@ def render(result: dict[str, Any]) -> str:
                          if exits else None])
         budget = next((v["budget_bytes"] for v in variants.values() if v["fits"]), None)
         out.append(f"**{entry['setup']}** at the {entry['budget']} budget ({mib(budget)})\n")
-        out.append(table(["contender", "batch sizes", "measured peak (of budget)", "head parameters", "blocks trained",
+        out.append(table(["contender", "batch sizes", "measured peak (of budget)", "head parameters as planned",
+                          "blocks trained",
                           "best val accuracy", "wall time", "CPU time",
                           "chosen exit (test accuracy, parameters)"], rows))
         pair_rows = [[f"{p['default_side']} vs {p['variant']}",

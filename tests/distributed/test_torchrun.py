@@ -98,6 +98,7 @@ def test_every_block_ran_its_head_epoch_and_slim_heads_on_both_ranks(bundle):
     blocks = json.loads((path / "state" / "train.json").read_text())["result"]["blocks"]
     assert blocks and all(len(b["history"]) == b["epochs_run"] + 1 for b in blocks)
     assert all(len(b["slim_head_filters"]) == len(b["units"]) and b["time_spent"]["slim heads"] > 0 for b in blocks)
+    assert any(f for b in blocks for f in b["slim_head_filters"]), "no exit shipped a slim head: nothing to compare"
 
 
 def test_each_block_trains_at_the_noise_scale_both_ranks_measured_together(bundle):

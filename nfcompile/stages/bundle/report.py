@@ -242,7 +242,7 @@ def _slim_heads(train: TrainResult) -> list[str]:
     shipped = ", ".join(f"exit_{u:02d} ({f} filters)" for u, f in slimmed if f) or "none"
     return [f"Slim heads (`train.neuroflux.slim_heads`), trained on each block's frozen units, shipped where they "
             f"did at least as well on the monitor split: {shipped}, of {len(slimmed)} exits; the accuracies above "
-            "are of the heads shipped.", ""]
+            "are of the heads shipped (a slim head's measured on the cached features it trained on).", ""]
 
 
 def _exits_section(scores: ExitScores, selection: Selection, image: str | None) -> list[str]:

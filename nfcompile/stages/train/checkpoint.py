@@ -48,7 +48,11 @@ class TrainCheckpoint:
         state = _read_on_main(self.path)
         if state is None:
             return []
-        if state.get("format") != FORMAT or state.get("fingerprint") != self.fingerprint:
+        if state.get("format") != FORMAT:
+            log.warning("%s was written by another nfcompile version (%s, this one reads %s): training starts over",
+                        self.path, state.get("format"), FORMAT)
+            return []
+        if state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written for other settings: training starts over", self.path)
             return []
         match_head_specs(net, state["net"]["heads"])

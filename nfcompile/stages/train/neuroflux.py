@@ -119,7 +119,10 @@ def _slim_heads(block: BlockPlan, net: MultiExitNet, result: BlockResult, train_
                             train_in, val_in, accuracy=result.best_val_accuracy, local=_local(train), plan=plan,
                             device=device, seed=seed, folder=folder, label=_label(block, plan, result.batch_size))
     for unit, head in zip(block.units, slim.heads):
+        replaced = net.heads[str(unit)]
         net.heads[str(unit)] = head
+        if replaced is not head and device.type == "cuda":
+            replaced.to("cpu")  # no longer the net's: `_off_device` would leave it on the GPU
     seconds = time.perf_counter() - started
     return replace(result, best_val_accuracy=slim.accuracy, seconds=result.seconds + seconds,
                    time_spent={**result.time_spent, SLIM_HEADS: seconds},

@@ -155,12 +155,14 @@ def _pooled_elements(block: BlockPlan, plan: Plan, slimmed: list[int], heads: li
 
 def _placement(block: BlockPlan, plan: Plan, slimmed: list[int], heads: list[AuxHead], samples: int,
                local: TrainSection, device: torch.device) -> str:
-    """Where the features go: like the activation cache, on the device where they fit the headroom the
-    block's training peak leaves, else host RAM (CUDA), else a memory-mapped file."""
+    """Where the features go: where `cache.placement` puts the activation cache, and with auto (or recompute,
+    which has no cache to follow) on the device where they fit the headroom the block's training peak
+    leaves, else host RAM (CUDA), else a memory-mapped file."""
     cache = local.neuroflux.cache
     item = 2 if cache.dtype == "float16" else 4
     sample_bytes = item * sum(_pooled_elements(block, plan, slimmed, heads))
-    return place_cache(sample_bytes * samples, device_type=device.type, requested="auto",
+    requested = "auto" if cache.placement == "recompute" else cache.placement
+    return place_cache(sample_bytes * samples, device_type=device.type, requested=requested,
                        device_headroom=max(0, plan.budget_bytes - block.predicted_peak_bytes),
                        host_limit=host_cache_limit(cache)).placement
 
@@ -208,9 +210,9 @@ def _pooled_features(units: list[nn.Module], slimmed: list[int], heads: list[Aux
                                                     name=f"block{block.index}.slim{k}.{name}")
                     caches[k].write(start, features)
                 start += len(indices)
+        return _PooledFeatures([c for c in caches if c is not None], torch.cat(labels), device)
     except BaseException:
         for cache in caches:
             if cache is not None:
                 cache.close()
         raise
-    return _PooledFeatures([c for c in caches if c is not None], torch.cat(labels), device)

@@ -18,7 +18,8 @@ from nfcompile.models import AuxHead
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, ModelSection, TrainSection
 from nfcompile.stages.plan import plan_training
 from nfcompile.stages.train import train_model
-from nfcompile.stages.train import neuroflux
+from nfcompile.stages.train import neuroflux, slim_heads
+from nfcompile.stages.train.checkpoint import TrainCheckpoint
 
 from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_data, make_tiny_unit_net
 from isolated import run_isolated
@@ -51,12 +52,13 @@ def data():
 
 
 def trained_in_this_process(out_dir: str, method: str = "neuroflux", budget: str = "1MiB",
-                            cache: str = "auto", max_units: int | None = 2, train_samples: int = 96) -> dict:
+                            cache: str = "auto", max_units: int | None = 2, train_samples: int = 96,
+                            slim: float | None = None) -> dict:
     """Plan and train the tiny net (run by `isolated.run_isolated` in a fresh process: the measured
     peak counts every tensor alive in the process, as in a build)."""
     data = make_tiny_data(train=train_samples, val=32, test=32)
-    train = _train_section(cache={"placement": cache}, max_units_per_block=max_units).model_copy(
-        update={"method": method})
+    train = _train_section(cache={"placement": cache}, max_units_per_block=max_units,
+                           slim_heads={"share": slim}).model_copy(update={"method": method})
     plan = _plan(train, data, BudgetSection(memory=budget))
     outcome = _train(plan, train, data, Path(out_dir), budget=BudgetSection(memory=budget))
     return {"plan": plan, "result": outcome.result, "train_samples": len(data.train)}
@@ -67,8 +69,13 @@ def _fresh(tmp_path, **kwargs):
     return Plan.from_dict(measured["plan"]), TrainResult.from_dict(measured["result"]), measured["train_samples"]
 
 
-def test_blocks_stay_under_the_budget_as_measured(tmp_path):
-    plan, result, _ = _fresh(tmp_path)
+@pytest.mark.parametrize("slim", [None, 0.5])
+def test_blocks_stay_under_the_budget_as_measured(tmp_path, slim):
+    # Slim heads train inside the block's meter, after its steps: on the tiny net (no pooling) their features
+    # and steps must fit what the block's step left.
+    plan, result, _ = _fresh(tmp_path, slim=slim)
+    if slim:
+        assert all(b.time_spent["slim heads"] > 0 for b in result.blocks)
     assert len(plan.blocks) >= 2, "the tiny budget should split the units"
     for block in result.blocks:
         assert block.trained
@@ -116,7 +123,7 @@ def test_device_cache_counts_against_the_measured_peak(tmp_path):
 
 @pytest.mark.parametrize("slim", [None, 0.5])
 def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, monkeypatch, slim):
-    # With slim heads the checkpoint holds block 0's slim heads and block 1's heads warm-started from its wide one.
+    # With slim heads the checkpoint holds block 0's slim heads, whose shapes the restored net must take.
     train = _train_section(slim_heads={"share": slim})
     plan = _plan(train, data)
     # What is resumed is judged here, not the budget: inside pytest other tests' tensors share the
@@ -145,6 +152,8 @@ def test_resume_skips_finished_blocks_and_matches_a_full_run(data, tmp_path, mon
     assert spent["rest"] > 0 and sum(spent.values()) == pytest.approx(resumed.result.seconds)
     for a, b in zip(full.net.state_dict().values(), resumed.net.state_dict().values()):
         assert torch.equal(a, b)
+    if slim:  # the checkpoint the resumed run started from held a slim head
+        assert any(full.result.blocks[0].slim_head_filters)
 
 
 def test_a_checkpoint_for_other_settings_is_ignored(data, tmp_path):
@@ -222,13 +231,23 @@ def test_head_epochs_train_only_the_heads_and_each_keeps_its_new_weights_only_wh
     assert True in outcomes and False in outcomes, "both a kept and a restored head are what the test is about"
 
 
-def test_an_exit_ships_a_slim_head_trained_on_its_frozen_unit_only_where_it_does_at_least_as_well(data, tmp_path):
-    runs = {}
+def test_an_exit_ships_a_slim_head_trained_on_its_frozen_unit_only_where_it_does_at_least_as_well(data, tmp_path,
+                                                                                                   monkeypatch):
+    runs, placements = {}, []
+
+    class Recorded(slim_heads.ActivationCache):
+        def __init__(self, placement, *args, **kwargs):
+            placements.append(placement)
+            super().__init__(placement, *args, **kwargs)
+
+    monkeypatch.setattr(slim_heads, "ActivationCache", Recorded)
     for share in (None, 0.5):
-        # float32 features: the slim heads are judged on exactly what the block's own evaluation saw.
-        train = _train_section(slim_heads={"share": share, "epochs": 3}, cache={"dtype": "float32"}).model_copy(
-            update={"epochs": 2})
+        # float32 features: the slim heads are judged on exactly what the block's own evaluation saw. On disk,
+        # as cache.placement asks, so that the files are seen to go.
+        train = _train_section(slim_heads={"share": share, "epochs": 3},
+                               cache={"dtype": "float32", "placement": "disk"}).model_copy(update={"epochs": 2})
         runs[share] = _train(_plan(train, data), train, data, tmp_path / str(share))
+    assert placements and set(placements) == {"disk"}
     plain, slimmed = runs[None], runs[0.5]
     # Slimming follows a block's training, and the next block's heads start from the wide heads: the units
     # learn exactly what they learn without it.
@@ -273,6 +292,24 @@ def test_a_blocks_heads_start_from_the_previous_blocks_trained_head_where_unit_a
     for other in ("3", "4"):  # a wider head, another shape: their own initial weights
         assert all(torch.equal(t, untouched[other][n]) for n, t in heads[other].state_dict().items())
     assert neuroflux._warm_start_heads(SimpleNamespace(index=0, units=(0, 1)), net, plan) == []
+
+
+def test_a_blocks_heads_are_warm_started_from_the_heads_before_slimming_and_before_the_checkpoint(
+        data, tmp_path, monkeypatch):
+    events = []
+    real_warm, real_slim, real_save = neuroflux._warm_start_heads, neuroflux._slim_heads, TrainCheckpoint.save
+    monkeypatch.setattr(neuroflux, "_warm_start_heads",
+                        lambda block, *a: events.append(("warm start", block.index)) or real_warm(block, *a))
+    monkeypatch.setattr(neuroflux, "_slim_heads",
+                        lambda block, *a, **k: events.append(("slim", block.index)) or real_slim(block, *a, **k))
+    monkeypatch.setattr(TrainCheckpoint, "save", lambda self, net, model, classes, blocks: events.append(
+        ("checkpoint", blocks[-1].index)) or real_save(self, net, model, classes, blocks))
+    train = _train_section(slim_heads={"share": 0.5, "epochs": 1}).model_copy(update={"epochs": 1})
+    plan = _plan(train, data)
+    _train(plan, train, data, tmp_path)
+    last = len(plan.blocks) - 1
+    assert last >= 1 and events == [event for k in range(last + 1) for event in (
+        *([("warm start", k + 1)] if k < last else []), ("slim", k), ("checkpoint", k))]
 
 
 @pytest.mark.parametrize("warm_start", [True, False])
