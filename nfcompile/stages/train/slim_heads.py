@@ -29,6 +29,7 @@ from nfcompile.learning import eval_mode, fit, make_optimizer, set_lr, top1_accu
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, synced_evaluate
 from nfcompile.models.heads import FLOAT_BYTES, AuxHead, head_bytes_per_sample, slim_head
 from nfcompile.recipe.schema import TrainSection
+from nfcompile.stages.plan import CACHE_DTYPE_BYTES
 from nfcompile.stages.plan.partition import host_cache_limit, place_cache
 
 log = get_logger(__name__)
@@ -83,7 +84,8 @@ def slim_block_heads(block: BlockPlan, units: list[nn.Module], heads: list[nn.Mo
     started = time.perf_counter()
     wide = [heads[i] for i in slimmed]
     slim = [slim_head(head, _slim_filters(head, section.share)).to(device) for head in wide]
-    placement = _placement(block, plan, slimmed, wide, len(train_in) + len(val_in), local, device)
+    sizes = _pooled_sizes(block, plan, slimmed, wide)
+    placement = _placement(block, plan, sizes, len(train_in) + len(val_in), local, device)
     train_features = val_features = None
     try:
         with memory_phase("slim heads' features"):
@@ -92,7 +94,7 @@ def slim_block_heads(block: BlockPlan, units: list[nn.Module], heads: list[nn.Mo
             val_features = _pooled_features(units, slimmed, wide, val_in, block, local, device, folder,
                                             placement, "val")
         featured = time.perf_counter()
-        batch = _slim_batch(block, plan, slimmed, wide, slim, section.batch_size, len(train_features))
+        batch = _slim_batch(block, plan, sizes, slim, section.batch_size, len(train_features))
         optimizers = [make_optimizer(head.parameters(), local, global_batch(batch)) for head in slim]
         # The local step itself, each slim head behind an identity "unit" (its input is the cached features).
         local_steps = LocalSteps([nn.Identity() for _ in slim], [_FromPooled(head) for head in slim], device)
@@ -143,42 +145,39 @@ def _slim_filters(head: AuxHead, share: float) -> int:
     return max(1, round(head.filters * share))
 
 
-def _pooled_elements(block: BlockPlan, plan: Plan, slimmed: list[int], heads: list[AuxHead]) -> list[int]:
-    """Per slimmed exit, the elements per sample of its unit's output as its head pools it (kernel = stride,
-    ceil mode: ceil(side / kernel) per side)."""
-    elements = []
+def _pooled_sizes(block: BlockPlan, plan: Plan, slimmed: list[int], heads: list[AuxHead]) -> list[tuple[int, int]]:
+    """Per slimmed exit, its unit's output as its head pools it, per sample: (channels, elements per channel;
+    kernel = stride, ceil mode: ceil(side / kernel) per side)."""
+    sizes = []
     for position, head in zip(slimmed, heads):
         channels, *spatial = plan.units[block.units[position]].out_shape
-        elements.append(channels * math.prod(-(-side // head.pool_kernel) for side in spatial))
-    return elements
+        sizes.append((channels, math.prod(-(-side // head.pool_kernel) for side in spatial)))
+    return sizes
 
 
-def _placement(block: BlockPlan, plan: Plan, slimmed: list[int], heads: list[AuxHead], samples: int,
-               local: TrainSection, device: torch.device) -> str:
+def _placement(block: BlockPlan, plan: Plan, sizes: list[tuple[int, int]], samples: int, local: TrainSection,
+               device: torch.device) -> str:
     """Where the features go: where `cache.placement` puts the activation cache, and with auto (or recompute,
     which has no cache to follow) on the device where they fit the headroom the block's training peak
     leaves, else host RAM (CUDA), else a memory-mapped file."""
     cache = local.neuroflux.cache
-    item = 2 if cache.dtype == "float16" else 4
-    sample_bytes = item * sum(_pooled_elements(block, plan, slimmed, heads))
+    sample_bytes = CACHE_DTYPE_BYTES[cache.dtype] * sum(channels * spatial for channels, spatial in sizes)
     requested = "auto" if cache.placement == "recompute" else cache.placement
     return place_cache(sample_bytes * samples, device_type=device.type, requested=requested,
                        device_headroom=max(0, plan.budget_bytes - block.predicted_peak_bytes),
                        host_limit=host_cache_limit(cache)).placement
 
 
-def _slim_batch(block: BlockPlan, plan: Plan, slimmed: list[int], wide: list[AuxHead], slim: list[AuxHead],
-                wanted: int, samples: int) -> int:
+def _slim_batch(block: BlockPlan, plan: Plan, sizes: list[tuple[int, int]], slim: list[AuxHead], wanted: int,
+                samples: int) -> int:
     """``wanted``, where its steps fit in the activations the block's own step held at its batch (gone by
     now; at that batch they surely fit: a slim head's features and maps are no larger than its unit's and
     the wide head's). A batch reads every slim head's features (float32), and one head at a time keeps its
     maps for its backward (`head_bytes_per_sample`, on the pooled map), and their gradients during it.
     Early units' steps hold far more per sample than a slim head on pooled features, so their blocks' small
     batches do not hold the slim heads back; the block's meter measures what the steps really take."""
-    elements = _pooled_elements(block, plan, slimmed, wide)
-    per_sample = FLOAT_BYTES * sum(elements) + max(
-        2 * head.depth * head_bytes_per_sample(head.filters, n // plan.units[block.units[i]].out_shape[0])
-        for i, head, n in zip(slimmed, slim, elements))
+    per_sample = FLOAT_BYTES * sum(channels * spatial for channels, spatial in sizes) + max(
+        2 * head.depth * head_bytes_per_sample(head.filters, spatial) for head, (_, spatial) in zip(slim, sizes))
     freed = block.batch_size * min(plan.units[u].bytes_per_sample for u in block.units)
     return max(1, min(wanted, samples, max(block.batch_size, freed // per_sample)))
 
