@@ -326,6 +326,9 @@ class ExitScores(Result):
     val_samples: int = 0  # the split `ExitScore.accuracy` is measured on
     load: MachineLoad | None = None  # while the exits were timed
     timing: str = ""  # how the exits were timed, in words (interleaving, rounds)
+    # [i][j]: validation images exits[i] classifies correctly and exits[j] does not. What a paired
+    # comparison of two exits needs (select.confidence); empty in scores written before it.
+    val_right_where_wrong: tuple[tuple[int, ...], ...] = ()
 
     def get(self, name: str) -> ExitScore:
         """An exit by name ("exit_03"), or the full model ("full")."""

@@ -6,7 +6,7 @@ import weakref
 
 import torch
 
-from nfcompile.learning.evaluate import top1_accuracies
+from nfcompile.learning.evaluate import top1_accuracies, top1_hits
 
 
 class CountingSource:
@@ -35,3 +35,12 @@ def test_every_exit_is_scored_and_no_batch_is_held_while_the_next_is_fetched():
     # A batch held through the next fetch adds its size to the evaluation's peak, which the plan
     # does not count (training releases its batch the same way).
     assert source.alive_at_fetch == [0, 0, 0, 0]
+
+
+def test_hits_say_which_samples_each_exit_gets_right_and_hold_no_batch_either():
+    source = CountingSource()
+    # The first output is right everywhere; the second only where the label is 0 (its logits favour 0).
+    hits = top1_hits(lambda x: (x, torch.zeros_like(x) + torch.tensor([1.0, 0.0])), source, batch_size=4)
+    assert hits.dtype == torch.bool and hits.shape == (2, 10)
+    assert hits[0].all() and hits[1].tolist() == (source.labels == 0).tolist()
+    assert source.alive_at_fetch == [0, 0, 0]

@@ -6,7 +6,9 @@ choice Pareto-optimal among the exits that meet the constraints.
 
 - `max_accuracy`: the most accurate; ties go to the smaller, then the faster.
 - `smallest_within`: the smallest ONNX among points at most `within_points` accuracy points
-  below the best feasible accuracy; ties go to the faster, then the more accurate.
+  below the best feasible accuracy; ties go to the faster, then the more accurate. With
+  `confidence`, "at most" holds for a one-sided lower confidence bound of the difference, paired
+  on the validation images (`paired`), not only for the difference as measured.
 - `knee`: normalize accuracy and size to [0, 1] over the front, draw the line from its smallest
   end to its most accurate end, and take the point farthest above that line: where accuracy
   stops being cheap. With no point above the line (a front of one or two points, or a straight
@@ -21,6 +23,7 @@ from typing import Callable, Sequence
 
 from nfcompile.recipe.schema import SelectSection
 from nfcompile.stages.select.constraints import decimal_size
+from nfcompile.stages.select.paired import PairedCounts
 from nfcompile.stages.select.pareto import Point
 
 EPSILON = 1e-9  # accuracies are ratios of counts: float noise must not decide a window edge
@@ -33,7 +36,8 @@ class PolicyChoice:
     passed_over: dict[str, str]  # other front points -> why not
 
 
-Policy = Callable[[Sequence[Point], SelectSection], PolicyChoice]
+# (feasible front, the recipe's select section, paired validation counts where the scores hold them)
+Policy = Callable[[Sequence[Point], SelectSection, PairedCounts | None], PolicyChoice]
 _POLICIES: dict[str, Policy] = {}
 
 
@@ -50,10 +54,11 @@ def list_policies() -> list[str]:
     return sorted(_POLICIES)
 
 
-def apply_policy(name: str, front: Sequence[Point], section: SelectSection) -> PolicyChoice:
+def apply_policy(name: str, front: Sequence[Point], section: SelectSection,
+                 paired: PairedCounts | None = None) -> PolicyChoice:
     if not front:
         raise ValueError("a policy needs at least one point")
-    return _POLICIES[name](front, section)
+    return _POLICIES[name](front, section, paired)
 
 
 def _acc(point: Point) -> str:
@@ -61,8 +66,8 @@ def _acc(point: Point) -> str:
 
 
 @register_policy("max_accuracy")
-def most_accurate(front: Sequence[Point], section: SelectSection) -> PolicyChoice:
-    chosen = min(front, key=lambda p: (-p.accuracy, p.size, p.latency_ms, p.name))
+def most_accurate(front: Sequence[Point], section: SelectSection, paired: PairedCounts | None) -> PolicyChoice:
+    chosen = _most_accurate(front)
     passed = {}
     for p in front:
         if p is not chosen:
@@ -72,25 +77,45 @@ def most_accurate(front: Sequence[Point], section: SelectSection) -> PolicyChoic
     return PolicyChoice(chosen, f"most accurate feasible exit ({_acc(chosen)})", passed)
 
 
+def _most_accurate(front: Sequence[Point]) -> Point:
+    return min(front, key=lambda p: (-p.accuracy, p.size, p.latency_ms, p.name))
+
+
 @register_policy("smallest_within")
-def smallest_within(front: Sequence[Point], section: SelectSection) -> PolicyChoice:
-    best = max(p.accuracy for p in front)
-    floor = best - section.within_points / 100
-    window = [p for p in front if p.accuracy >= floor - EPSILON]
+def smallest_within(front: Sequence[Point], section: SelectSection, paired: PairedCounts | None) -> PolicyChoice:
+    best = _most_accurate(front)
+    allowed = section.within_points / 100
+    confidence = section.confidence
+    if confidence is not None and paired is None:
+        raise ValueError("select.confidence needs the scores' paired validation counts")
+
+    def lowest(p: Point) -> float:  # how far below the best p may be, as a (negative) fraction
+        if confidence is None or p is best:
+            return p.accuracy - best.accuracy
+        return paired.lower_bound(p.name, best.name, confidence)
+
+    window = [p for p in front if lowest(p) >= -allowed - EPSILON]
     chosen = min(window, key=lambda p: (p.size, p.latency_ms, -p.accuracy, p.name))
     passed = {}
     for p in front:
         if p is chosen:
             continue
         if p not in window:
-            passed[p.name] = (f"{(best - p.accuracy) * 100:.2f} points below the best feasible accuracy "
-                              f"({best:.2%}); within_points allows {section.within_points:g}")
+            below = f"{(best.accuracy - p.accuracy) * 100:.2f} points below the best feasible accuracy ({_acc(best)})"
+            bound = ("" if confidence is None else
+                     f", at {confidence:.0%} confidence up to {-lowest(p) * 100:.2f} below")
+            passed[p.name] = f"{below}{bound}; within_points allows {section.within_points:g}"
         elif p.size > chosen.size:
             passed[p.name] = f"larger than {chosen.name} ({decimal_size(p.size)} vs {decimal_size(chosen.size)})"
         else:
             passed[p.name] = f"as small as {chosen.name}, which is faster or more accurate"
     reason = (f"smallest ONNX ({decimal_size(chosen.size)}) within {section.within_points:g} points of the "
-              f"best feasible accuracy ({best:.2%}); its accuracy {_acc(chosen)}")
+              f"best feasible accuracy ({_acc(best)}, {best.name})")
+    if confidence is not None:
+        reason += f" at {confidence:.0%} one-sided confidence, paired on {paired.samples} validation images"
+        if chosen is not best:
+            reason += f" (at most {-lowest(chosen) * 100:.2f} points below)"
+    reason += f"; its accuracy {_acc(chosen)}"
     return PolicyChoice(chosen, reason, passed)
 
 
@@ -120,7 +145,7 @@ def knee_distances(front: Sequence[Point]) -> tuple[Point, Point, dict[str, floa
 
 
 @register_policy("knee")
-def knee(front: Sequence[Point], section: SelectSection) -> PolicyChoice:
+def knee(front: Sequence[Point], section: SelectSection, paired: PairedCounts | None) -> PolicyChoice:
     small_end, accurate_end, distances = knee_distances(front)
     above = [p for p in front if distances[p.name] > EPSILON]
     if above:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from nfcompile.core.results import ExitScore, ExitScores, ExitVerdict, Selection
+from nfcompile.errors import InputError
 from nfcompile.recipe.schema import SelectSection
 from nfcompile.stages.select.constraints import constraint_limits, decimal_size, no_feasible_exit, violations
+from nfcompile.stages.select.paired import PairedCounts
 from nfcompile.stages.select.pareto import LATENCY_RULE, Point, dominator, pareto_front
 from nfcompile.stages.select.policies import apply_policy
 
@@ -28,7 +30,13 @@ def select_exit(scores: ExitScores, section: SelectSection) -> Selection:
         raise no_feasible_exit(checked)
     front = pareto_front(points)
     feasible_front = pareto_front(feasible)
-    choice = apply_policy(section.policy, feasible_front, section)
+    paired = PairedCounts.from_scores(scores)
+    if section.policy == "smallest_within" and section.confidence is not None and paired is None:
+        raise InputError("select.confidence: these scores hold no paired validation counts (they were written "
+                         "before nfcompile kept them)",
+                         hint="set select.confidence: null to judge the accuracies as measured, or score the exits "
+                         "again with this version (a new build)")
+    choice = apply_policy(section.policy, feasible_front, section, paired)
     verdicts = []
     for point, found in checked:
         chosen = point is choice.chosen

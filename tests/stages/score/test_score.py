@@ -74,6 +74,22 @@ def test_accuracy_matches_a_direct_torch_computation(scored):
     assert len({round(a, 6) for a in direct.values()} | {0.25}) > 1, "training moved accuracy off chance"
 
 
+def test_paired_counts_are_the_validation_images_one_exit_gets_right_and_the_other_wrong(scored):
+    net, data, _, scores = scored
+    net.eval()
+    with torch.no_grad():
+        x = data.preprocessing.normalize(data.val.images)
+        right = [(net.exit_net(s.unit)(x).argmax(1) == data.val.labels).tolist() for s in scores.exits]
+    net.train()
+    expected = [[sum(a and not b for a, b in zip(mine, other)) for other in right] for mine in right]
+    assert [list(row) for row in scores.val_right_where_wrong] == expected
+    assert sum(map(sum, expected)) > 0, "the exits disagree somewhere: the counts are not trivially zero"
+    # With the accuracies they are one consistent record: differences match, and JSON keeps them.
+    n = scores.val_samples
+    assert (expected[0][1] - expected[1][0]) / n == pytest.approx(scores.exits[0].accuracy - scores.exits[1].accuracy)
+    assert type(scores).from_dict(scores.to_dict()).val_right_where_wrong == scores.val_right_where_wrong
+
+
 def _layer_params(*layers: tuple[str, int, int]) -> int:
     sizes = {"conv3x3": lambda i, o: i * o * 9, "bn": lambda i, o: 2 * o, "linear": lambda i, o: i * o + o}
     return sum(sizes[kind](i, o) for kind, i, o in layers)

@@ -27,3 +27,13 @@ def score_set(rows: list[tuple[str, float, int, float]], *, full: ExitScore | No
     exits = tuple(exit_score(*row, batch_sizes=batch_sizes) for row in rows)
     full = full or dataclasses.replace(exits[-1], name="full")
     return ExitScores(exits=exits, full_model=full, backend="ort-cpu", test_samples=100, batch_sizes=batch_sizes)
+
+
+def scored_on_images(hits: list[list[bool]], sizes: list[int]) -> ExitScores:
+    """ExitScores of exits exit_00, exit_01, ... that classify validation image k correctly where
+    ``hits[exit][k]``: their accuracies and paired counts, counted here image by image. Size and
+    latency grow with ``sizes``."""
+    images = len(hits[0])
+    rows = [(f"exit_{i:02d}", sum(row) / images, size, size / 1000) for i, (row, size) in enumerate(zip(hits, sizes))]
+    counts = tuple(tuple(sum(a and not b for a, b in zip(mine, other)) for other in hits) for mine in hits)
+    return dataclasses.replace(score_set(rows), val_samples=images, val_right_where_wrong=counts)

@@ -16,7 +16,7 @@ from nfcompile.stages.select import exits_table, plot_pareto, select_exit, write
 KB = 1000
 ROWS = [("exit_00", 0.60, 100 * KB, 1.0), ("exit_01", 0.90, 200 * KB, 2.0),
         ("exit_02", 0.85, 400 * KB, 4.0), ("exit_03", 0.93, 1000 * KB, 10.0)]
-SECTION = SelectSection(policy="smallest_within", within_points=5.0, min_accuracy=0.7)
+SECTION = SelectSection(policy="smallest_within", within_points=5.0, min_accuracy=0.7, confidence=None)
 
 
 def test_exits_json_lists_every_exit_with_scores_and_verdict(tmp_path):

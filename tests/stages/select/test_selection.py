@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import typing
+from statistics import NormalDist, fmean, pstdev
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from score_sets import exit_score, score_set
+from score_sets import exit_score, score_set, scored_on_images
 
 from nfcompile.core.results import ExitScores
 from nfcompile.errors import GateFailed, InputError
 from nfcompile.recipe.schema import SelectSection
 from nfcompile.stages.select import list_policies, select_exit
+from nfcompile.stages.select.paired import PairedCounts
 from nfcompile.stages.select.pareto import Point, pareto_front
 from nfcompile.stages.select.policies import knee_distances
 
@@ -29,8 +32,10 @@ ROWS = [("exit_00", 0.60, 100 * KB, 1.0),
 
 
 def select(rows=ROWS, **section) -> tuple[ExitScores, object]:
+    # Hand-made scores hold no paired counts: the policies' mechanics are tested on the accuracies as
+    # measured (confidence null); select.confidence has tests of its own below.
     scores = score_set(rows)
-    return scores, select_exit(scores, SelectSection(**section))
+    return scores, select_exit(scores, SelectSection(**{"confidence": None, **section}))
 
 
 def test_policies_registered_are_those_the_schema_accepts():
@@ -112,9 +117,9 @@ def test_latency_objective_and_constraint_use_the_chosen_batch_size():
     fast_b1 = exit_score("exit_00", 0.9, 100 * KB, 0, latency_by_batch={1: 2.0, 8: 4.0})
     fast_b8 = exit_score("exit_01", 0.9, 100 * KB, 0, latency_by_batch={1: 1.0, 8: 9.0})
     scores = ExitScores((fast_b1, fast_b8), fast_b8, "ort-cpu", 10, (1, 8))
-    assert select_exit(scores, SelectSection(latency_batch_size=1)).chosen == "exit_01"
-    assert select_exit(scores, SelectSection(latency_batch_size=8)).chosen == "exit_00"
-    limited = select_exit(scores, SelectSection(latency_batch_size=8, max_latency_ms=5))
+    assert select_exit(scores, SelectSection(confidence=None, latency_batch_size=1)).chosen == "exit_01"
+    assert select_exit(scores, SelectSection(confidence=None, latency_batch_size=8)).chosen == "exit_00"
+    limited = select_exit(scores, SelectSection(confidence=None, latency_batch_size=8, max_latency_ms=5))
     assert limited.verdict("exit_01").violations == ("FP32 p50 9.000 ms at batch 8 > max_latency_ms 5",)
 
 
@@ -176,7 +181,7 @@ def test_vs_full_gives_reductions_and_throughput_gain_per_batch_size():
 
 def test_vs_full_has_no_accuracy_delta_when_the_full_model_was_not_trained():
     untrained = exit_score("full", None, 1000 * KB, 10.0, unit=9)
-    selection = select_exit(score_set(ROWS, full=untrained), SelectSection())
+    selection = select_exit(score_set(ROWS, full=untrained), SelectSection(confidence=None))
     assert selection.vs_full["accuracy_delta"] is None
     assert selection.vs_full["param_reduction"] > 1
 
@@ -228,10 +233,10 @@ def test_latency_format_int8_uses_the_int8_latencies_for_front_and_constraints()
     a = dataclasses.replace(a, int8_latency=exit_score("x_0", 0.9, 1, 0, latency_by_batch={1: 5.0}).latency)
     b = dataclasses.replace(b, int8_latency=exit_score("x_1", 0.9, 1, 0, latency_by_batch={1: 0.5}).latency)
     scores = ExitScores((a, b), b, "ort-cpu", 10, (1,))
-    assert select_exit(scores, SelectSection()).chosen == "exit_00"
-    int8 = select_exit(scores, SelectSection(latency_format="int8"))
+    assert select_exit(scores, SelectSection(confidence=None)).chosen == "exit_00"
+    int8 = select_exit(scores, SelectSection(confidence=None, latency_format="int8"))
     assert int8.chosen == "exit_01" and int8.latency_format == "int8"
-    limited = select_exit(scores, SelectSection(latency_format="int8", max_latency_ms=2.0))
+    limited = select_exit(scores, SelectSection(confidence=None, latency_format="int8", max_latency_ms=2.0))
     assert limited.verdict("exit_00").violations == ("INT8 p50 5.000 ms at batch 1 > max_latency_ms 2",)
 
 
@@ -239,4 +244,69 @@ def test_latency_format_int8_without_int8_latencies_says_what_to_do():
     scores = ExitScores((exit_score("exit_00", 0.9, KB, 1.0),), exit_score("exit_00", 0.9, KB, 1.0), "ort-cpu", 10,
                         (1, 8))
     with pytest.raises(InputError, match="no INT8 latency"):
-        select_exit(scores, SelectSection(latency_format="int8"))
+        select_exit(scores, SelectSection(confidence=None, latency_format="int8"))
+
+
+# -- select.confidence: a paired lower bound on how far below the best an exit may be -------------
+
+def _two_exits(images: int, best_only: int, small_only: int, both: int) -> list[list[bool]]:
+    """A small exit (row 0) and a large one (row 1) over ``images``: right together on ``both``,
+    only the large one on ``best_only``, only the small one on ``small_only``."""
+    small = [True] * both + [False] * best_only + [True] * small_only
+    large = [True] * both + [True] * best_only + [False] * small_only
+    rest = images - len(small)
+    return [small + [False] * rest, large + [False] * rest]
+
+
+def test_the_paired_bound_is_the_mean_per_image_difference_less_z_standard_errors():
+    rng = random.Random(0)
+    hits = [[rng.random() < p for _ in range(500)] for p in (0.7, 0.8, 0.85)]
+    paired = PairedCounts.from_scores(scored_on_images(hits, [1, 2, 3]))
+    for a, b in [("exit_00", "exit_02"), ("exit_01", "exit_02"), ("exit_02", "exit_00")]:
+        d = [int(x) - int(y) for x, y in zip(hits[int(a[-1])], hits[int(b[-1])])]
+        assert paired.difference(a, b) == pytest.approx(fmean(d))
+        expected = fmean(d) - NormalDist().inv_cdf(0.9) * pstdev(d) / len(d) ** 0.5
+        assert paired.lower_bound(a, b, 0.9) == pytest.approx(expected)
+    assert paired.lower_bound("exit_01", "exit_02", 0.99) < paired.lower_bound("exit_01", "exit_02", 0.9)
+
+
+def test_confidence_accepts_a_gap_the_exits_agree_around_and_refuses_the_same_gap_from_many_disagreements():
+    # The small exit is 0.5 points below the large one on 2,000 images either way.
+    agreeing = scored_on_images(_two_exits(2000, best_only=10, small_only=0, both=1690), [100 * KB, 900 * KB])
+    disagreeing = scored_on_images(_two_exits(2000, best_only=210, small_only=200, both=1490), [100 * KB, 900 * KB])
+    for scores in (agreeing, disagreeing):
+        assert scores.exits[1].accuracy - scores.exits[0].accuracy == pytest.approx(0.005)
+        assert select_exit(scores, SelectSection(confidence=None)).chosen == "exit_00"
+    accepted = select_exit(agreeing, SelectSection(confidence=0.95))
+    assert accepted.chosen == "exit_00"
+    assert "at 95% one-sided confidence, paired on 2000 validation images (at most 0.76 points below)" in \
+        accepted.reason
+    refused = select_exit(disagreeing, SelectSection(confidence=0.95))
+    assert refused.chosen == "exit_01"
+    assert refused.verdict("exit_00").why == (
+        "on the feasible front, not chosen: 0.50 points below the best feasible accuracy (85.00%), at 95% "
+        "confidence up to 2.17 below; within_points allows 1")
+    # Ten times the images narrow the bound, but not below a point at 95%; twenty times do.
+    for scale, chosen in [(10, "exit_01"), (20, "exit_00")]:
+        more = scored_on_images(_two_exits(2000 * scale, 210 * scale, 200 * scale, 1490 * scale), [100 * KB, 900 * KB])
+        assert select_exit(more, SelectSection()).chosen == chosen
+
+
+def test_confidence_without_paired_counts_names_the_field_and_the_way_out():
+    scores = score_set(ROWS)  # as scores written before the counts were kept
+    with pytest.raises(InputError, match=r"^select.confidence: these scores hold no paired validation counts"):
+        select_exit(scores, SelectSection())
+    assert select_exit(scores, SelectSection(policy="max_accuracy")).chosen == "exit_04"  # needs no counts
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=30, max_size=30), min_size=2, max_size=5),
+       st.floats(0.0, 10.0), st.sampled_from([0.6, 0.9, 0.99]))
+def test_confidence_never_ships_a_smaller_exit_than_the_accuracies_as_measured(hits, within, confidence):
+    # The bound is never above the measured difference: its window is inside the measured one.
+    scores = scored_on_images(hits, [(i + 1) * KB for i in range(len(hits))])
+    if not any(map(any, hits)):
+        return
+    measured = select_exit(scores, SelectSection(within_points=within, confidence=None))
+    bounded = select_exit(scores, SelectSection(within_points=within, confidence=confidence))
+    assert scores.get(bounded.chosen).onnx_bytes >= scores.get(measured.chosen).onnx_bytes
