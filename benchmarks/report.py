@@ -52,8 +52,9 @@ def _why_different(document: dict[str, Any]) -> str:
         f"images (one test image is {100 / min(test):.2f} points); time to accuracy is read at the end of "
         f"each epoch{'' if monitor == val else ', on the ' + _values(monitor) + ' validation images every epoch evaluates'}.\n"
         "- **Selection.** The deliverable is the exit `nfcompile build` selects (the smallest within the "
-        "recipe's margin of NeuroFlux's best exit); the parameter reduction is whatever that exit's depth gives "
-        "against the full backprop model, not a chosen operating point.\n"
+        "recipe's margin of NeuroFlux's best exit, at the recipe's `select.confidence`, on the validation split); "
+        "the parameter reduction is whatever that exit's depth gives against the full backprop model, not a chosen "
+        "operating point.\n"
         "- **Noise.** The machine is shared with other work (load averages above); every ratio is paired "
         "within a repeat to cancel that as far as possible, and the spread over repeats is shown."
     )

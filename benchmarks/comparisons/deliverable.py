@@ -4,16 +4,27 @@ Both models come from the same budget, data and seed (the runs of comparison 1 w
 NeuroFlux exit is scored and one is selected exactly as `nfcompile build` does; the backprop model is
 scored the same way. Accuracy is on the test split; throughput is ONNX Runtime p50 latency at
 the same batch size, timed in alternating rounds on the two ONNX files.
+
+The selection rule is also checked on images it did not see, from the validation split alone: over
+random halves, an exit is chosen on one half (with `select.confidence` and without) and compared
+with that half's best exit on the other. How often it falls more than `within_points` below is what
+the confidence is for; the test split plays no part in it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nfcompile.core.results import ExitScore
+import torch
+
+from nfcompile.core.results import ExitScore, ExitScores
+from nfcompile.recipe.schema import SelectSection
+from nfcompile.stages.score.accuracy import exits_hits, right_where_wrong
 from nfcompile.stages.score.timing import time_onnx
-from nfcompile.stages.select import compare_with_full
+from nfcompile.stages.select import compare_with_full, select_exit
 
 from benchmarks.config import Setup
 from benchmarks.markdown import count, kib, spread, table
@@ -22,6 +33,7 @@ from benchmarks.registry import Comparison, Headline, register_comparison
 from benchmarks.workbench import RunSpec, TrainedRun, Workbench
 
 BACKPROP = ("train.method=backprop",)
+HALVES = 1000  # random halvings of the validation split per run: the share's standard error stays under 1.6 pt
 
 
 def run(bench: Workbench) -> dict[str, Any]:
@@ -67,13 +79,59 @@ def _compare(bench: Workbench, setup: Setup, neuroflux: TrainedRun, backprop: Tr
         # NeuroFlux's best exit by validation accuracy (goal 1 compares its test accuracy with backprop's).
         "best_exit": _exit(max((e for e in exits.exits if e.accuracy is not None), key=lambda e: e.accuracy)),
         "neuroflux_full_accuracy": exits.full_model.test_accuracy,
-        "exits_scored": len(exits.exits), "units": len(neuroflux.net.units), "policy": selection.policy,
+        "exits_scored": len(exits.exits), "units": len(neuroflux.net.units), "val_samples": exits.val_samples,
+        "policy": selection.policy,
         "reason": selection.reason,
         "accuracy_delta": ratios["test_accuracy_delta"],  # the headline: the test split
         "param_reduction": ratios["param_reduction"],
         "size_reduction": ratios["size_reduction"], "mac_reduction": ratios["mac_reduction"],
         "throughput_gain": {str(b): values for b, values in gains.items()},
+        "held_out": _held_out(bench, neuroflux, exits, recipe.select),
     }
+
+
+def _held_out(bench: Workbench, run: TrainedRun, scores: ExitScores, section: SelectSection) -> dict[str, Any]:
+    """The selection rule on validation images it did not see: over `HALVES` random halvings of the
+    validation split, exits are scored and one selected on the first half, as measured and with the
+    recipe's `confidence`; on the second half, how far the chosen exit falls below the first half's
+    most accurate exit (what the policy measured "the best" against)."""
+    recipe = bench.recipe(run.spec.setup, run.spec.budget, run.spec.overrides)
+    data = bench.data(recipe)
+    units = [score.unit for score in scores.exits]
+    hits = exits_hits(run.net, units, data.val, data.preprocessing, device=bench.device)
+    matrix = torch.stack([hits[unit] for unit in units])
+    images = matrix.shape[1]
+    rules = {"as measured": section.model_copy(update={"confidence": None})}
+    if section.confidence is not None:
+        rules[f"confidence {section.confidence:g}"] = section
+    most_accurate = section.model_copy(update={"policy": "max_accuracy"})
+    row = {score.name: i for i, score in enumerate(scores.exits)}
+    generator = torch.Generator().manual_seed(run.spec.seed)
+    gaps: dict[str, list[float]] = {name: [] for name in rules}
+    picks: dict[str, Counter] = {name: Counter() for name in rules}
+    for _ in range(HALVES):
+        order = torch.randperm(images, generator=generator)
+        seen, unseen = matrix[:, order[: images // 2]], matrix[:, order[images // 2:]]
+        half = _scores_on(scores, seen)
+        unseen_accuracy = unseen.sum(dim=1) / unseen.shape[1]
+        best = row[select_exit(half, most_accurate).chosen]
+        for name, rule in rules.items():
+            chosen = select_exit(half, rule).chosen
+            gaps[name].append(float(unseen_accuracy[row[chosen]] - unseen_accuracy[best]) * 100)
+            picks[name][chosen] += 1
+    return {"halvings": HALVES, "images": [images // 2, images - images // 2],
+            "within_points": section.within_points,
+            "rules": {name: {"beyond_share": sum(g < -section.within_points for g in gaps[name]) / HALVES,
+                             "mean_gap_points": sum(gaps[name]) / HALVES, "picks": dict(sorted(picks[name].items()))}
+                      for name in rules}}
+
+
+def _scores_on(scores: ExitScores, hits: torch.Tensor) -> ExitScores:
+    """``scores`` with the validation accuracies and paired counts of the images in ``hits``."""
+    images = hits.shape[1]
+    exits = tuple(dataclasses.replace(score, accuracy=int(row.sum()) / images)
+                  for score, row in zip(scores.exits, hits))
+    return dataclasses.replace(scores, exits=exits, val_samples=images, val_right_where_wrong=right_where_wrong(hits))
 
 
 def _exit(score: ExitScore) -> dict[str, Any]:
@@ -124,7 +182,26 @@ def render(result: dict[str, Any]) -> str:
                  "Accuracy difference = exit minus full backprop model, in points. Throughput gain = the full "
                  "model's p50 latency / the exit's, ONNX Runtime on the CPU at the same batch size, over "
                  "alternating timing rounds and repeats.\n")
-    return text
+    return text + _render_held_out(result)
+
+
+def _render_held_out(result: dict[str, Any]) -> str:
+    rows = []
+    for entry in result["setups"]:
+        for r in (r for r in entry["repeats"] if "held_out" in r):
+            held = r["held_out"]
+            for name, rule in held["rules"].items():
+                rows.append([entry["setup"], r["seed"], name, f"{rule['beyond_share']:.1%}",
+                             f"{rule['mean_gap_points']:+.2f} pt",
+                             ", ".join(f"{exit_} {n}" for exit_, n in rule["picks"].items())])
+    if not rows:
+        return ""
+    first = next(r["held_out"] for e in result["setups"] for r in e["repeats"] if "held_out" in r)
+    return ("\nThe selection rule on images it did not see (validation split only): over "
+            f"{first['halvings']} random halvings, exits chosen on {first['images'][0]} images and checked on the "
+            f"other {first['images'][1]} against the first half's most accurate exit. \"beyond\" = the share "
+            f"of halvings where the chosen exit fell more than within_points ({first['within_points']:g}) below "
+            "it.\n\n" + table(["setup", "seed", "rule", "beyond", "mean gap", "exits chosen (halvings)"], rows))
 
 
 def headlines(result: dict[str, Any]) -> dict[str, Headline]:

@@ -282,6 +282,12 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert repeat["param_reduction"] == pytest.approx(repeat["full_backprop"]["params"] / repeat["chosen"]["params"])
     assert deliverable["summary"]["param_reduction"]["mean"] == pytest.approx(repeat["param_reduction"])
     assert set(deliverable["summary"]["throughput_gain"]) == {"1", "32"}
+    held = repeat["held_out"]  # the selection rule on validation images it did not see
+    assert list(held["rules"]) == ["as measured", "confidence 0.95"]
+    assert held["images"][0] + held["images"][1] == repeat["val_samples"]
+    for rule in held["rules"].values():
+        assert sum(rule["picks"].values()) == held["halvings"] and 0 <= rule["beyond_share"] <= 1
+        assert set(rule["picks"]) <= {f"exit_{u:02d}" for u in range(repeat["units"])}
 
     (ablations,) = result["ablations"]["setups"]
     assert [p["name"] for p in ablations["pairs"]] == ["heads", "batch", "cache", "early_stop", "batch_cap",
