@@ -484,7 +484,8 @@ QUANTIZE_FIELDS = ("quantize", "bench.backend@auto-activations", "tensorrt.enabl
 STAGES: list[Stage] = [
     Stage("plan", TRAINING_FIELDS, _plan, Plan),
     Stage("train", TRAINING_FIELDS, _train, TrainResult),
-    Stage("score", SCORE_FIELDS, _score, ExitScores),
+    # Version 2 keeps the paired validation counts select.confidence needs: a resumed run scores again.
+    Stage("score", SCORE_FIELDS, _score, ExitScores, version=2),
     Stage("select", ("select",), _select, Selection),
     Stage("prune", ("prune",), _prune, PruneResult),
     # 2: average pools whose last window overhangs the map are written with explicit pads (an export by

@@ -46,6 +46,7 @@ def _batch_hits(forward: Forward, source, batch_size: int) -> Iterator[list[torc
         # peak (ResNet-18, Fashion-MNIST, cache.placement recompute: block 3 measured 2.5% over its budget).
         del x, y
         yield hits
+        del hits  # nor are the hits held through the next fetch: the caller drops its own reference too
 
 
 @torch.no_grad()
@@ -56,6 +57,7 @@ def top1_accuracies(forward: Forward, source, batch_size: int = EVAL_BATCH_SIZE)
     correct: list[int] = []
     for hits in _batch_hits(forward, source, batch_size):
         counts = [int(h.sum()) for h in hits]
+        del hits
         correct = [c + h for c, h in zip(correct, counts)] if correct else counts
     return [c / len(source) for c in correct]
 
@@ -64,7 +66,10 @@ def top1_accuracies(forward: Forward, source, batch_size: int = EVAL_BATCH_SIZE)
 def top1_hits(forward: Forward, source, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """Which samples of ``source`` each of ``forward``'s outputs classifies correctly: bool, one row
     per output (what paired comparisons of exits need). The caller sets the modes."""
-    rows = [torch.stack(hits).cpu() for hits in _batch_hits(forward, source, batch_size)]
+    rows = []
+    for hits in _batch_hits(forward, source, batch_size):
+        rows.append(torch.stack(hits).cpu())
+        del hits
     return torch.cat(rows, dim=1)
 
 

@@ -65,6 +65,10 @@ def _acc(point: Point) -> str:
     return f"{point.accuracy:.2%}"
 
 
+def _percent(confidence: float) -> str:
+    return f"{confidence * 100:g}%"
+
+
 @register_policy("max_accuracy")
 def most_accurate(front: Sequence[Point], section: SelectSection, paired: PairedCounts | None) -> PolicyChoice:
     chosen = _most_accurate(front)
@@ -102,8 +106,7 @@ def smallest_within(front: Sequence[Point], section: SelectSection, paired: Pair
             continue
         if p not in window:
             below = f"{(best.accuracy - p.accuracy) * 100:.2f} points below the best feasible accuracy ({_acc(best)})"
-            bound = ("" if confidence is None else
-                     f", at {confidence:.0%} confidence up to {-lowest(p) * 100:.2f} below")
+            bound = "" if confidence is None else f", its {_percent(confidence)} bound {-lowest(p) * 100:.2f} below"
             passed[p.name] = f"{below}{bound}; within_points allows {section.within_points:g}"
         elif p.size > chosen.size:
             passed[p.name] = f"larger than {chosen.name} ({decimal_size(p.size)} vs {decimal_size(chosen.size)})"
@@ -112,9 +115,9 @@ def smallest_within(front: Sequence[Point], section: SelectSection, paired: Pair
     reason = (f"smallest ONNX ({decimal_size(chosen.size)}) within {section.within_points:g} points of the "
               f"best feasible accuracy ({_acc(best)}, {best.name})")
     if confidence is not None:
-        reason += f" at {confidence:.0%} one-sided confidence, paired on {paired.samples} validation images"
+        reason += f" at {_percent(confidence)} one-sided confidence, paired on {paired.samples} validation images"
         if chosen is not best:
-            reason += f" (at most {-lowest(chosen) * 100:.2f} points below)"
+            reason += f" (its bound: {-lowest(chosen) * 100:.2f} points below)"
     reason += f"; its accuracy {_acc(chosen)}"
     return PolicyChoice(chosen, reason, passed)
 

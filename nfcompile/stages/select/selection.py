@@ -32,10 +32,9 @@ def select_exit(scores: ExitScores, section: SelectSection) -> Selection:
     feasible_front = pareto_front(feasible)
     paired = PairedCounts.from_scores(scores)
     if section.policy == "smallest_within" and section.confidence is not None and paired is None:
-        raise InputError("select.confidence: these scores hold no paired validation counts (they were written "
+        raise InputError("select.confidence: these scores hold no paired validation counts (a bundle finished "
                          "before nfcompile kept them)",
-                         hint="set select.confidence: null to judge the accuracies as measured, or score the exits "
-                         "again with this version (a new build)")
+                         hint="set select.confidence: null to judge the accuracies as measured, or build again")
     choice = apply_policy(section.policy, feasible_front, section, paired)
     verdicts = []
     for point, found in checked:
