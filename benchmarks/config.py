@@ -137,7 +137,7 @@ RESNET18_FMNIST = Setup("resnet18-fashion_mnist", ("model.arch=resnet18", "model
 # three seeds. With slim heads the head epoch changed little for its 5.5-6 s (a first round, seed 0: the same exit
 # shipped, the best exit 0.835 with it and 0.831 without), so it went. The slim_heads and head_epochs ablations
 # measure both. (Those exits were selected on accuracies as measured; with select.confidence at its default 0.95,
-# selection ships exit_03 on all three seeds, its most accurate exit: 2026-12-07-intel-xeon-2cpu-7.json.)
+# selection ships exit_03 on all three seeds, its most accurate exit: 2026-12-07-intel-xeon-2cpu-8.json.)
 # The head epoch again, on seeds 0-2 (ad hoc, interleaved, one thread, load 0.5-1.1, select.confidence 0.95): the
 # common target came at 15.3/28.8/26.2 s with it against 41.4/24.3/22.0 s without, in runs of 68.1/74.8/65.8 s
 # against 62.8/63.5/57.6 s, and both shipped exit_03 on every seed: the head_epochs ablation's one-seed 0.40x
