@@ -22,7 +22,7 @@ import torch
 
 from nfcompile.core.results import ExitScore, ExitScores
 from nfcompile.recipe.schema import SelectSection
-from nfcompile.stages.score.accuracy import exits_hits, right_where_wrong
+from nfcompile.stages.score.accuracy import exits_hits, right_where_wrong, share_right
 from nfcompile.stages.score.timing import time_onnx
 from nfcompile.stages.select import compare_with_full, select_exit
 
@@ -128,10 +128,9 @@ def _held_out(bench: Workbench, run: TrainedRun, scores: ExitScores, section: Se
 
 def _scores_on(scores: ExitScores, hits: torch.Tensor) -> ExitScores:
     """``scores`` with the validation accuracies and paired counts of the images in ``hits``."""
-    images = hits.shape[1]
-    exits = tuple(dataclasses.replace(score, accuracy=int(row.sum()) / images)
-                  for score, row in zip(scores.exits, hits))
-    return dataclasses.replace(scores, exits=exits, val_samples=images, val_right_where_wrong=right_where_wrong(hits))
+    exits = tuple(dataclasses.replace(score, accuracy=share_right(row)) for score, row in zip(scores.exits, hits))
+    return dataclasses.replace(scores, exits=exits, val_samples=hits.shape[1],
+                               val_right_where_wrong=right_where_wrong(hits))
 
 
 def _exit(score: ExitScore) -> dict[str, Any]:

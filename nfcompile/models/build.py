@@ -145,8 +145,8 @@ def match_head_specs(net: MultiExitNet, specs: dict[str, dict[str, Any]]) -> Non
             continue
         wanted = (int(spec["filters"]), int(spec.get("pool", 1)), int(spec.get("depth", 1)))
         if wanted != (head.filters, head.pool_kernel, head.depth):
-            in_channels = next(m for m in head.body if isinstance(m, nn.Conv2d)).in_channels
-            net.heads[key] = AuxHead(in_channels, wanted[0], head.fc.out_features, pool=wanted[1], depth=wanted[2])
+            net.heads[key] = AuxHead(head.in_channels, wanted[0], head.fc.out_features, pool=wanted[1],
+                                     depth=wanted[2])
 
 
 def _probe_input_shape(unit_net: UnitNet) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ class AuxHead(nn.Module):
 
     def __init__(self, in_channels: int, filters: int, num_classes: int, *, pool: int = 1, depth: int = 1):
         super().__init__()
-        self.filters, self.pool_kernel, self.depth = filters, pool, depth
+        self.in_channels, self.filters, self.pool_kernel, self.depth = in_channels, filters, pool, depth
         layers: list[nn.Module] = [nn.AvgPool2d(pool, stride=pool, ceil_mode=True)] if pool > 1 else []
         channels = in_channels
         for _ in range(depth):
@@ -69,10 +69,10 @@ def slim_head(head: AuxHead, filters: int) -> AuxHead:
         raise ValueError(f"a slim head keeps 1 to {head.filters} filters, not {filters}")
     convs = [m for m in head.body if isinstance(m, nn.Conv2d)]
     norms = [m for m in head.body if isinstance(m, nn.BatchNorm2d)]
-    slim = AuxHead(convs[0].in_channels, filters, head.fc.out_features, pool=head.pool_kernel, depth=head.depth)
+    slim = AuxHead(head.in_channels, filters, head.fc.out_features, pool=head.pool_kernel, depth=head.depth)
     slim_convs = [m for m in slim.body if isinstance(m, nn.Conv2d)]
     slim_norms = [m for m in slim.body if isinstance(m, nn.BatchNorm2d)]
-    kept_inputs = torch.arange(convs[0].in_channels, device=convs[0].weight.device)
+    kept_inputs = torch.arange(head.in_channels, device=convs[0].weight.device)
     for conv, norm, slim_conv, slim_norm in zip(convs, norms, slim_convs, slim_norms):
         kept = norm.weight.abs().argsort(descending=True, stable=True)[:filters].sort().values
         slim_conv.weight.copy_(conv.weight[kept][:, kept_inputs])

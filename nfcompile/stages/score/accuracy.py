@@ -31,6 +31,12 @@ def exits_hits(net: MultiExitNet, units: Sequence[int], images: ImageSet, prepro
     return dict(zip(units, hits))
 
 
+def share_right(hits: torch.Tensor) -> float:
+    """Top-1 accuracy from one exit's ``hits``: an exact ratio of counts (selection's window edges
+    compare them)."""
+    return int(hits.sum()) / len(hits)
+
+
 def right_where_wrong(hits: Sequence[torch.Tensor]) -> tuple[tuple[int, ...], ...]:
     """Entry [i][j]: how many images exit i classifies correctly and exit j does not.
 

@@ -29,7 +29,7 @@ from nfcompile.recipe.schema import BenchSection, ExportSection, TensorRTSection
 from nfcompile.runtime.backends import get_backend
 from nfcompile.runtime.latency import machine_load
 from nfcompile.runtime.onnx_io import OnnxExportError, export_onnx, set_metadata
-from nfcompile.stages.score.accuracy import exits_hits, right_where_wrong
+from nfcompile.stages.score.accuracy import exits_hits, right_where_wrong, share_right
 from nfcompile.stages.score.cost import count_macs, count_params
 from nfcompile.stages.score.latency_table import LatencyTable, read_latency_table
 from nfcompile.stages.score.timing import check_backend, time_onnx_files
@@ -75,9 +75,9 @@ def score_exits(net: MultiExitNet, exit_units: Sequence[int], val: ImageSet, pre
             raise ValueError(f"bench.backend {bench.backend}: pass the recipe's tensorrt section")
     input_shape = (3, preprocessing.image_size, preprocessing.image_size)
     val_hits = exits_hits(net, units, val, preprocessing, device=device)
-    accuracies = {unit: int(hits.sum()) / len(hits) for unit, hits in val_hits.items()}
+    accuracies = {unit: share_right(hits) for unit, hits in val_hits.items()}
     test_hits = exits_hits(net, units, test, preprocessing, device=device) if test is not None else {}
-    test_accuracies = {unit: int(hits.sum()) / len(hits) for unit, hits in test_hits.items()}
+    test_accuracies = {unit: share_right(hits) for unit, hits in test_hits.items()}
     scorer = _ExitScorer(Path(out_dir), input_shape, export, quantizer)
     was_training, home = net.training, next(net.parameters()).device
     try:  # exporting moves the shared modules to the CPU in eval mode
