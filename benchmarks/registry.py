@@ -37,6 +37,7 @@ class Comparison:
     run: Callable[["Workbench"], dict[str, Any]]
     render: Callable[[dict[str, Any]], str]
     headlines: Callable[[dict[str, Any]], dict[str, Headline]] = _no_headlines
+    selects_exits: bool = False  # its figures depend on which exit selection ships (the recipe's select section)
 
 
 _COMPARISONS: Registry[Comparison] = Registry("comparison", unknown=lambda name, known: KeyError(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nfcompile.core.io import read_json, write_text
+from nfcompile.recipe.schema import Recipe
 
 from benchmarks.markdown import DASH, mib, table
 from benchmarks.goals import render_goals
@@ -80,8 +81,11 @@ def merge_documents(document: dict[str, Any], later: list[dict[str, Any]]) -> di
     same comparison of an earlier run in its place, or joins at the end (each keeps the command,
     machine load and time of its own run). A later run's setups replace the same-named ones too, so the
     setups table shows what the latest figures ran; a budget the later run did not measure (it ran no
-    comparison at that budget) is kept from the earlier run where the recipe is the same."""
+    comparison at that budget) is kept from the earlier run where the recipe is the same. A comparison
+    that ran a setup under another recipe than the table's carries ``earlier_recipes``: per such setup,
+    the recipe fields that differ."""
     comparisons = list(document["comparisons"])
+    ran_with = [_recipes(document)] * len(comparisons)  # per comparison: the recipes of the run it came from
     setups = {s["name"]: s for s in document["setups"]}
     for extra in later:
         for setup in extra.get("setups", []):
@@ -96,9 +100,82 @@ def merge_documents(document: dict[str, Any], later: list[dict[str, Any]]) -> di
             names = [c["name"] for c in comparisons]
             if outcome["name"] in names:
                 comparisons[names.index(outcome["name"])] = tagged
+                ran_with[names.index(outcome["name"])] = _recipes(extra)
             else:
                 comparisons.append(tagged)
+                ran_with.append(_recipes(extra))
+    selecting = {c.name for c in list_comparisons() if c.selects_exits}
+    for index, (outcome, recipes) in enumerate(zip(comparisons, ran_with)):
+        named = _setups_named(outcome.get("result"))
+        earlier_recipes = {name: changed for name in setups if name in named and name in recipes  # the table's order
+                           and (changed := recipe_changes(recipes[name], setups[name]["recipe"],
+                                                          selects_exits=outcome["name"] in selecting))}
+        if earlier_recipes:
+            comparisons[index] = {**outcome, "earlier_recipes": earlier_recipes}
     return dict(document, comparisons=comparisons, setups=list(setups.values()))
+
+
+def _recipes(document: dict[str, Any]) -> dict[str, Any]:
+    return {s["name"]: s["recipe"] for s in document.get("setups", [])}
+
+
+def _setups_named(result: Any) -> set[str]:
+    """The setups a comparison's result reports on: every ``setup`` name in it, at any depth."""
+    if isinstance(result, dict):
+        named = {result["setup"]} if isinstance(result.get("setup"), str) else set()
+        return named.union(*(_setups_named(value) for value in result.values()))
+    if isinstance(result, list):
+        return set().union(*(_setups_named(value) for value in result))
+    return set()
+
+
+# A run that predates a field ran it at its default, except these: before select.confidence, selection judged
+# the accuracies as measured.
+BEFORE_THE_FIELD = {"select.confidence": None}
+
+
+def recipe_changes(earlier: dict[str, Any], later: dict[str, Any], *, selects_exits: bool) -> list[str]:
+    """The dotted recipe fields a comparison's figures ran otherwise than ``later`` says: fields a recipe lacks
+    (its run predates them) at their default or `BEFORE_THE_FIELD`; the select section only where the figures
+    depend on which exit ships."""
+    defaults = Recipe(name="defaults").model_dump(mode="json", by_alias=True)
+    changed = recipe_differences(_filled(earlier, defaults), _filled(later, defaults))
+    return [field for field in changed if selects_exits or not field.startswith("select.")]
+
+
+def _filled(recipe: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    filled = dict(recipe)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = BEFORE_THE_FIELD.get(prefix + key, default)
+        elif isinstance(default, dict) and isinstance(filled[key], dict):
+            filled[key] = _filled(filled[key], default, f"{prefix}{key}.")
+    return filled
+
+
+def recipe_differences(earlier: dict[str, Any], later: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted fields whose values differ between two recipes (as the results files hold them)."""
+    differing = []
+    for key in sorted(set(earlier) | set(later)):
+        before, after = earlier.get(key), later.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            differing += recipe_differences(before, after, f"{prefix}{key}.")
+        elif before != after:
+            differing.append(prefix + key)
+    return differing
+
+
+def earlier_recipe_note(earlier_recipes: dict[str, list[str]]) -> str:
+    """What a comparison run under an earlier recipe says above its figures, setups grouped by what differs."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, fields in earlier_recipes.items():
+        groups.setdefault(tuple(fields), []).append(name)
+    return "; ".join(_and(names) + " ran with other " + ", ".join(f"`{field}`" for field in fields)
+                     + " than the setups table shows" for fields, names in groups.items())
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def render_results(document: dict[str, Any], results_file: str, also: Sequence[str] = ()) -> str:
@@ -125,6 +202,9 @@ def render_results(document: dict[str, Any], results_file: str, also: Sequence[s
             end = outcome["run"].get("load_average_end")
             parts.append(f"(from a later run: `{outcome['run']['command']}`, {outcome['run']['started']}, load "
                          f"{_loads(load)}" + (f" at the start, {_loads(end)} at the end" if end else "") + ")\n")
+        if outcome.get("earlier_recipes"):
+            parts.append(f"**Earlier recipe:** {earlier_recipe_note(outcome['earlier_recipes'])}; these figures "
+                         "come from that recipe.\n")
         if outcome["status"] != "ok":
             parts.append(f"**{outcome['status']}:** {outcome['reason']}\n")
         elif name in comparisons:

@@ -242,7 +242,7 @@ def _render_other_budgets(setup: str, entries: list[dict[str, Any]]) -> str:
 
 
 register_comparison(Comparison(
-    name="ablations", title="Ablations: every design choice against the default",
+    name="ablations", selects_exits=True, title="Ablations: every design choice against the default",
     question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch "
              "sizes and how large, the activation cache, early stop of deeper blocks, at most two units per "
              "block, warm-started heads, fewer epochs for the first blocks, slim heads, head epochs) pay for itself?",

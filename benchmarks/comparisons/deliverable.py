@@ -222,7 +222,7 @@ def _first(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 register_comparison(Comparison(
-    name="deliverable", title="The deliverable: chosen exit vs the full backprop-trained model",
+    name="deliverable", selects_exits=True, title="The deliverable: chosen exit vs the full backprop-trained model",
     question="What does the exit NeuroFlux ships cost in accuracy, and what does it save in parameters, file "
              "size and inference time against the full model trained with backprop?",
     run=run, render=render, headlines=headlines))

@@ -435,7 +435,7 @@ def test_accuracy_gap_probes_every_exit_of_both_methods(suite_run):
 
 
 def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(suite_run):
-    from benchmarks.report import merge_documents, render_results
+    from benchmarks.report import merge_documents, recipe_differences, render_results
 
     _, _, document = suite_run
     first = {**document, "comparisons": [o for o in document["comparisons"] if o["name"] != "minimum_budget"]}
@@ -454,6 +454,7 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
     kept = merge_documents(first, [{**later, "setups": unmeasured}])
     assert [s["budgets"] for s in kept["setups"]] == [s["budgets"] for s in document["setups"]]
     assert all(s["budgets"] for s in kept["setups"])
+    assert not any("earlier_recipes" in o for o in kept["comparisons"])  # the same recipe throughout
     # A later run's comparison replaces the earlier one in its place; a new one joins at the end.
     assert [o["name"] for o in merged["comparisons"]] == [o["name"] for o in first["comparisons"]] + ["minimum_budget"]
     assert "run" in merged["comparisons"][2] and "run" not in merged["comparisons"][1]
@@ -466,6 +467,59 @@ def test_results_md_reads_every_goal_off_the_comparisons_and_merges_a_later_run(
     assert " at the start, " in text and " at the end)" in text  # a later run's load, at both ends
     assert "--also b.json" in text
     assert "| 2 convs, up to 32 filters, maps pooled to 4x4 | 64 |" in text  # the setup's heads and batch cap
+    # The earlier run's comparisons of that setup ran another recipe than the table shows, and say so.
+    name = narrowed["name"]
+    changed = recipe_differences(document["setups"][0]["recipe"], narrowed["recipe"])
+    assert "train.neuroflux.head.pool_to" in changed
+    earlier = {o["name"]: o.get("earlier_recipes") for o in merged["comparisons"]}
+    assert earlier["time_to_accuracy"] == {name: changed}
+    assert earlier["minimum_budget"] is None and earlier["ablations"] is None  # the later run's own
+    assert f"**Earlier recipe:** {name} ran with other {', '.join(f'`{f}`' for f in changed)} than" in text
+    assert f"| 3. time to accuracy | {name} (run under an earlier recipe) at the " in text
+    assert f"| 4. where only NeuroFlux trains | {name}: smallest budget" in text
+
+
+def test_a_comparison_is_flagged_against_the_latest_recipe_of_the_setups_it_ran():
+    from benchmarks.report import merge_documents
+
+    def run(command, epochs, *names):
+        machine = {"load_average": [0.1, 0.1, 0.1]}
+        outcomes = [{"name": n, "status": "ok", "result": {"setups": [{"setup": "s"}]}} for n in names]
+        return {"command": command, "started": command, "machine": machine, "comparisons": outcomes,
+                "setups": [{"name": "s", "recipe": {"train": {"epochs": epochs}}, "budgets": {}},
+                           {"name": "t", "recipe": {"train": {"epochs": epochs}}, "budgets": {}}]}
+
+    # B replaces A's time_to_accuracy at the same recipe; C changes the recipe and runs only deliverable.
+    merged = merge_documents(run("a", 5, "time_to_accuracy", "deliverable"),
+                             [run("b", 5, "time_to_accuracy"), run("c", 3, "deliverable")])
+    flags = {o["name"]: (o["run"]["command"], o.get("earlier_recipes")) for o in merged["comparisons"]}
+    assert flags == {"time_to_accuracy": ("b", {"s": ["train.epochs"]}), "deliverable": ("c", None)}
+
+
+def test_recipe_changes_name_what_a_run_ran_otherwise():
+    from benchmarks.report import earlier_recipe_note, recipe_changes
+    from nfcompile.recipe.schema import Recipe
+
+    later = Recipe(name="r").model_dump(mode="json", by_alias=True)
+    later["train"]["neuroflux"]["slim_heads"]["share"] = 0.5
+    earlier = copy.deepcopy(later)
+    earlier["train"]["neuroflux"]["slim_heads"]["share"] = None
+    earlier["train"]["neuroflux"]["head"]["filters"] = 8
+    assert recipe_changes(earlier, later, selects_exits=False) == ["train.neuroflux.head.filters",
+                                                                   "train.neuroflux.slim_heads.share"]
+    assert recipe_changes(later, later, selects_exits=True) == []
+    # A run that predates a field ran it at its default (no head epochs) ...
+    del earlier["train"]["neuroflux"]["head_epochs"], earlier["train"]["neuroflux"]["slim_heads"]
+    assert recipe_changes(earlier, later, selects_exits=False) == ["train.neuroflux.head.filters",
+                                                                   "train.neuroflux.slim_heads.share"]
+    # ... except select.confidence (selection judged the accuracies as measured), which matters only where
+    # the figures depend on the exit selection ships.
+    del earlier["select"]["confidence"]
+    assert "select.confidence" in recipe_changes(earlier, later, selects_exits=True)
+    assert "select.confidence" not in recipe_changes(earlier, later, selects_exits=False)
+    note = earlier_recipe_note({"a": ["x.y"], "b": ["x.y"], "c": ["z"]})
+    assert note == ("a and b ran with other `x.y` than the setups table shows; "
+                    "c ran with other `z` than the setups table shows")
 
 
 def test_the_head_width_ablation_runs_only_where_a_setup_narrows_its_heads():
