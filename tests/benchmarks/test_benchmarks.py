@@ -558,7 +558,7 @@ def test_the_block_epochs_ablation_runs_only_where_a_setup_shortens_its_first_bl
 
 def test_the_slim_heads_and_head_epochs_ablations_run_where_a_setup_ships_slim_heads():
     from benchmarks.comparisons.ablations import ABLATIONS, _applies
-    from benchmarks.config import RESNET18_DIGITS, VGG16_FMNIST
+    from benchmarks.config import RESNET18_DIGITS, RESNET18_FMNIST, VGG16_FMNIST
     from benchmarks.workbench import setup_recipe
 
     (slim,) = [a for a in ABLATIONS if a.name == "slim_heads"]
@@ -566,12 +566,26 @@ def test_the_slim_heads_and_head_epochs_ablations_run_where_a_setup_ships_slim_h
     config = quick_config()
     for ablation in (slim, heads):
         assert ablation.selects_exit
-        assert _applies(ablation, VGG16_FMNIST, config) and not _applies(ablation, RESNET18_DIGITS, config)
+        assert _applies(ablation, VGG16_FMNIST, config) and _applies(ablation, RESNET18_FMNIST, config)
+        assert not _applies(ablation, RESNET18_DIGITS, config)
     assert slim.every_budget and not heads.every_budget
     default = setup_recipe(config, VGG16_FMNIST).train.neuroflux
     assert (default.slim_heads.share, default.head_epochs) == (0.5, 0)
     assert setup_recipe(config, VGG16_FMNIST, slim.overrides).train.neuroflux.slim_heads.share is None
     assert setup_recipe(config, VGG16_FMNIST, heads.overrides).train.neuroflux.head_epochs == 1
+
+
+def test_the_slim_head_epochs_ablation_runs_only_where_a_setup_sets_them():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
+    from benchmarks.workbench import setup_recipe
+
+    (epochs,) = [a for a in ABLATIONS if a.name == "slim_head_epochs"]
+    config = quick_config()
+    assert epochs.selects_exit
+    assert _applies(epochs, RESNET18_FMNIST, config) and not _applies(epochs, VGG16_FMNIST, config)
+    assert setup_recipe(config, RESNET18_FMNIST).train.neuroflux.slim_heads.epochs == 40
+    assert setup_recipe(config, RESNET18_FMNIST, epochs.overrides).train.neuroflux.slim_heads.epochs == 10
 
 
 def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
