@@ -86,6 +86,8 @@ class RunRecord(Result):
     evaluation_batch_sizes: tuple[int, ...] = ()  # per block, what it evaluated at after every epoch
     # per block, the gradient noise scale measured at its start (batch_policy noise_scale; else None)
     noise_scales: tuple[float | None, ...] = ()
+    # per block, what held the most of its measured peak (the meter's largest category; "" where none is known)
+    peak_held_by: tuple[str, ...] = ()
 
 
 @dataclass
@@ -232,7 +234,9 @@ class Workbench:
             wall_seconds=wall, cpu_seconds=cpu, curve=curve,
             best_val_accuracy=curve[-1][1] if curve else None, blocks=len(result.blocks),
             blocks_trained=sum(b.trained for b in result.blocks), load_average=load,
-            time_spent=result.time_spent(), noise_scales=tuple(b.noise_scale for b in result.blocks))
+            time_spent=result.time_spent(), noise_scales=tuple(b.noise_scale for b in result.blocks),
+            peak_held_by=tuple(max(b.peak_breakdown, key=b.peak_breakdown.get) if b.peak_breakdown else ""
+                               for b in result.blocks))
         log.info("%s @ %s: %s seed %d%s: %.1f s wall, %.1f s CPU, best val accuracy %.4f, batch %s, load %.1f",
                  spec.setup.name, spec.budget, result.method, spec.seed, _describe(spec), wall, cpu,
                  record.best_val_accuracy or 0.0, list(record.batch_sizes), load)

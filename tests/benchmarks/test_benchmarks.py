@@ -304,6 +304,15 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     fidelity = result["profiler_fidelity"]
     assert fidelity["summary"]["blocks"] >= 3 and fidelity["summary"]["abs_error"] is not None
     assert {g["method"] for g in fidelity["groups"]} >= {"neuroflux", "backprop"}
+    measured = [b for g in fidelity["groups"] for b in g["blocks"] if b["measured_max"]]
+    assert measured and all(b["held_by"] for b in measured)  # the meter's largest category at each peak
+    # A block beyond 15% says what held its peak; one within it does not.
+    off = copy.deepcopy(fidelity)
+    block = off["groups"][0]["blocks"][0]
+    block.update(errors=[-0.5], held_by="a holder named here")
+    assert "held by a holder named here" in get_comparison("profiler_fidelity").render(off)
+    block.update(errors=[0.1])
+    assert "held by a holder named here" not in get_comparison("profiler_fidelity").render(off)
 
     (overhead,) = result["pipeline_overhead"]["setups"]
     assert overhead["train_seconds"] > 0 and overhead["deploy_seconds"]["mean"] > 0
