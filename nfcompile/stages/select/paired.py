@@ -51,11 +51,6 @@ class PairedCounts:
                              hint="build again")
         return cls(scores.val_samples, {score.name: i for i, score in enumerate(scores.exits)}, counts)
 
-    def difference(self, name: str, reference: str) -> float:
-        """Accuracy of ``name`` minus that of ``reference`` (a fraction), as measured."""
-        i, j = self.index[name], self.index[reference]
-        return (self.right_where_wrong[i][j] - self.right_where_wrong[j][i]) / self.samples
-
     def lower_bound(self, name: str, reference: str, confidence: float) -> float:
         """One-sided ``confidence`` lower bound of ``difference(name, reference)`` (Agresti-Min)."""
         i, j = self.index[name], self.index[reference]
