@@ -52,9 +52,11 @@ def plan_table(plan, train=None) -> Table:
     table = Table(title=f"Memory plan: budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}), "
                         f"device {plan.device}")
     extra = ("tracked peak", "RSS rise") if measured else ()
+    slim = any(block.slim_features_placement != "none" for block in plan.blocks)
+    left = ("units", "output cache", "slim heads' features")
     for column in ("block", "units", "batch", "eval batch", "predicted peak", *extra, "of budget",
-                   "rest of network", "output cache"):
-        table.add_column(column, justify="left" if column in ("units", "output cache") else "right")
+                   "rest of network", "output cache", *(left[-1:] if slim else ())):
+        table.add_column(column, justify="left" if column in left else "right")
     for block in plan.blocks:
         names = f"{plan.units[block.units[0]].name} .. {plan.units[block.units[-1]].name}" \
             if len(block.units) > 1 else plan.units[block.units[0]].name
@@ -65,7 +67,9 @@ def plan_table(plan, train=None) -> Table:
             row += [format_bytes(result.measured_peak_bytes if result else None),
                     format_bytes(result.rss_rise_bytes if result else None)]
         row += [f"{block.predicted_peak_bytes / plan.budget_bytes:.0%}", format_bytes(block.other_resident_bytes),
-                f"{block.cache_placement} {format_bytes(block.cache_bytes) if block.cache_bytes else ''}".strip()]
+                _placed(block.cache_placement, block.cache_bytes)]
+        if slim:
+            row.append(_placed(block.slim_features_placement, block.slim_features_bytes))
         table.add_row(*row)
     table.caption = (f"backprop at this budget: batch "
                      f"{_baseline_batches(plan.backprop_batch_size, plan.backprop_evaluation_batch_size)}; "
@@ -77,6 +81,10 @@ def plan_table(plan, train=None) -> Table:
                      f"measured, {plan.profiles_reused} reused from earlier measurements "
                      "(train.neuroflux.reuse_profiles).")
     return table
+
+
+def _placed(where: str, size: int) -> str:
+    return f"{where} {format_bytes(size) if size else ''}".strip()
 
 
 def _evaluation_rule(plan) -> str:

@@ -101,7 +101,8 @@ class BlockPlan(Result):
     units: tuple[int, ...]
     batch_size: int
     # The block's whole peak, as its meter measures it: training (everything resident on the device
-    # meanwhile, see `Plan`) or the pass that fills its output cache, whichever is higher.
+    # meanwhile, see `Plan`), its slim heads' phase, or the pass that fills its output cache, whichever
+    # is highest.
     predicted_peak_bytes: int
     cache_placement: str  # where this block's output is cached: device | host | disk | none
     cache_bytes: int  # size of that cache (train + validation splits)
@@ -110,6 +111,11 @@ class BlockPlan(Result):
     # The batch its exits are evaluated at after every epoch: the largest whose measured evaluation
     # peak stays within the training step's (0: the training batch, as plans written before it had).
     evaluation_batch_size: int = 0
+    # neuroflux.slim_heads: where the block's pooled features for its slim heads are cached (device | host
+    # | disk; none: no slim heads), their size, and the phase's predicted peak (`stages/plan/slim_phase.py`).
+    slim_features_placement: str = "none"
+    slim_features_bytes: int = 0
+    slim_peak_bytes: int = 0
 
     @property
     def evaluation_batch(self) -> int:

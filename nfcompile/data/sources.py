@@ -22,6 +22,7 @@ from nfcompile.data.preprocess import Preprocessing
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32}
+CACHE_DTYPE_BYTES = {name: dtype.itemsize for name, dtype in TORCH_DTYPES.items()}
 
 
 class ActivationCache:

@@ -190,14 +190,18 @@ def _plan_section(plan: Plan | None, train: TrainResult | None, image: str | Non
         lines += _table(["batch", *header], rows) + _memory_measured(train)
         return lines
     measured = {b.index: b for b in train.blocks} if train else {}
+    slim = any(block.slim_features_placement != "none" for block in plan.blocks)
     rows = [_memory_row([block.index, f"{block.units[0]}-{block.units[-1]}", block.batch_size],
                         block.predicted_peak_bytes, measured.get(block.index))
-            + [f"{block.cache_placement} ({format_bytes(block.cache_bytes)})"] for block in plan.blocks]
+            + [f"{block.cache_placement} ({format_bytes(block.cache_bytes)})"]
+            + ([f"{block.slim_features_placement} ({format_bytes(block.slim_features_bytes)})"] if slim else [])
+            for block in plan.blocks]
     lines = ["## Memory plan", "",
              f"Budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}) on {plan.device}; batch size 1 needs "
              f"at least {format_bytes(plan.min_budget_bytes)}. Auxiliary heads: {plan.head_policy}, filters "
              f"{[u.head_filters for u in plan.units]}. A block's peak counts {plan.accounting}.", ""]
-    lines += _table(["block", "units", "batch", *header, "output cache"], rows)
+    lines += _table(["block", "units", "batch", *header, "output cache", *(["slim heads' features"] if slim else [])],
+                    rows)
     lines += _memory_measured(train)
     lines += [f"Same budget, same profiler: backprop fits batch {plan.backprop_batch_size or 'none'}, backprop with "
               f"gradient checkpointing batch {plan.checkpointing_batch_size or 'none'}. {_profiles(plan)}", ""]

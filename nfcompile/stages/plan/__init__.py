@@ -1,5 +1,6 @@
 """Plan stage: profile every unit with its head, choose head widths, partition into blocks under the
-budget, place the activation caches, and size the backprop baselines with the same profiler."""
+budget, place the activation caches and the slim heads' features, and size the backprop baselines with
+the same profiler."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import copy
 import functools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -24,7 +25,7 @@ from nfcompile.learning.parallel import gradient_bucket_bytes, with_gradient_buc
 from nfcompile.data.batches import ORDER_BYTES_PER_SAMPLE, Augment, feature_augment
 from nfcompile.data.datasets import ImageSet
 from nfcompile.data.preprocess import Preprocessing
-from nfcompile.data.sources import ActivationCache, CachedInput, ImageInput, RecomputedInput
+from nfcompile.data.sources import CACHE_DTYPE_BYTES, ActivationCache, CachedInput, ImageInput, RecomputedInput
 from nfcompile.models import AuxHead, UnitNet, block_exits, choose_head_filters, unit_shapes_for
 from nfcompile.models.heads import head_pool_kernel
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
@@ -33,10 +34,10 @@ from nfcompile.stages.plan.partition import (block_max_batch, block_peak, host_c
 from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, measure_evaluation,
                                           profile_backprop_step, profile_input_fetch, profile_local_step)
 from nfcompile.stages.plan.profile_cache import ProfileCache
+from nfcompile.stages.plan.slim_phase import plan_slim_phase
 
 log = get_logger(__name__)
 
-CACHE_DTYPE_BYTES = {"float16": 2, "float32": 4}
 # Batch sizes are planned against this share of the budget; the whole budget stays the enforced
 # limit. A plan that fills the budget to the byte overshot it by 0.1% in one benchmark run
 # (allocation order differs slightly between profiling a unit and training its block).
@@ -153,13 +154,13 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     # What evaluation reads, unaugmented: the images for unit 0, an activation cache for the others.
     stand_in = lambda unit: lambda n: input_source_for(unit, profiles[unit].in_shape, n, image_size=image_size,
                                                        image_augment=Augment(), section=section, device=device)
-    blocks = _blocks_with_caches(profiles, fits, usable, train_samples + val_samples, section, device, resident,
-                                 recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size, image_augment,
-                                                                               section, device),
+    blocks = _blocks_with_caches(profiles, fits, usable, train_samples, val_samples, section, device, resident,
+                                 recompute_fetch=lambda first: _recompute_fetch(unit_net, first, image_size,
+                                                                               image_augment, section, device),
                                  measure_block=lambda units, batch: _measure_block(
                                      cache, [unit_net.units[i] for i in units], heads_of(units),
                                      profiles[units[0]].in_shape, num_classes, batch, train=train, device=device),
-                                 evaluation_batch=lambda units, batch, allowed: largest_evaluation_batch(
+                                 evaluation=lambda units, batch, allowed: _block_evaluation(
                                      _evaluation_measure(
                                          cache, [*(unit_net.units[i] for i in units), *heads_of(units)],
                                          lambda m, x: block_exits(m[:len(units)], m[len(units):], x),
@@ -206,6 +207,13 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
              [b.batch_size for b in blocks], [b.evaluation_batch for b in blocks], format_bytes(budget_bytes),
              bp_batch or "none fits", bp_eval or "-", ck_batch or "none fits", ck_eval or "-", cache.describe())
     return plan
+
+
+def _block_evaluation(measure: Callable[[int], int], **search) -> tuple[int, Callable[[], int]]:
+    """A block's evaluation batch (`largest_evaluation_batch`), and its measured peak on demand (the search
+    may have settled on the training batch without measuring it)."""
+    batch = largest_evaluation_batch(measure, **search)
+    return batch, lambda: measure(batch)
 
 
 def _evaluation_measure(cache: ProfileCache, modules: list[nn.Module], forward, in_shape: tuple[int, ...],
@@ -265,7 +273,8 @@ class Resident:
     @property
     def accounting(self) -> str:
         common = ("its units' and heads' weights, gradients and optimizer state, one unit's activations at a time, "
-                  "preparing the batch, and its input cache when that lives on the device")
+                  "preparing the batch, its input cache when that lives on the device, and with slim heads their "
+                  "steps and their pooled features when those live on the device")
         if self.device_type == "cuda":
             return (f"{common}; finished blocks go back to host RAM and the best-epoch snapshot is kept there; "
                     "the pass that fills the output cache is planned to fit too")
@@ -314,13 +323,15 @@ def _recompute_fetch(unit_net: UnitNet, first: int, image_size: int, image_augme
     return resident, per_sample
 
 
-def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int, cached_samples: int,
-                        section, device: torch.device, resident: Resident, *,
+def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budget: int, train_samples: int,
+                        val_samples: int, section, device: torch.device, resident: Resident, *,
                         recompute_fetch: Callable[[int], tuple[int, int]],
                         measure_block: Callable[[list[int], int], int],
-                        evaluation_batch: Callable[[list[int], int, int], int]) -> list[BlockPlan]:
+                        evaluation: Callable[[list[int], int, int], tuple[int, Callable[[], int]]]
+                        ) -> list[BlockPlan]:
     cap = min(section.max_batch_size, max(p.max_batch_size for p in profiles))
     fetch = [p.fetch_bytes_per_sample for p in profiles]
+    samples = (train_samples, val_samples)
     # Grouping only needs comparable batch sizes: it plans against the budget less the whole network
     # (an upper bound of what else is resident); every block's batch is then sized exactly.
     groups = partition_blocks(fits, budget - resident.besides([]), split_ratio=section.block_split_ratio, cap=cap,
@@ -332,8 +343,12 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
         block_fits = [fits[i] for i in units]
         others = resident.besides(units)
         if section.cache.placement == "recompute":
-            blocks.append(_recomputing_block(k, units, block_fits, budget - others, cap, fetch[units[0]], others,
-                                             device, last=k == len(groups) - 1, recompute_fetch=recompute_fetch))
+            block, earlier = _recomputing_block(k, units, block_fits, budget - others, cap, fetch[units[0]], others,
+                                                device, last=k == len(groups) - 1, recompute_fetch=recompute_fetch)
+            # Its evaluation runs at the training batch, within the step's peak: the features' pass too.
+            blocks.append(_with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
+                                           pass_peak=lambda: block.predicted_peak_bytes, resident=earlier + others,
+                                           budget=budget, device=device, host_limit=host_limit))
             continue
         # The cache this block reads, and the rest of the network, share the budget with its training.
         room = budget - others - input_cache_on_device
@@ -346,7 +361,7 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                               f"({format_bytes(others)}) leave no room to train at batch size 1",
                               hint="use cache placement auto or disk, or a larger budget")
         last = k == len(groups) - 1
-        cache_bytes = 0 if last else cached_samples * profiles[units[-1]].cache_bytes_per_sample
+        cache_bytes = 0 if last else sum(samples) * profiles[units[-1]].cache_bytes_per_sample
         caching = _caching_peak(units, block_fits, batch, fetch[units[0]], profiles, others, input_cache_on_device)
         headroom = 0
         if not last:
@@ -363,13 +378,39 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
         caching_peak = caching + on_device if not last else 0
         # The meter measures the caching pass too: where the output cache lives on the device, that pass
         # (weights, input and output caches, a forward batch) can be the block's peak.
-        blocks.append(BlockPlan(index=k, units=tuple(units), batch_size=batch,
-                                evaluation_batch_size=evaluation_batch(units, batch, block_bytes),
-                                predicted_peak_bytes=max(block_bytes + input_cache_on_device + others, caching_peak),
-                                cache_placement=placement.placement, cache_bytes=placement.bytes,
-                                other_resident_bytes=others, caching_peak_bytes=caching_peak))
+        evaluation_batch, evaluation_peak = evaluation(units, batch, block_bytes)
+        block = BlockPlan(index=k, units=tuple(units), batch_size=batch, evaluation_batch_size=evaluation_batch,
+                          predicted_peak_bytes=max(block_bytes + input_cache_on_device + others, caching_peak),
+                          cache_placement=placement.placement, cache_bytes=placement.bytes,
+                          other_resident_bytes=others, caching_peak_bytes=caching_peak)
+        blocks.append(_with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
+                                       pass_peak=lambda: evaluation_peak() + input_cache_on_device + others,
+                                       resident=input_cache_on_device + others, budget=budget, device=device,
+                                       host_limit=host_limit))
         input_cache_on_device = on_device
     return blocks
+
+
+def _with_slim_phase(block: BlockPlan, units: list[UnitProfile], section, *, samples: tuple[int, int],
+                     pass_peak: Callable[[], int], resident: int, budget: int, device: torch.device,
+                     host_limit: int) -> BlockPlan:
+    """``block`` with its slim heads' phase planned (`plan_slim_phase`) and counted in its peak.
+    ``pass_peak``: the peak of the pass that computes the features (measured only where an exit gets a slim head);
+    ``resident``: what stays on the device besides the block's units and heads."""
+    train_samples, val_samples = samples
+    phase = plan_slim_phase(units, section, block_batch=block.batch_size, train_samples=train_samples,
+                            val_samples=val_samples, pass_peak=pass_peak,
+                            resident=resident + sum(unit.state_bytes for unit in units),
+                            planned_peak=block.predicted_peak_bytes, budget=budget, device_type=device.type,
+                            host_limit=host_limit)
+    if phase.placement == "device" and phase.peak_bytes > budget:  # only where a recipe forces them there
+        raise BudgetError(f"block {block.index}: its slim heads' features ({format_bytes(phase.feature_bytes)}) "
+                          f"on the device (train.neuroflux.cache.placement: {section.cache.placement}) leave no room "
+                          f"({format_bytes(phase.peak_bytes)} predicted where the plan allows {format_bytes(budget)})",
+                          hint="use cache placement auto or disk, or a larger budget")
+    return replace(block, predicted_peak_bytes=max(block.predicted_peak_bytes, phase.peak_bytes),
+                   slim_features_placement=phase.placement, slim_features_bytes=phase.feature_bytes,
+                   slim_peak_bytes=phase.peak_bytes)
 
 
 def _verified_batch(units: list[int], batch: int, fits: list[MemoryFit], image_fetch: int, room: int,
@@ -412,9 +453,10 @@ def _caching_peak(units: list[int], fits: list[MemoryFit], batch: int, image_fet
 
 def _recomputing_block(k: int, units: list[int], block_fits: list[MemoryFit], budget: int, cap: int,
                        image_fetch: int, others: int, device: torch.device, *, last: bool,
-                       recompute_fetch: Callable[[int], tuple[int, int]]) -> BlockPlan:
+                       recompute_fetch: Callable[[int], tuple[int, int]]) -> tuple[BlockPlan, int]:
     """A block with no input cache: the earlier units run forward on every batch. On CUDA their weights
-    stay on the device for it (on CPU they are part of the resident network already)."""
+    stay on the device for it (on CPU they are part of the resident network already). Returns the block
+    and those weights' bytes on the device."""
     resident, fetch = recompute_fetch(units[0]) if k else (0, image_fetch)
     if device.type != "cuda":
         resident = 0
@@ -425,4 +467,5 @@ def _recomputing_block(k: int, units: list[int], block_fits: list[MemoryFit], bu
                           hint="use cache placement auto, or a larger budget")
     return BlockPlan(index=k, units=tuple(units), batch_size=batch,
                      predicted_peak_bytes=block_peak(block_fits, batch, fetch) + resident + others,
-                     cache_placement="none" if last else "recompute", cache_bytes=0, other_resident_bytes=others)
+                     cache_placement="none" if last else "recompute", cache_bytes=0,
+                     other_resident_bytes=others), resident

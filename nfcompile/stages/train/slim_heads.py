@@ -10,7 +10,6 @@ head's, both measured on the same cached features.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +26,9 @@ from nfcompile.data.batches import batch_order
 from nfcompile.data.sources import ActivationCache
 from nfcompile.learning import eval_mode, fit, make_optimizer, set_lr, top1_accuracies, warmed_up_schedule
 from nfcompile.learning.parallel import LocalSteps, global_batch, rank_generators, synced_evaluate
-from nfcompile.models.heads import FLOAT_BYTES, AuxHead, head_bytes_per_sample, slim_head
+from nfcompile.models.heads import AuxHead, slim_head
 from nfcompile.recipe.schema import TrainSection
-from nfcompile.stages.plan import CACHE_DTYPE_BYTES
-from nfcompile.stages.plan.partition import host_cache_limit, place_cache
+from nfcompile.stages.plan.slim_phase import slim_batch, slim_filters, slimmed_positions
 
 log = get_logger(__name__)
 
@@ -76,25 +74,25 @@ def slim_block_heads(block: BlockPlan, units: list[nn.Module], heads: list[nn.Mo
     """Slim copies of the block's heads, trained on its frozen units' pooled outputs; ``accuracy``: every
     exit's now. ``local``: the block's training section (NeuroFlux's learning rate)."""
     section = local.neuroflux.slim_heads
-    slimmed = [i for i, head in enumerate(heads)
-               if isinstance(head, AuxHead) and _slim_filters(head, section.share) < head.filters]
+    profiles = [plan.units[u] for u in block.units]
+    # The plan chose the heads' widths, and which exits get a slim copy and where its features go.
+    slimmed = slimmed_positions(profiles, section.share)
     kept = SlimmedHeads(list(heads), tuple(accuracy), (False,) * len(heads))
     if not slimmed:
         return kept
+    if block.slim_features_placement == "none":
+        raise ValueError(f"block {block.index}: the plan was made without neuroflux.slim_heads; plan again with "
+                         "the training section that trains")
     started = time.perf_counter()
     wide = [heads[i] for i in slimmed]
-    slim = [slim_head(head, _slim_filters(head, section.share)).to(device) for head in wide]
-    sizes = _pooled_sizes(block, plan, slimmed, wide)
-    placement = _placement(block, plan, sizes, len(train_in) + len(val_in), local, device)
+    slim = [slim_head(head, slim_filters(head.filters, section.share)).to(device) for head in wide]
     train_features = val_features = None
     try:
         with memory_phase("slim heads' features"):
-            train_features = _pooled_features(units, slimmed, wide, train_in, block, local, device, folder,
-                                              placement, "train")
-            val_features = _pooled_features(units, slimmed, wide, val_in, block, local, device, folder,
-                                            placement, "val")
+            train_features = _pooled_features(units, slimmed, wide, train_in, block, local, device, folder, "train")
+            val_features = _pooled_features(units, slimmed, wide, val_in, block, local, device, folder, "val")
         featured = time.perf_counter()
-        batch = _slim_batch(block, plan, sizes, slim, section.batch_size, len(train_features))
+        batch = slim_batch(profiles, block.batch_size, section.share, section.batch_size, len(train_features))
         optimizers = [make_optimizer(head.parameters(), local, global_batch(batch)) for head in slim]
         # The local step itself, each slim head behind an identity "unit" (its input is the cached features).
         local_steps = LocalSteps([nn.Identity() for _ in slim], [_FromPooled(head) for head in slim], device)
@@ -141,54 +139,12 @@ def slim_block_heads(block: BlockPlan, units: list[nn.Module], heads: list[nn.Mo
     return SlimmedHeads(ships, tuple(shipped_accuracy), tuple(is_slim))
 
 
-def _slim_filters(head: AuxHead, share: float) -> int:
-    return max(1, round(head.filters * share))
-
-
-def _pooled_sizes(block: BlockPlan, plan: Plan, slimmed: list[int], heads: list[AuxHead]) -> list[tuple[int, int]]:
-    """Per slimmed exit, its unit's output as its head pools it, per sample: (channels, elements per channel;
-    kernel = stride, ceil mode: ceil(side / kernel) per side)."""
-    sizes = []
-    for position, head in zip(slimmed, heads):
-        channels, *spatial = plan.units[block.units[position]].out_shape
-        sizes.append((channels, math.prod(-(-side // head.pool_kernel) for side in spatial)))
-    return sizes
-
-
-def _placement(block: BlockPlan, plan: Plan, sizes: list[tuple[int, int]], samples: int, local: TrainSection,
-               device: torch.device) -> str:
-    """Where the features go: where `cache.placement` puts the activation cache, and with auto (or recompute,
-    which has no cache to follow) on the device where they fit the headroom the block's training peak
-    leaves, else host RAM (CUDA), else a memory-mapped file."""
-    cache = local.neuroflux.cache
-    sample_bytes = CACHE_DTYPE_BYTES[cache.dtype] * sum(channels * spatial for channels, spatial in sizes)
-    requested = "auto" if cache.placement == "recompute" else cache.placement
-    return place_cache(sample_bytes * samples, device_type=device.type, requested=requested,
-                       device_headroom=max(0, plan.budget_bytes - block.predicted_peak_bytes),
-                       host_limit=host_cache_limit(cache)).placement
-
-
-def _slim_batch(block: BlockPlan, plan: Plan, sizes: list[tuple[int, int]], slim: list[AuxHead], wanted: int,
-                samples: int) -> int:
-    """``wanted``, where its steps fit in the activations the block's own step held at its batch (gone by
-    now; at that batch they surely fit: a slim head's features and maps are no larger than its unit's and
-    the wide head's). A batch reads every slim head's features (float32), and one head at a time keeps its
-    maps for its backward (`head_bytes_per_sample`, on the pooled map), and their gradients during it.
-    Early units' steps hold far more per sample than a slim head on pooled features, so their blocks' small
-    batches do not hold the slim heads back; the block's meter measures what the steps really take."""
-    per_sample = FLOAT_BYTES * sum(channels * spatial for channels, spatial in sizes) + max(
-        2 * head.depth * head_bytes_per_sample(head.filters, spatial) for head, (_, spatial) in zip(slim, sizes))
-    freed = block.batch_size * min(plan.units[u].bytes_per_sample for u in block.units)
-    return max(1, min(wanted, samples, max(block.batch_size, freed // per_sample)))
-
-
 @torch.no_grad()
 def _pooled_features(units: list[nn.Module], slimmed: list[int], heads: list[AuxHead], source, block: BlockPlan,
-                     local: TrainSection, device: torch.device, folder: Path, placement: str,
-                     name: str) -> _PooledFeatures:
+                     local: TrainSection, device: torch.device, folder: Path, name: str) -> _PooledFeatures:
     """One pass of ``source`` through the frozen units (eval mode), each slimmed exit's input pooled as its
-    head pools it, into a cache per exit (the activation cache's precision). At the block's evaluation batch:
-    the pass is an evaluation's forward without the heads' convs."""
+    head pools it, into a cache per exit (the activation cache's precision), where the plan put them. At the
+    block's evaluation batch: the pass is an evaluation's forward without the heads' convs."""
     caches: list[ActivationCache | None] = [None] * len(slimmed)
     labels: list[torch.Tensor] = []
     start = 0
@@ -204,8 +160,9 @@ def _pooled_features(units: list[nn.Module], slimmed: list[int], heads: list[Aux
                         pooled.append(heads[slimmed.index(position)].pooled_input(h))
                 for k, features in enumerate(pooled):
                     if caches[k] is None:
-                        caches[k] = ActivationCache(placement, len(source), tuple(features.shape[1:]),
-                                                    local.neuroflux.cache.dtype, device=device, folder=folder,
+                        caches[k] = ActivationCache(block.slim_features_placement, len(source),
+                                                    tuple(features.shape[1:]), local.neuroflux.cache.dtype,
+                                                    device=device, folder=folder,
                                                     name=f"block{block.index}.slim{k}.{name}")
                     caches[k].write(start, features)
                 start += len(indices)

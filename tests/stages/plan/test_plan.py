@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
+from rich.console import Console
 
 from nfcompile.core.memory import PeakMeter, fit_memory
 from nfcompile.data.batches import Augment
 from nfcompile.data.sources import ImageInput
 from nfcompile.learning import backprop_step, eval_mode, local_step, make_optimizer, top1_accuracies
 from nfcompile.errors import BudgetError
+from nfcompile.present import plan_table
 from nfcompile.models import AuxHead
-from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, TrainSection
+from nfcompile.core.results import UnitProfile
+from nfcompile.recipe.schema import AugmentSection, BudgetSection, HeadSection, NeuroFluxSection, TrainSection
 from nfcompile.stages.plan import PLANNING_SHARE, _verified_batch, plan_training, saved_activation_bytes_per_sample
 from nfcompile.stages.plan.partition import block_max_batch, block_peak, partition_blocks, place_cache
 from nfcompile.models import block_exits
+from nfcompile.stages.plan.slim_phase import plan_slim_phase, slim_batch
 from nfcompile.stages.plan.profile import (_create_optimizer_state, largest_evaluation_batch, measure_block_step,
                                           next_measurement, profile_local_step)
 
@@ -180,8 +185,45 @@ def test_cache_placement_order():
     assert place_cache(0, device_type="cpu", device_headroom=0, **common).placement == "none"
 
 
-def _plan(memory: str, **train):
-    return plan_training(make_tiny_unit_net(), TINY_CLASSES, image_size=TINY_SIZE, train_samples=512,
+def _unit(head_filters: int, out_shape=(16, 8, 8), head_pool=2) -> UnitProfile:
+    return UnitProfile(index=0, name="unit", in_shape=(8, 16, 16), out_shape=out_shape, params=1000,
+                       head_filters=head_filters, head_params=500, fixed_bytes=10_000, bytes_per_sample=40_000,
+                       measurements=(), fit_error=0.0, cache_bytes_per_sample=0, seconds_per_sample=0.0,
+                       max_batch_size=64, head_pool=head_pool, head_depth=2)
+
+
+def test_slim_heads_features_go_where_the_headroom_allows_and_count_in_the_phases_peak():
+    section = NeuroFluxSection.model_validate({"slim_heads": {"share": 0.5}, "cache": {"dtype": "float32",
+                                                                                       "max_host_bytes": 10**9}})
+    units = [_unit(16), _unit(1)]  # a one-filter head keeps itself: no slim copy, no features
+    # 16 channels of an 8x8 map pooled by 2: 16 x 4 x 4 float32 per sample, for 100 + 28 samples.
+    features = 16 * 4 * 4 * 4 * 128
+    # A step reads the features (float32) and keeps the slim head's maps (3 per conv, 2 convs of 8 filters)
+    # and their gradients: 7,168 bytes a sample, at the batch the block's step freed (8 x 40,000 // 7,168).
+    assert slim_batch(units, 8, 0.5, 256, 100) == 44
+    steps = 20_000 + 44 * 7_168
+    phase = lambda budget, device_type="cpu", pass_peak=50_000, **cache: plan_slim_phase(
+        units, section.model_copy(update={"cache": section.cache.model_copy(update=cache)}), block_batch=8,
+        train_samples=100, val_samples=28, pass_peak=lambda: pass_peak, resident=20_000, planned_peak=300_000,
+        budget=budget, device_type=device_type, host_limit=10**9)
+    on_device = phase(max(300_000, steps) + features)
+    assert (on_device.placement, on_device.feature_bytes) == ("device", features)
+    assert on_device.peak_bytes == steps + features
+    on_disk = phase(max(300_000, steps) + features - 1)
+    assert (on_disk.placement, on_disk.peak_bytes) == ("disk", steps)
+    assert phase(max(300_000, steps) + features - 1, "cuda").placement == "host"
+    # The pass that computes the features can hold more than the steps: the features fit beside it or go.
+    assert phase(600_000 + features - 1, pass_peak=600_000).placement == "disk"
+    assert phase(600_000 + features, pass_peak=600_000).peak_bytes == 600_000 + features
+    # A placement the recipe forces is followed, whatever it costs (the plan refuses one over the budget).
+    assert phase(1, placement="device").peak_bytes == steps + features
+    assert plan_slim_phase([_unit(1)], section, block_batch=8, train_samples=100, val_samples=28,
+                           pass_peak=lambda: 1, resident=1, planned_peak=1, budget=10**9, device_type="cpu",
+                           host_limit=10**9).placement == "none"
+
+
+def _plan(memory: str, train_samples: int = 512, **train):
+    return plan_training(make_tiny_unit_net(), TINY_CLASSES, image_size=TINY_SIZE, train_samples=train_samples,
                          val_samples=64, budget=BudgetSection(memory=memory), train=TrainSection(**train),
                          augment=AugmentSection(), device=CPU)
 
@@ -198,6 +240,33 @@ def test_plan_fits_the_budget_and_sizes_backprop_with_the_same_profiler():
     assert backprop.predicted(plan.backprop_batch_size) <= planned
     # Local learning keeps one unit's activations alive; backprop keeps all of them.
     assert max(b.batch_size for b in plan.blocks) > plan.backprop_batch_size
+
+
+def test_the_plan_places_the_slim_heads_features_and_shows_where():
+    # 2,048 training images: the last block's features fit beside its step, and hold more than the step freed.
+    plain, slim = _plan("16MiB", 2048), _plan("16MiB", 2048, neuroflux={"slim_heads": {"share": 0.5}})
+    assert all(b.slim_features_placement == "none" and b.slim_peak_bytes == 0 for b in plain.blocks)
+    assert [b.batch_size for b in slim.blocks] == [b.batch_size for b in plain.blocks]  # the steps are the same
+    assert all(b.slim_features_placement in ("device", "disk") and b.slim_features_bytes > 0 for b in slim.blocks)
+    for block, before in zip(slim.blocks, plain.blocks):
+        assert block.predicted_peak_bytes == max(before.predicted_peak_bytes, block.slim_peak_bytes)
+        assert block.predicted_peak_bytes <= slim.budget_bytes
+    # Where they fit on the device the features can set the block's peak.
+    assert any(b.predicted_peak_bytes > before.predicted_peak_bytes and b.slim_features_placement == "device"
+               for b, before in zip(slim.blocks, plain.blocks))
+    assert "slim heads' features" in _text(slim) and "slim heads' features" not in _text(plain)
+    # Recomputing the earlier blocks leaves no cache to follow: the features are placed as with auto.
+    recomputing = _plan("16MiB", neuroflux={"slim_heads": {"share": 0.5}, "cache": {"placement": "recompute"}})
+    assert {b.slim_features_placement for b in recomputing.blocks} == {"device", "disk"}
+    assert all(b.predicted_peak_bytes == b.slim_peak_bytes <= recomputing.budget_bytes for b in recomputing.blocks)
+    with pytest.raises(BudgetError, match="slim heads' features .* on the device"):
+        _plan("6MiB", neuroflux={"slim_heads": {"share": 0.5}, "cache": {"placement": "device"}})
+
+
+def _text(plan) -> str:
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(plan_table(plan))
+    return console.export_text()
 
 
 def test_evaluation_batch_is_the_largest_measured_to_fit_and_never_below_the_training_batch():

@@ -87,6 +87,25 @@ def test_blocks_stay_under_the_budget_as_measured(tmp_path, slim):
     assert result.exit_val_accuracy[-1] > 0.5
 
 
+def test_slim_heads_features_on_the_device_are_planned_into_the_block_peak(tmp_path):
+    # With 1,024 training images the last block's slim heads' features (cached where its step's headroom
+    # lets them, here on the device) hold more than its training step: the plan counts them in its peak.
+    plan, result, _ = _fresh(tmp_path, budget="4MiB", train_samples=1024, slim=0.5)
+    block, measured = plan.blocks[-1], result.blocks[-1]
+    assert block.slim_features_placement == "device" and block.slim_features_bytes > 0
+    assert max(measured.peak_breakdown, key=measured.peak_breakdown.get) == "slim heads' features"
+    assert block.predicted_peak_bytes == block.slim_peak_bytes
+    assert measured.measured_peak_bytes <= plan.budget_bytes
+    assert abs(block.predicted_peak_bytes - measured.measured_peak_bytes) <= 0.15 * measured.measured_peak_bytes
+
+
+def test_slim_heads_refuse_a_plan_made_without_them(data, tmp_path):
+    # The plan places their features (an API caller can pass a plan made for another training section).
+    plan = _plan(_train_section(), data)
+    with pytest.raises(ValueError, match="plan was made without neuroflux.slim_heads"):
+        _train(plan, _train_section(slim_heads={"share": 0.5}), data, tmp_path)
+
+
 def test_disk_cache_is_used_and_cleaned_up(data, tmp_path):
     train = _train_section(cache={"placement": "disk"})
     plan = _plan(train, data)
