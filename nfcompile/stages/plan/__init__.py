@@ -347,7 +347,8 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                                                 device, last=k == len(groups) - 1, recompute_fetch=recompute_fetch)
             # Its evaluation runs at the training batch, within the step's peak: the features' pass too.
             blocks.append(_with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
-                                           pass_peak=lambda: block.predicted_peak_bytes, resident=earlier + others,
+                                           pass_peak=lambda written: block.predicted_peak_bytes,
+                                           resident=earlier + others,
                                            budget=budget, device=device, host_limit=host_limit))
             continue
         # The cache this block reads, and the rest of the network, share the budget with its training.
@@ -384,7 +385,8 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                           cache_placement=placement.placement, cache_bytes=placement.bytes,
                           other_resident_bytes=others, caching_peak_bytes=caching_peak)
         blocks.append(_with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
-                                       pass_peak=lambda: evaluation_peak() + input_cache_on_device + others,
+                                       pass_peak=lambda written: (evaluation_peak() + written
+                                                                  + input_cache_on_device + others),
                                        resident=input_cache_on_device + others, budget=budget, device=device,
                                        host_limit=host_limit))
         input_cache_on_device = on_device
@@ -392,13 +394,14 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
 
 
 def _with_slim_phase(block: BlockPlan, units: list[UnitProfile], section, *, samples: tuple[int, int],
-                     pass_peak: Callable[[], int], resident: int, budget: int, device: torch.device,
+                     pass_peak: Callable[[int], int], resident: int, budget: int, device: torch.device,
                      host_limit: int) -> BlockPlan:
     """``block`` with its slim heads' phase planned (`plan_slim_phase`) and counted in its peak.
     ``pass_peak``: the peak of the pass that computes the features (measured only where an exit gets a slim head);
     ``resident``: what stays on the device besides the block's units and heads."""
     train_samples, val_samples = samples
-    phase = plan_slim_phase(units, section, block_batch=block.batch_size, train_samples=train_samples,
+    phase = plan_slim_phase(units, section, block_batch=block.batch_size, evaluation_batch=block.evaluation_batch,
+                            train_samples=train_samples,
                             val_samples=val_samples, pass_peak=pass_peak,
                             resident=resident + sum(unit.state_bytes for unit in units),
                             planned_peak=block.predicted_peak_bytes, budget=budget, device_type=device.type,

@@ -43,12 +43,13 @@ def pooled_size(unit: UnitProfile) -> tuple[int, int]:
     return channels, math.prod(-(-side // unit.head_pool) for side in spatial)
 
 
-def plan_slim_phase(units: list[UnitProfile], section: NeuroFluxSection, *, block_batch: int, train_samples: int,
-                    val_samples: int, pass_peak: Callable[[], int], resident: int, planned_peak: int, budget: int,
-                    device_type: str, host_limit: int) -> SlimPhase:
-    """The phase after a block whose units are ``units`` and batch ``block_batch``. ``pass_peak()``: the
-    predicted peak of the pass that computes the features, without them (an evaluation's forward
-    without the heads' convs, at the evaluation batch); ``resident``: what stays on the device meanwhile
+def plan_slim_phase(units: list[UnitProfile], section: NeuroFluxSection, *, block_batch: int, evaluation_batch: int,
+                    train_samples: int, val_samples: int, pass_peak: Callable[[int], int], resident: int,
+                    planned_peak: int, budget: int, device_type: str, host_limit: int) -> SlimPhase:
+    """The phase after a block whose units are ``units`` and batch ``block_batch``. ``pass_peak(written)``:
+    the predicted peak of the pass that computes the features, at ``evaluation_batch`` (an evaluation's
+    forward without the heads' convs), while it writes one batch's features in the cache's precision
+    (``written`` bytes); ``resident``: what stays on the device meanwhile
     (the block's weights, its input cache, the rest of the network); ``planned_peak``: the block's peak
     without the phase. The features go where the activation cache would (with auto, or recompute, which
     has no cache to follow: on the device where they fit beside the higher of that peak and the phase's
@@ -57,9 +58,10 @@ def plan_slim_phase(units: list[UnitProfile], section: NeuroFluxSection, *, bloc
     slimmed = [] if share is None else slimmed_positions(units, share)
     if not slimmed:
         return SlimPhase("none", 0, 0)
-    batch = slim_batch(units, block_batch, share, section.slim_heads.batch_size, train_samples)
-    without_features = max(pass_peak(), resident + batch * _step_bytes_per_sample(units, share))
     per_sample = CACHE_DTYPE_BYTES[section.cache.dtype] * sum(math.prod(pooled_size(units[i])) for i in slimmed)
+    batch = slim_batch(units, block_batch, share, section.slim_heads.batch_size, train_samples)
+    without_features = max(pass_peak(evaluation_batch * per_sample),
+                           resident + batch * _step_bytes_per_sample(units, share))
     requested = "auto" if section.cache.placement == "recompute" else section.cache.placement
     placement = place_cache(per_sample * (train_samples + val_samples), device_type=device_type,
                             requested=requested, device_headroom=budget - max(planned_peak, without_features),

@@ -204,21 +204,23 @@ def test_slim_heads_features_go_where_the_headroom_allows_and_count_in_the_phase
     steps = 20_000 + 44 * 7_168
     phase = lambda budget, device_type="cpu", pass_peak=50_000, **cache: plan_slim_phase(
         units, section.model_copy(update={"cache": section.cache.model_copy(update=cache)}), block_batch=8,
-        train_samples=100, val_samples=28, pass_peak=lambda: pass_peak, resident=20_000, planned_peak=300_000,
-        budget=budget, device_type=device_type, host_limit=10**9)
+        evaluation_batch=10, train_samples=100, val_samples=28, pass_peak=lambda written: pass_peak + written,
+        resident=20_000, planned_peak=300_000, budget=budget, device_type=device_type, host_limit=10**9)
     on_device = phase(max(300_000, steps) + features)
     assert (on_device.placement, on_device.feature_bytes) == ("device", features)
     assert on_device.peak_bytes == steps + features
     on_disk = phase(max(300_000, steps) + features - 1)
     assert (on_disk.placement, on_disk.peak_bytes) == ("disk", steps)
     assert phase(max(300_000, steps) + features - 1, "cuda").placement == "host"
-    # The pass that computes the features can hold more than the steps: the features fit beside it or go.
-    assert phase(600_000 + features - 1, pass_peak=600_000).placement == "disk"
-    assert phase(600_000 + features, pass_peak=600_000).peak_bytes == 600_000 + features
+    # The pass that computes the features (an evaluation's forward, and the batch of 10 it writes) can hold
+    # more than the steps: the features fit beside it or go.
+    pass_peak = 600_000 + 10 * 16 * 4 * 4 * 4
+    assert phase(pass_peak + features - 1, pass_peak=600_000).placement == "disk"
+    assert phase(pass_peak + features, pass_peak=600_000).peak_bytes == pass_peak + features
     # A placement the recipe forces is followed, whatever it costs (the plan refuses one over the budget).
     assert phase(1, placement="device").peak_bytes == steps + features
-    assert plan_slim_phase([_unit(1)], section, block_batch=8, train_samples=100, val_samples=28,
-                           pass_peak=lambda: 1, resident=1, planned_peak=1, budget=10**9, device_type="cpu",
+    assert plan_slim_phase([_unit(1)], section, block_batch=8, evaluation_batch=8, train_samples=100, val_samples=28,
+                           pass_peak=lambda written: 1, resident=1, planned_peak=1, budget=10**9, device_type="cpu",
                            host_limit=10**9).placement == "none"
 
 
