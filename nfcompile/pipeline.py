@@ -482,9 +482,10 @@ QUANTIZE_FIELDS = ("quantize", "bench.backend@auto-activations", "tensorrt.enabl
                    "tensorrt.precision@auto-activations")
 
 STAGES: list[Stage] = [
-    # Version 2 plans where the slim heads' features go and counts them in the block's peak: a resumed run
+    # Version 2 plans where the slim heads' features go and counts them in the block's peak; 3 gives the
+    # pass that computes them its own batch and refuses a block predicted over the budget: a resumed run
     # plans and trains again.
-    Stage("plan", TRAINING_FIELDS, _plan, Plan, version=2),
+    Stage("plan", TRAINING_FIELDS, _plan, Plan, version=3),
     Stage("train", TRAINING_FIELDS, _train, TrainResult),
     # Version 2 keeps the paired validation counts select.confidence needs: a resumed run scores again.
     Stage("score", SCORE_FIELDS, _score, ExitScores, version=2),

@@ -52,7 +52,7 @@ def plan_table(plan, train=None) -> Table:
     table = Table(title=f"Memory plan: budget {format_bytes(plan.budget_bytes)} ({plan.budget_source}), "
                         f"device {plan.device}")
     extra = ("tracked peak", "RSS rise") if measured else ()
-    slim = any(block.slim_features_placement != "none" for block in plan.blocks)
+    slim = plan.has_slim_phase
     left = ("units", "output cache", "slim heads' features")
     for column in ("block", "units", "batch", "eval batch", "predicted peak", *extra, "of budget",
                    "rest of network", "output cache", *(left[-1:] if slim else ())):
@@ -67,9 +67,10 @@ def plan_table(plan, train=None) -> Table:
             row += [format_bytes(result.measured_peak_bytes if result else None),
                     format_bytes(result.rss_rise_bytes if result else None)]
         row += [f"{block.predicted_peak_bytes / plan.budget_bytes:.0%}", format_bytes(block.other_resident_bytes),
-                _placed(block.cache_placement, block.cache_bytes)]
+                _placed(block.cache_placement, block.cache_bytes) + _written_at(block.caching_batch_size, block)]
         if slim:
-            row.append(_placed(block.slim_features_placement, block.slim_features_bytes))
+            row.append(_placed(block.slim_features_placement, block.slim_features_bytes)
+                       + _written_at(block.slim_features_batch, block))
         table.add_row(*row)
     table.caption = (f"backprop at this budget: batch "
                      f"{_baseline_batches(plan.backprop_batch_size, plan.backprop_evaluation_batch_size)}; "
@@ -85,6 +86,12 @@ def plan_table(plan, train=None) -> Table:
 
 def _placed(where: str, size: int) -> str:
     return f"{where} {format_bytes(size) if size else ''}".strip()
+
+
+def _written_at(batch: int, block) -> str:
+    """Where a pass that fills a cache (the output cache, the slim heads' features) runs below the block's
+    evaluation batch (what it writes would not fit beside it), at which batch."""
+    return f", written at batch {batch}" if 0 < batch < block.evaluation_batch else ""
 
 
 def _evaluation_rule(plan) -> str:

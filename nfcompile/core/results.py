@@ -108,18 +108,27 @@ class BlockPlan(Result):
     cache_bytes: int  # size of that cache (train + validation splits)
     other_resident_bytes: int = 0  # the rest of the network's weights, resident on the device meanwhile
     caching_peak_bytes: int = 0  # predicted peak of the pass that fills this block's output cache
+    # The batch that pass runs at: the evaluation batch, lowered where the outputs it writes (and a cache the
+    # recipe forces onto the device) would not fit beside it (0: the training batch, as older plans had).
+    caching_batch_size: int = 0
     # The batch its exits are evaluated at after every epoch: the largest whose measured evaluation
     # peak stays within the training step's (0: the training batch, as plans written before it had).
     evaluation_batch_size: int = 0
     # neuroflux.slim_heads: where the block's pooled features for its slim heads are cached (device | host
-    # | disk; none: no slim heads), their size, and the phase's predicted peak (`stages/plan/slim_phase.py`).
+    # | disk; none: no slim heads), their size, the phase's predicted peak, and the batch of the pass that
+    # computes them (`stages/plan/slim_phase.py`).
     slim_features_placement: str = "none"
     slim_features_bytes: int = 0
     slim_peak_bytes: int = 0
+    slim_features_batch: int = 0
 
     @property
     def evaluation_batch(self) -> int:
         return self.evaluation_batch_size or self.batch_size
+
+    @property
+    def caching_batch(self) -> int:
+        return self.caching_batch_size or self.batch_size
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,11 @@ class Plan(Result):
     # The baselines' evaluation batches, chosen as a block's is (0: their training batch).
     backprop_evaluation_batch_size: int = 0
     checkpointing_evaluation_batch_size: int = 0
+
+    @property
+    def has_slim_phase(self) -> bool:
+        """Some block trains slim heads (neuroflux.slim_heads): reports show where their features go."""
+        return any(block.slim_features_placement != "none" for block in self.blocks)
 
     def baseline_evaluation_batch(self, checkpointing: bool, batch: int) -> int:
         """The batch a baseline training at ``batch`` evaluates at: the plan's, measured within the planned

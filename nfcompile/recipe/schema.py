@@ -178,6 +178,7 @@ class CacheSection(Section):
     dtype: Literal["float16", "float32"] = Field("float16", description="Precision of cached activations.")
     placement: Literal["auto", "device", "host", "disk", "recompute"] = Field(
         "auto", description="auto: device if it fits the budget, else host RAM, else a memory-mapped file; "
+        "device: on the device, refused at plan time where the budget has no room for it; "
         "recompute: no cache, later blocks run the finished ones forward for every batch.")
     max_host_bytes: Union[int, str, None] = Field(
         None, description="Host RAM the cache may use; null: half of the RAM available at start.")

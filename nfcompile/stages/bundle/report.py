@@ -190,7 +190,7 @@ def _plan_section(plan: Plan | None, train: TrainResult | None, image: str | Non
         lines += _table(["batch", *header], rows) + _memory_measured(train)
         return lines
     measured = {b.index: b for b in train.blocks} if train else {}
-    slim = any(block.slim_features_placement != "none" for block in plan.blocks)
+    slim = plan.has_slim_phase
     rows = [_memory_row([block.index, f"{block.units[0]}-{block.units[-1]}", block.batch_size],
                         block.predicted_peak_bytes, measured.get(block.index))
             + [f"{block.cache_placement} ({format_bytes(block.cache_bytes)})"]

@@ -32,7 +32,8 @@ from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
 from nfcompile.stages.plan.partition import (block_max_batch, block_peak, host_cache_limit, partition_blocks,
                                             place_cache)
 from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, measure_evaluation,
-                                          profile_backprop_step, profile_input_fetch, profile_local_step)
+                                          profile_backprop_step, profile_input_fetch, profile_local_step,
+                                          writing_pass_batch)
 from nfcompile.stages.plan.profile_cache import ProfileCache
 from nfcompile.stages.plan.slim_phase import plan_slim_phase
 
@@ -209,11 +210,12 @@ def plan_training(unit_net: UnitNet, num_classes: int, *, image_size: int, train
     return plan
 
 
-def _block_evaluation(measure: Callable[[int], int], **search) -> tuple[int, Callable[[], int]]:
-    """A block's evaluation batch (`largest_evaluation_batch`), and its measured peak on demand (the search
-    may have settled on the training batch without measuring it)."""
+def _block_evaluation(measure: Callable[[int], int], **search) -> tuple[int, Callable[[int], int]]:
+    """A block's evaluation batch (`largest_evaluation_batch`), and its measured peak at a batch, on demand
+    (the passes that fill the output cache and the slim heads' features are planned from it, at that batch
+    or below; each batch is measured once)."""
     batch = largest_evaluation_batch(measure, **search)
-    return batch, lambda: measure(batch)
+    return batch, measure
 
 
 def _evaluation_measure(cache: ProfileCache, modules: list[nn.Module], forward, in_shape: tuple[int, ...],
@@ -327,7 +329,7 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                         val_samples: int, section, device: torch.device, resident: Resident, *,
                         recompute_fetch: Callable[[int], tuple[int, int]],
                         measure_block: Callable[[list[int], int], int],
-                        evaluation: Callable[[list[int], int, int], tuple[int, Callable[[], int]]]
+                        evaluation: Callable[[list[int], int, int], tuple[int, Callable[[int], int]]]
                         ) -> list[BlockPlan]:
     cap = min(section.max_batch_size, max(p.max_batch_size for p in profiles))
     fetch = [p.fetch_bytes_per_sample for p in profiles]
@@ -343,13 +345,15 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
         block_fits = [fits[i] for i in units]
         others = resident.besides(units)
         if section.cache.placement == "recompute":
-            block, earlier = _recomputing_block(k, units, block_fits, budget - others, cap, fetch[units[0]], others,
-                                                device, last=k == len(groups) - 1, recompute_fetch=recompute_fetch)
-            # Its evaluation runs at the training batch, within the step's peak: the features' pass too.
-            blocks.append(_with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
-                                           pass_peak=lambda written: block.predicted_peak_bytes,
-                                           resident=earlier + others,
-                                           budget=budget, device=device, host_limit=host_limit))
+            block, earlier, step_peak = _recomputing_block(k, units, block_fits, budget - others, cap, fetch[units[0]],
+                                                           others, device, last=k == len(groups) - 1,
+                                                           recompute_fetch=recompute_fetch)
+            # Its evaluation runs at the training batch, within the step's peak: the features pass too, or below
+            # where the features it writes would not fit beside it.
+            block = _with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
+                                     pass_peak=lambda batch, written: step_peak(batch) + written,
+                                     resident=earlier + others, budget=budget, device=device, host_limit=host_limit)
+            blocks.append(_within_budget(block, budget, section.cache.placement))
             continue
         # The cache this block reads, and the rest of the network, share the budget with its training.
         room = budget - others - input_cache_on_device
@@ -362,58 +366,77 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                               f"({format_bytes(others)}) leave no room to train at batch size 1",
                               hint="use cache placement auto or disk, or a larger budget")
         last = k == len(groups) - 1
-        cache_bytes = 0 if last else sum(samples) * profiles[units[-1]].cache_bytes_per_sample
-        caching = _caching_peak(units, block_fits, batch, fetch[units[0]], profiles, others, input_cache_on_device)
-        headroom = 0
+        evaluation_batch, evaluation_peak = evaluation(units, batch, block_bytes)
+        # The pass that fills the output cache: an evaluation's forward without the heads, writing a batch of
+        # outputs in the cache's precision, beside the rest of the network and the input cache.
+        written = 0 if last else profiles[units[-1]].cache_bytes_per_sample
+        cache_bytes = sum(samples) * written
+        caching_at = lambda b: evaluation_peak(b) + b * written + input_cache_on_device + others
+        caching_batch, headroom = 0, 0
         if not last:
+            # A cache the recipe puts on the device is there through the pass: the pass gets what it leaves.
+            forced = cache_bytes if section.cache.placement == "device" else 0
+            caching_batch = writing_pass_batch(caching_at, evaluation_batch, budget - forced,
+                                               section.profile_batch_sizes)
             next_units = groups[k + 1][0]
             next_fits = [fits[i] for i in next_units]
             next_batch = block_max_batch(next_fits, budget - resident.besides(next_units), cap, fetch[next_units[0]])
             next_peak = block_peak(next_fits, next_batch, fetch[next_units[0]]) + resident.besides(next_units)
             # While caching, this block's weights, its input cache and the growing output cache coexist;
             # while the next block trains, its peak and the cache do.
-            headroom = min(budget - next_peak, budget - caching)
+            headroom = min(budget - next_peak, budget - caching_at(caching_batch))
         placement = place_cache(cache_bytes, device_type=device.type, requested=section.cache.placement,
                                 device_headroom=headroom, host_limit=host_limit)
         on_device = placement.bytes if placement.placement == "device" else 0
-        caching_peak = caching + on_device if not last else 0
-        # The meter measures the caching pass too: where the output cache lives on the device, that pass
-        # (weights, input and output caches, a forward batch) can be the block's peak.
-        evaluation_batch, evaluation_peak = evaluation(units, batch, block_bytes)
+        # The meter measures the caching pass too: where the output cache lives on the device, that pass can be
+        # the block's peak.
+        caching_peak = 0 if last else caching_at(caching_batch) + on_device
         block = BlockPlan(index=k, units=tuple(units), batch_size=batch, evaluation_batch_size=evaluation_batch,
                           predicted_peak_bytes=max(block_bytes + input_cache_on_device + others, caching_peak),
                           cache_placement=placement.placement, cache_bytes=placement.bytes,
-                          other_resident_bytes=others, caching_peak_bytes=caching_peak)
-        blocks.append(_with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
-                                       pass_peak=lambda written: (evaluation_peak() + written
-                                                                  + input_cache_on_device + others),
-                                       resident=input_cache_on_device + others, budget=budget, device=device,
-                                       host_limit=host_limit))
+                          other_resident_bytes=others, caching_peak_bytes=caching_peak,
+                          caching_batch_size=caching_batch)
+        block = _with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
+                                 pass_peak=lambda batch, written: (evaluation_peak(batch) + written
+                                                                   + input_cache_on_device + others),
+                                 resident=input_cache_on_device + others, budget=budget, device=device,
+                                 host_limit=host_limit)
+        blocks.append(_within_budget(block, budget, section.cache.placement))
         input_cache_on_device = on_device
     return blocks
 
 
+def _within_budget(block: BlockPlan, budget: int, placement: str) -> BlockPlan:
+    """``block``, refused where its predicted peak is over ``budget``: a plan that fits is a run that fits.
+    Batches and automatic placements leave room by construction; a cache the recipe forces onto the device
+    (train.neuroflux.cache.placement: device) may not."""
+    if block.predicted_peak_bytes <= budget:
+        return block
+    held = [f"{what} ({format_bytes(size)})" for what, where, size in (
+        ("its output cache", block.cache_placement, block.cache_bytes),
+        ("its slim heads' features", block.slim_features_placement, block.slim_features_bytes)) if where == "device"]
+    raise BudgetError(f"block {block.index}: {' and '.join(held) or 'its training'} on the device "
+                      f"(train.neuroflux.cache.placement: {placement}) leave no room: "
+                      f"{format_bytes(block.predicted_peak_bytes)} predicted where the plan allows "
+                      f"{format_bytes(budget)}",
+                      hint="use cache placement auto or disk, or a larger budget")
+
+
 def _with_slim_phase(block: BlockPlan, units: list[UnitProfile], section, *, samples: tuple[int, int],
-                     pass_peak: Callable[[int], int], resident: int, budget: int, device: torch.device,
+                     pass_peak: Callable[[int, int], int], resident: int, budget: int, device: torch.device,
                      host_limit: int) -> BlockPlan:
     """``block`` with its slim heads' phase planned (`plan_slim_phase`) and counted in its peak.
     ``pass_peak``: the peak of the pass that computes the features (measured only where an exit gets a slim head);
     ``resident``: what stays on the device besides the block's units and heads."""
     train_samples, val_samples = samples
     phase = plan_slim_phase(units, section, block_batch=block.batch_size, evaluation_batch=block.evaluation_batch,
-                            train_samples=train_samples,
-                            val_samples=val_samples, pass_peak=pass_peak,
+                            train_samples=train_samples, val_samples=val_samples, pass_peak=pass_peak,
                             resident=resident + sum(unit.state_bytes for unit in units),
                             planned_peak=block.predicted_peak_bytes, budget=budget, device_type=device.type,
                             host_limit=host_limit)
-    if phase.placement == "device" and phase.peak_bytes > budget:  # only where a recipe forces them there
-        raise BudgetError(f"block {block.index}: its slim heads' features ({format_bytes(phase.feature_bytes)}) "
-                          f"on the device (train.neuroflux.cache.placement: {section.cache.placement}) leave no room "
-                          f"({format_bytes(phase.peak_bytes)} predicted where the plan allows {format_bytes(budget)})",
-                          hint="use cache placement auto or disk, or a larger budget")
     return replace(block, predicted_peak_bytes=max(block.predicted_peak_bytes, phase.peak_bytes),
                    slim_features_placement=phase.placement, slim_features_bytes=phase.feature_bytes,
-                   slim_peak_bytes=phase.peak_bytes)
+                   slim_peak_bytes=phase.peak_bytes, slim_features_batch=phase.features_batch)
 
 
 def _verified_batch(units: list[int], batch: int, fits: list[MemoryFit], image_fetch: int, room: int,
@@ -443,23 +466,13 @@ def _block_step_peak(units: list[int], batch: int, fits: list[MemoryFit],
     return measure_block(units, batch)
 
 
-def _caching_peak(units: list[int], fits: list[MemoryFit], batch: int, image_fetch: int,
-                  profiles: list[UnitProfile], others: int, input_cache: int) -> int:
-    """The pass that runs a finished block over the data to fill its output cache: the block's weights
-    (its optimizers are gone), the rest of the network, the input cache, and one batch's forward pass,
-    bounded by what a training step of its hungriest unit holds. The output cache comes on top where
-    it lives on the device."""
-    weights = sum(profiles[i].state_bytes for i in units)
-    forward = max(max(f.predicted(batch) - f.persistent_bytes for f in fits), batch * image_fetch)
-    return others + weights + input_cache + forward
-
-
 def _recomputing_block(k: int, units: list[int], block_fits: list[MemoryFit], budget: int, cap: int,
                        image_fetch: int, others: int, device: torch.device, *, last: bool,
-                       recompute_fetch: Callable[[int], tuple[int, int]]) -> tuple[BlockPlan, int]:
+                       recompute_fetch: Callable[[int], tuple[int, int]]
+                       ) -> tuple[BlockPlan, int, Callable[[int], int]]:
     """A block with no input cache: the earlier units run forward on every batch. On CUDA their weights
-    stay on the device for it (on CPU they are part of the resident network already). Returns the block
-    and those weights' bytes on the device."""
+    stay on the device for it (on CPU they are part of the resident network already). Returns the block,
+    those weights' bytes on the device, and the block's predicted peak at a batch."""
     resident, fetch = recompute_fetch(units[0]) if k else (0, image_fetch)
     if device.type != "cuda":
         resident = 0
@@ -468,7 +481,7 @@ def _recomputing_block(k: int, units: list[int], block_fits: list[MemoryFit], bu
         raise BudgetError(f"block {k}: recomputing units 0-{units[0] - 1} for every batch leaves no room to "
                           "train (train.neuroflux.cache.placement: recompute)",
                           hint="use cache placement auto, or a larger budget")
-    return BlockPlan(index=k, units=tuple(units), batch_size=batch,
-                     predicted_peak_bytes=block_peak(block_fits, batch, fetch) + resident + others,
+    peak_at = lambda b: block_peak(block_fits, b, fetch) + resident + others
+    return BlockPlan(index=k, units=tuple(units), batch_size=batch, predicted_peak_bytes=peak_at(batch),
                      cache_placement="none" if last else "recompute", cache_bytes=0,
-                     other_resident_bytes=others), resident
+                     other_resident_bytes=others), resident, peak_at

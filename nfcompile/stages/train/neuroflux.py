@@ -361,7 +361,7 @@ def _cache_block_outputs(block: BlockPlan, net: MultiExitNet, train_in, val_in, 
             with memory_phase("activation cache (being filled)"):
                 cache = ActivationCache(block.cache_placement, len(source), out_shape, section.cache.dtype,
                                         device=device, folder=folder, name=f"block{block.index}.{name}")
-            _fill_cache(units, source, cache, block.batch_size)
+            _fill_cache(units, source, cache, block.caching_batch)
             caches.append(cache)
     augment = feature_augment(image_augment, plan.units[0].in_shape[-1], out_shape[-1], section.cache.feature_augment)
     train_cache, val_cache = caches

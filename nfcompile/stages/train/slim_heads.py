@@ -144,13 +144,14 @@ def _pooled_features(units: list[nn.Module], slimmed: list[int], heads: list[Aux
                      local: TrainSection, device: torch.device, folder: Path, name: str) -> _PooledFeatures:
     """One pass of ``source`` through the frozen units (eval mode), each slimmed exit's input pooled as its
     head pools it, into a cache per exit (the activation cache's precision), where the plan put them. At the
-    block's evaluation batch: the pass is an evaluation's forward without the heads' convs."""
+    batch the plan gave the pass (the block's evaluation batch, lowered where the batch of features it
+    writes would not fit beside it): the pass is an evaluation's forward without the heads' convs."""
     caches: list[ActivationCache | None] = [None] * len(slimmed)
     labels: list[torch.Tensor] = []
     start = 0
     try:
         with eval_mode(*units):
-            for indices in batch_order(len(source), block.evaluation_batch, False, None):
+            for indices in batch_order(len(source), block.slim_features_batch, False, None):
                 h, y = source.fetch(indices, None, train=False)
                 labels.append(y.cpu())
                 pooled = []

@@ -23,7 +23,7 @@ from nfcompile.stages.plan.partition import block_max_batch, block_peak, partiti
 from nfcompile.models import block_exits
 from nfcompile.stages.plan.slim_phase import plan_slim_phase, slim_batch
 from nfcompile.stages.plan.profile import (_create_optimizer_state, largest_evaluation_batch, measure_block_step,
-                                          next_measurement, profile_local_step)
+                                          next_measurement, profile_local_step, writing_pass_batch)
 
 from conftest import TINY_CLASSES, TINY_SIZE, make_tiny_data, make_tiny_unit_net
 
@@ -204,7 +204,7 @@ def test_slim_heads_features_go_where_the_headroom_allows_and_count_in_the_phase
     steps = 20_000 + 44 * 7_168
     phase = lambda budget, device_type="cpu", pass_peak=50_000, **cache: plan_slim_phase(
         units, section.model_copy(update={"cache": section.cache.model_copy(update=cache)}), block_batch=8,
-        evaluation_batch=10, train_samples=100, val_samples=28, pass_peak=lambda written: pass_peak + written,
+        evaluation_batch=10, train_samples=100, val_samples=28, pass_peak=lambda batch, written: pass_peak + written,
         resident=20_000, planned_peak=300_000, budget=budget, device_type=device_type, host_limit=10**9)
     on_device = phase(max(300_000, steps) + features)
     assert (on_device.placement, on_device.feature_bytes) == ("device", features)
@@ -220,8 +220,27 @@ def test_slim_heads_features_go_where_the_headroom_allows_and_count_in_the_phase
     # A placement the recipe forces is followed, whatever it costs (the plan refuses one over the budget).
     assert phase(1, placement="device").peak_bytes == steps + features
     assert plan_slim_phase([_unit(1)], section, block_batch=8, evaluation_batch=8, train_samples=100, val_samples=28,
-                           pass_peak=lambda written: 1, resident=1, planned_peak=1, budget=10**9, device_type="cpu",
-                           host_limit=10**9).placement == "none"
+                           pass_peak=lambda batch, written: 1, resident=1, planned_peak=1, budget=10**9,
+                           device_type="cpu", host_limit=10**9).placement == "none"
+
+
+def test_a_pass_that_fills_a_cache_runs_at_the_largest_batch_whose_written_outputs_fit():
+    # A pass holding 50,000 bytes and 3,000 a sample (its forward, and the features it writes).
+    tried = []
+    peak = lambda batch: tried.append(batch) or 50_000 + 3_000 * batch
+    assert writing_pass_batch(peak, 40, 170_000, (2, 8)) == 40 and tried == [40]  # the evaluation batch fits
+    assert writing_pass_batch(peak, 40, 140_000, (2, 8)) == 30
+    assert writing_pass_batch(peak, 40, 140_000 - 1, (2, 8)) == 29
+    assert writing_pass_batch(peak, 40, 52_000, (2, 8)) == 1  # not even batch 1: the plan refuses the block
+    # In the phase: 16 x 4 x 4 float32 features (1,024 bytes) a sample, beside a forward of 2,000 a sample;
+    # the slim steps at batch 8 hold 20,000 + 8 x 7,168 bytes.
+    section = NeuroFluxSection.model_validate({"slim_heads": {"share": 0.5, "batch_size": 8},
+                                               "cache": {"dtype": "float32"}, "profile_batch_sizes": (2, 8)})
+    phase = plan_slim_phase([_unit(16)], section, block_batch=8, evaluation_batch=64, train_samples=100,
+                            val_samples=28, pass_peak=lambda batch, written: 100_000 + 2_000 * batch + written,
+                            resident=20_000, planned_peak=150_000, budget=200_000, device_type="cpu", host_limit=0)
+    assert phase.features_batch == (200_000 - 100_000) // 3_024 == 33
+    assert (phase.placement, phase.peak_bytes) == ("disk", 100_000 + 33 * 3_024)
 
 
 def _plan(memory: str, train_samples: int = 512, **train):
@@ -260,9 +279,29 @@ def test_the_plan_places_the_slim_heads_features_and_shows_where():
     # Recomputing the earlier blocks leaves no cache to follow: the features are placed as with auto.
     recomputing = _plan("16MiB", neuroflux={"slim_heads": {"share": 0.5}, "cache": {"placement": "recompute"}})
     assert {b.slim_features_placement for b in recomputing.blocks} == {"device", "disk"}
-    assert all(b.predicted_peak_bytes == b.slim_peak_bytes <= recomputing.budget_bytes for b in recomputing.blocks)
+    assert all(b.slim_peak_bytes <= b.predicted_peak_bytes <= recomputing.budget_bytes for b in recomputing.blocks)
+    # Its features pass runs at the training batch, whose step already fills the budget: where the batch of
+    # features it writes would not fit beside it, the pass runs at a smaller batch.
+    first = recomputing.blocks[0]
+    assert 0 < first.slim_features_batch < first.evaluation_batch == first.batch_size
+    assert f"written at batch {first.slim_features_batch}" in _text(recomputing)
     with pytest.raises(BudgetError, match="slim heads' features .* on the device"):
         _plan("6MiB", neuroflux={"slim_heads": {"share": 0.5}, "cache": {"placement": "device"}})
+
+
+def test_a_cache_forced_onto_the_device_is_filled_at_the_batch_that_fits_or_refused():
+    auto = _plan("2560KiB")
+    assert all(b.predicted_peak_bytes <= auto.budget_bytes and b.cache_placement != "device" for b in auto.blocks)
+    # Forced onto the device, the output cache is there through the pass that fills it: the pass runs at a
+    # smaller batch than the block's evaluation, and the block stays within the budget.
+    forced = _plan("2560KiB", neuroflux={"cache": {"placement": "device"}})
+    first = forced.blocks[0]
+    assert first.cache_placement == "device" and 0 < first.caching_batch_size < first.evaluation_batch
+    assert first.caching_peak_bytes <= first.predicted_peak_bytes <= forced.budget_bytes
+    assert f"written at batch {first.caching_batch_size}" in _text(forced)
+    # 2,048 images' outputs do not fit the device beside even a batch of 1: refused at plan time, with the cause.
+    with pytest.raises(BudgetError, match=r"block 0: its output cache \(.*\) on the device .* leave no room"):
+        _plan("2560KiB", 2048, neuroflux={"cache": {"placement": "device"}})
 
 
 def _text(plan) -> str:

@@ -99,6 +99,25 @@ def test_slim_heads_features_on_the_device_are_planned_into_the_block_peak(tmp_p
     assert abs(block.predicted_peak_bytes - measured.measured_peak_bytes) <= 0.15 * measured.measured_peak_bytes
 
 
+def test_the_slim_heads_features_pass_runs_at_the_batch_the_plan_gave_it(data, tmp_path, monkeypatch):
+    written = []
+
+    class Recorded(slim_heads.ActivationCache):
+        def write(self, start, values):
+            written.append(len(values))
+            super().write(start, values)
+
+    monkeypatch.setattr(slim_heads, "ActivationCache", Recorded)
+    train = _train_section(slim_heads={"share": 0.5, "epochs": 1}).model_copy(update={"epochs": 1})
+    plan = _plan(train, data)
+    assert all(b.slim_features_batch > 5 for b in plan.blocks)
+    lowered = dataclasses.replace(plan, blocks=tuple(dataclasses.replace(b, slim_features_batch=5)
+                                                     for b in plan.blocks))
+    _train(lowered, train, data, tmp_path)
+    # 96 training and 32 monitor samples, in batches of 5 (each slimmed exit's cache written per batch).
+    assert written and set(written) == {5, 96 % 5, 32 % 5}
+
+
 def test_slim_heads_refuse_a_plan_made_without_them(data, tmp_path):
     # The plan places their features (an API caller can pass a plan made for another training section).
     plan = _plan(_train_section(), data)
@@ -138,6 +157,8 @@ def test_device_cache_counts_against_the_measured_peak(tmp_path):
     # batch size was planned with the cache taking its share of the budget.
     assert second.measured_peak_bytes >= first.cache_bytes
     assert second.measured_peak_bytes <= plan.budget_bytes
+    # The first block's meter saw the pass that filled that cache, beside it on the device.
+    assert first.measured_peak_bytes <= plan.budget_bytes
 
 
 @pytest.mark.parametrize("slim", [None, 0.5])
