@@ -367,11 +367,17 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                               hint="use cache placement auto or disk, or a larger budget")
         last = k == len(groups) - 1
         evaluation_batch, evaluation_peak = evaluation(units, batch, block_bytes)
-        # The pass that fills the output cache: an evaluation's forward without the heads, writing a batch of
-        # outputs in the cache's precision, beside the rest of the network and the input cache.
+        # The pass that fills the output cache: the block's forward without heads or optimizers (so is the slim
+        # heads' features pass), writing a batch of outputs in the cache's precision, beside the rest of the network
+        # and the input cache. Its forward is bounded by the measured evaluation (which runs the heads too, beside
+        # the optimizers' state) and by the block's weights plus the activations its training step keeps: the
+        # tighter bound counts.
         written = 0 if last else profiles[units[-1]].cache_bytes_per_sample
         cache_bytes = sum(samples) * written
-        caching_at = lambda b: evaluation_peak(b) + b * written + input_cache_on_device + others
+        weights = sum(profiles[i].state_bytes for i in units)
+        forward = lambda b: min(evaluation_peak(b), weights + max(max(f.predicted(b) - f.persistent_bytes
+                                                                      for f in block_fits), b * fetch[units[0]]))
+        caching_at = lambda b: forward(b) + b * written + input_cache_on_device + others
         caching_batch, headroom = 0, 0
         if not last:
             # A cache the recipe puts on the device is there through the pass: the pass gets what it leaves.
@@ -397,7 +403,7 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
                           other_resident_bytes=others, caching_peak_bytes=caching_peak,
                           caching_batch_size=caching_batch)
         block = _with_slim_phase(block, [profiles[i] for i in units], section, samples=samples,
-                                 pass_peak=lambda batch, written: (evaluation_peak(batch) + written
+                                 pass_peak=lambda batch, written: (forward(batch) + written
                                                                    + input_cache_on_device + others),
                                  resident=input_cache_on_device + others, budget=budget, device=device,
                                  host_limit=host_limit)
