@@ -78,8 +78,9 @@ def test_the_memory_plan_held_and_deeper_blocks_got_larger_batches(bundle):
     plan = json.loads((path / "state" / "plan.json").read_text())["result"]
     train = json.loads((path / "state" / "train.json").read_text())["result"]
     budget = plan["budget_bytes"]
-    assert len(train["blocks"]) >= 2
-    for block in train["blocks"]:
+    trained = [block for block in train["blocks"] if block["trained"]]  # a block skipped after a stall measured nothing
+    assert len(trained) >= 2
+    for block in trained:
         assert block["measured_peak_bytes"] <= budget
         assert abs(block["predicted_peak_bytes"] - block["measured_peak_bytes"]) <= 0.15 * block["measured_peak_bytes"]
     batches = [block["batch_size"] for block in plan["blocks"]]

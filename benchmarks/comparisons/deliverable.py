@@ -165,7 +165,7 @@ def render(result: dict[str, Any]) -> str:
         rows.append([
             entry["setup"], " / ".join(r["chosen"]["name"] for r in done),
             " / ".join(f"{r['chosen']['accuracy']:.1%} vs {r['full_backprop']['accuracy']:.1%} "
-                       f"({r['neuroflux_full_accuracy']:.1%})" for r in done),
+                       f"({_last_exit(r['neuroflux_full_accuracy'])})" for r in done),
             spread(s["accuracy_delta"], 1, " pt", scale=100),
             f"{count(first['chosen']['params'])} vs {count(first['full_backprop']['params'])}",
             spread(s["param_reduction"], 1, "x"),
@@ -182,6 +182,11 @@ def render(result: dict[str, Any]) -> str:
                  "model's p50 latency / the exit's, ONNX Runtime on the CPU at the same batch size, over "
                  "alternating timing rounds and repeats.\n")
     return text + _render_held_out(result)
+
+
+def _last_exit(accuracy: float | None) -> str:
+    # None: the blocks before it stopped improving and it was not trained (neuroflux.stop_stalled_blocks).
+    return "not trained" if accuracy is None else f"{accuracy:.1%}"
 
 
 def _render_held_out(result: dict[str, Any]) -> str:

@@ -115,8 +115,9 @@ def run(bench: Workbench) -> dict[str, Any]:
     setup = config.setups[0]
     epochs = min(EPOCHS, bench.recipe(setup).train.epochs)
     rounds = ROUNDS if config.mode == "full" else 1
+    # Every block trains (no stop for stalled blocks): the comparison is block by block.
     overrides = (*(("threads=1",) if backend == "gloo" else ()), f"distributed.backend={backend}",
-                 f"train.epochs={epochs}")
+                 f"train.epochs={epochs}", "train.neuroflux.stop_stalled_blocks=false")
     recipe = bench.recipe(setup, config.ablation_budget, overrides)
     plan = bench.plan(recipe)
     train_samples = len(bench.data(recipe).train)

@@ -299,7 +299,7 @@ def test_deliverable_ablations_fidelity_and_overhead_have_their_figures(suite_ru
     assert ablations["variants"]["fixed-width heads"]["head_filters"] == [64] * 9
     assert len(set(ablations["variants"]["one global batch"]["batch_sizes"])) == 1
     assert ablations["variants"]["recompute earlier blocks"]["cache_placements"][0] == "recompute"
-    assert ablations["variants"]["early stop on"]["chosen_exits"]
+    assert ablations["variants"]["early stop off"]["chosen_exits"]
 
     fidelity = result["profiler_fidelity"]
     assert fidelity["summary"]["blocks"] >= 3 and fidelity["summary"]["abs_error"] is not None

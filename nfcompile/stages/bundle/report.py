@@ -90,9 +90,14 @@ def _result_section(scores: ExitScores, selection: Selection) -> list[str]:
     test_delta = vs.get("test_accuracy_delta")
     if test_delta is not None:
         gains.append(f"test accuracy {test_delta * 100:+.2f} points")
-    lines += ["Against this network's last exit: " + ", ".join(gains) + f" ({scores.backend}). The last exit is the "
-              "same network trained by the same method to its last unit and head, not a model trained end to end "
-              "with backprop: it says what stopping early costs, not what the method costs.", ""]
+    if full.accuracy is None:  # its block was not trained (neuroflux.stop_stalled_blocks): sizes and speed only
+        what = ("the whole network, whose last blocks were not trained (the exits before them stopped improving): "
+                "it says what the exit saves in size and time")
+    else:
+        what = ("the same network trained by the same method to its last unit and head, not a model trained end to "
+                "end with backprop: it says what stopping early costs, not what the method costs")
+    lines += ["Against this network's last exit: " + ", ".join(gains) + f" ({scores.backend}). The last exit is "
+              + what + ".", ""]
     return lines
 
 

@@ -64,9 +64,11 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
     cache_folder = out_dir / "cache"
 
     with memory_cap(device, plan.budget_bytes, budget.enforce):
-        train_in, val_in = _inputs_for_block(len(done), net, plan, data, image_augment, section, device, cache_folder)
         results = list(done)
-        stalled = _stalled(results, section.stall_delta) if section.stop_stalled_blocks else False
+        stalled = section.stop_stalled_blocks and _stalled(results, section.stall_delta)
+        # A resumed run whose blocks had stalled trains nothing more: it needs no cache rebuilt.
+        train_in, val_in = _inputs_for_block(0 if stalled else len(done), net, plan, data, image_augment, section,
+                                             device, cache_folder)
         for block in plan.blocks[len(done):]:
             if stalled:
                 results.append(_skipped(block, plan.budget_bytes))
@@ -84,7 +86,12 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
                 if section.slim_heads.share is not None:
                     result = _slim_heads(block, net, result, train_in, val_in, plan=plan, train=train,
                                          device=device, seed=seed, folder=cache_folder)
-                if block.index < len(plan.blocks) - 1:
+                # Judged on the exits as they ship: where the blocks after this one will not train, nothing
+                # will read its output cache.
+                stalled = section.stop_stalled_blocks and _stalled([*results, result], section.stall_delta)
+                if stalled:
+                    result = replace(result, cache_placement="none", cache_bytes=0)
+                elif block.index < len(plan.blocks) - 1:
                     cache_start = time.perf_counter()
                     train_in, val_in = _next_inputs(block, net, train_in, val_in, plan=plan, section=section,
                                                     image_augment=image_augment, device=device, folder=cache_folder)
@@ -103,8 +110,6 @@ def train_neuroflux(unit_net: UnitNet, plan: Plan, data: DataBundle, *, model: M
             _off_device(block, net, device)
             results.append(result)
             checkpoint.save(net, model, num_classes, results)
-            if section.stop_stalled_blocks:
-                stalled = _stalled(results, section.stall_delta)
         _close(train_in, val_in)
     with contextlib.suppress(OSError):
         cache_folder.rmdir()  # only when empty: every cache file is gone by now

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from nfcompile.core.results import BlockResult, TrainResult
-from nfcompile.stages.bundle.report import _plan_section
+import dataclasses
+
+from nfcompile.core.results import BlockResult, ExitScore, ExitScores, Latency, TrainResult
+from nfcompile.recipe.schema import SelectSection
+from nfcompile.stages.bundle.report import _plan_section, _result_section
+from nfcompile.stages.select.selection import select_exit
 
 MIB = 2**20
 
@@ -34,3 +38,28 @@ def test_gradient_filtering_without_a_plan_still_reports_its_measured_peak():
     block = _block(0, 32, 0, 7 * MIB, 2 * MIB)
     text = "\n".join(_plan_section(None, _train("gradient_filter", block), None))
     assert "no memory budget" in text and "7.0 MiB" in text
+
+
+
+def _exit(name: str, accuracy: float | None, params: int) -> ExitScore:
+    latency = (Latency(batch_size=1, p50_ms=params / 1000, p90_ms=params / 900, mean_ms=params / 1000, runs=5,
+                       warmup=2),)
+    return ExitScore(name=name, unit=int(name[-2:]), accuracy=accuracy, params=params, macs=params * 10,
+                     onnx_bytes=params * 4, onnx_sha256="0" * 64, latency=latency, latency_source="hand-made",
+                     onnx_file=f"exits/{name}.onnx", test_accuracy=accuracy)
+
+
+def _result(exits: tuple[ExitScore, ...], full: ExitScore) -> str:
+    scores = ExitScores(exits=exits, full_model=full, backend="ort-cpu", test_samples=100, batch_sizes=(1,))
+    return "\n".join(_result_section(scores, select_exit(scores, SelectSection(confidence=None))))
+
+
+def test_the_result_says_what_the_last_exit_is_trained_or_not():
+    exits = (_exit("exit_00", 0.90, 1000), _exit("exit_01", 0.91, 4000))
+    trained = _result(exits, dataclasses.replace(exits[-1], name="full"))
+    assert "same network trained by the same method to its last unit" in trained
+    assert "test accuracy -1.00 points" in trained
+    # The last blocks skipped (neuroflux.stop_stalled_blocks): the whole network is a size and speed reference only.
+    untrained = _result(exits, _exit("exit_02", None, 9000))
+    assert "whose last blocks were not trained" in untrained and "same network trained" not in untrained
+    assert "test accuracy" not in untrained.split("Against")[-1]

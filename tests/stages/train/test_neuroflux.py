@@ -29,7 +29,10 @@ BUDGET = BudgetSection(memory="1MiB")
 
 
 def _train_section(**neuroflux_fields) -> TrainSection:
-    nf = {"profile_batch_sizes": (2, 8), "max_batch_size": 64, "block_split_ratio": 1.2, **neuroflux_fields}
+    # Every block trains unless a test asks for the stop (the tiny net's deeper exits often stall): these tests
+    # are about the blocks.
+    nf = {"profile_batch_sizes": (2, 8), "max_batch_size": 64, "block_split_ratio": 1.2,
+          "stop_stalled_blocks": False, **neuroflux_fields}
     return TrainSection.model_validate({"epochs": 8, "patience": 0, "lr": 0.4, "neuroflux": nf})
 
 
@@ -213,13 +216,22 @@ def test_a_block_over_the_budget_fails_the_run(data, tmp_path):
         _train(shrunk, train, data, tmp_path)
 
 
-def test_stalled_blocks_are_skipped(data, tmp_path):
+def test_stalled_blocks_are_skipped(data, tmp_path, monkeypatch):
     train = _train_section(stop_stalled_blocks=True, stall_delta=1.0)  # nothing can beat +100 points
     plan = _plan(train, data)
     outcome = _train(plan, train, data, tmp_path)
     trained = [b.trained for b in outcome.result.blocks]
     assert trained[:2] == [True, True] and not any(trained[2:])
     assert outcome.result.exit_units == tuple(u for b in outcome.result.blocks if b.trained for u in b.units)
+    # The block that stalled fills no cache: no block after it reads one.
+    first, stalled = outcome.result.blocks[:2]
+    assert first.cache_placement != "none" and first.time_spent["caching pass"] > 0
+    assert stalled.cache_placement == "none" and "caching pass" not in stalled.time_spent
+    # Resumed, the run has nothing left to train, and rebuilds no cache for it.
+    cached, real = [], neuroflux._next_inputs
+    monkeypatch.setattr(neuroflux, "_next_inputs", lambda *args, **kwargs: cached.append(1) or real(*args, **kwargs))
+    resumed = _train(plan, train, data, tmp_path, resume=True)
+    assert cached == [] and [b.trained for b in resumed.result.blocks] == trained
 
 
 def test_the_first_blocks_train_the_epochs_block_epochs_names_and_the_rest_train_epochs(data, tmp_path):
