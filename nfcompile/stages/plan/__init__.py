@@ -421,11 +421,11 @@ def _within_budget(block: BlockPlan, budget: int, placement: str) -> BlockPlan:
     held = [f"{what} ({format_bytes(size)})" for what, where, size in (
         ("its output cache", block.cache_placement, block.cache_bytes),
         ("its slim heads' features", block.slim_features_placement, block.slim_features_bytes)) if where == "device"]
+    verb = "leave" if len(held) > 1 else "leaves"
     raise BudgetError(f"block {block.index}: {' and '.join(held) or 'its training'} on the device "
-                      f"(train.neuroflux.cache.placement: {placement}) leave no room: "
+                      f"(train.neuroflux.cache.placement: {placement}) {verb} no room: "
                       f"{format_bytes(block.predicted_peak_bytes)} predicted where the plan allows "
-                      f"{format_bytes(budget)}",
-                      hint="use cache placement auto or disk, or a larger budget")
+                      f"{format_bytes(budget)}", hint="use cache placement auto or disk, or a larger budget")
 
 
 def _with_slim_phase(block: BlockPlan, units: list[UnitProfile], section, *, samples: tuple[int, int],

@@ -40,7 +40,6 @@ def test_gradient_filtering_without_a_plan_still_reports_its_measured_peak():
     assert "no memory budget" in text and "7.0 MiB" in text
 
 
-
 def _exit(name: str, accuracy: float | None, params: int) -> ExitScore:
     latency = (Latency(batch_size=1, p50_ms=params / 1000, p90_ms=params / 900, mean_ms=params / 1000, runs=5,
                        warmup=2),)

@@ -300,7 +300,7 @@ def test_a_cache_forced_onto_the_device_is_filled_at_the_batch_that_fits_or_refu
     assert first.caching_peak_bytes <= first.predicted_peak_bytes <= forced.budget_bytes
     assert f"written at batch {first.caching_batch_size}" in _text(forced)
     # 2,048 images' outputs do not fit the device beside even a batch of 1: refused at plan time, with the cause.
-    with pytest.raises(BudgetError, match=r"block 0: its output cache \(.*\) on the device .* leave no room"):
+    with pytest.raises(BudgetError, match=r"block 0: its output cache \(.*\) on the device .* leaves no room"):
         _plan("2560KiB", 2048, neuroflux={"cache": {"placement": "device"}})
 
 
