@@ -208,7 +208,7 @@ class SlimHeadsSection(Section):
         "split that picked its epochs; the exits are scored again end to end before selection. In the committed runs "
         "VGG-16's best exit on validation was exit_03 on all three seeds: selection ships it (25.9x fewer parameters "
         "than the full model, 2.0-2.8 points above backprop's full model on test), and it reached the common target "
-        "1.65x sooner than backprop at the moderate budget (benchmarks comparisons 1 and 2). Judged on accuracies as "
+        "1.58x sooner than backprop at the moderate budget (benchmarks comparisons 1 and 2). Judged on accuracies as "
         "measured (select.confidence null), selection shipped exit_01/exit_02/exit_02 (54.0-62.9x), two of them 1.1 "
         "and 1.5 points below the best exit on test.")
     epochs: Annotated[int, Field(ge=1, le=100)] = Field(
@@ -218,9 +218,10 @@ class SlimHeadsSection(Section):
         "(exit_00 and exit_01 at 0.83-0.84 validation accuracy, from 0.74-0.76 without slim heads; ad hoc, "
         "benchmarks/config.py). In the committed run selection shipped exit_01/exit_00/exit_01 (70.3-132.2x fewer "
         "parameters than the full model, 0.0-0.5 points below the best exit and -0.2 to +1.4 points against "
-        "backprop's full model on test), and it reached the common target 2.0-6.6x sooner than backprop at every "
+        "backprop's full model on test), and it reached the common target 1.8-6.2x sooner than backprop at every "
         "budget (benchmarks comparisons 1 and 2). The price is the whole schedule: 40 epochs made a run about 70 s "
-        "instead of 31 (ad hoc), 2.1-2.4x backprop's CPU time at the moderate and generous budgets.")
+        "instead of 31 (ad hoc), 2.1-2.4x backprop's CPU time at the moderate and generous budgets with every block "
+        "trained, 1.2-1.4x since stop_stalled_blocks stops the blocks after the exits selection ships.")
     batch_size: Annotated[int, Field(ge=2, le=4096)] = Field(
         64, description="The slim copies' batch (per process) at most: less where the training set is smaller, or "
         "where the activations the block's own step held at its batch would not cover it. At train.lr scaled to "
