@@ -29,8 +29,8 @@ from nfcompile.data.sources import CACHE_DTYPE_BYTES, ActivationCache, CachedInp
 from nfcompile.models import AuxHead, UnitNet, block_exits, choose_head_filters, unit_shapes_for
 from nfcompile.models.heads import head_pool_kernel
 from nfcompile.recipe.schema import AugmentSection, BudgetSection, TrainSection
-from nfcompile.stages.plan.partition import (block_max_batch, block_peak, host_cache_limit, partition_blocks,
-                                            place_cache)
+from nfcompile.stages.plan.partition import (block_activations, block_max_batch, block_peak, host_cache_limit,
+                                            partition_blocks, place_cache)
 from nfcompile.stages.plan.profile import (largest_evaluation_batch, measure_block_step, measure_evaluation,
                                           profile_backprop_step, profile_input_fetch, profile_local_step,
                                           writing_pass_batch)
@@ -375,8 +375,7 @@ def _blocks_with_caches(profiles: list[UnitProfile], fits: list[MemoryFit], budg
         written = 0 if last else profiles[units[-1]].cache_bytes_per_sample
         cache_bytes = sum(samples) * written
         weights = sum(profiles[i].state_bytes for i in units)
-        forward = lambda b: min(evaluation_peak(b), weights + max(max(f.predicted(b) - f.persistent_bytes
-                                                                      for f in block_fits), b * fetch[units[0]]))
+        forward = lambda b: min(evaluation_peak(b), weights + block_activations(block_fits, b, fetch[units[0]]))
         caching_at = lambda b: forward(b) + b * written + input_cache_on_device + others
         caching_batch, headroom = 0, 0
         if not last:

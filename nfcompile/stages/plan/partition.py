@@ -21,9 +21,13 @@ from nfcompile.recipe.schema import CacheSection
 
 def block_peak(fits: Sequence[MemoryFit], batch: int, fetch_bytes_per_sample: int = 0) -> int:
     """``fetch_bytes_per_sample``: what preparing the block's input batch holds per sample."""
-    resident = sum(f.persistent_bytes for f in fits)
-    steps = max(f.predicted(batch) - f.persistent_bytes for f in fits)
-    return resident + max(steps, batch * fetch_bytes_per_sample)
+    return sum(f.persistent_bytes for f in fits) + block_activations(fits, batch, fetch_bytes_per_sample)
+
+
+def block_activations(fits: Sequence[MemoryFit], batch: int, fetch_bytes_per_sample: int = 0) -> int:
+    """What a block's step holds at ``batch`` beyond its units' persistent state: its hungriest unit's step,
+    or preparing the input batch."""
+    return max(max(f.predicted(batch) - f.persistent_bytes for f in fits), batch * fetch_bytes_per_sample)
 
 
 def block_max_batch(fits: Sequence[MemoryFit], budget: int, cap: int, fetch_bytes_per_sample: int = 0) -> int:
