@@ -124,13 +124,22 @@ FASHION_MNIST = ("data.dataset=fashion_mnist", f"data.root={FASHION_MNIST_ROOT}"
 #   whole runs took 67.9/68.7/69.6 s (69.0/69.9/71.7 s CPU) against 30.6/31.3/31.7 s and 50.0/51.6/50.4 s: 40 epochs
 #   of small steps on 2,000 cached samples, each paying the per-step overhead. (The runs without slim heads took
 #   45-54 s in the round before, at load 0.4-2.7: this round's machine was quieter.)
+# They train at batch 128 (slim_heads.batch_size; 64 is the recipe's default): a slim step's cost is mostly its fixed
+# overhead (ad hoc microbenchmark, ResNet's stringent plan: 323 us a sample at batch 64, 159 at 256), and the slim heads
+# were about half of a run. Picked on validation (ad hoc, interleaved, one thread, 6,000 validation images, load
+# 0.2-1.0, early stop on): at the stringent budget, seeds 0-1, 128 against 64 took the slim heads 13.7/14.5 s against
+# 25.3/24.3 s, whole runs 0.73x/0.76x, the best exit 0.840/0.833 against 0.839/0.834, the same exits shipped; 256 took
+# 9.3/10.4 s but its best exit fell to 0.832/0.831. At the moderate budget, seeds 0-2: slim heads 13.8/21.2/20.9 s
+# against 22.1/33.9/34.6 s, whole runs 0.76x/0.80x/0.77x, the best exit 0.839/0.836/0.838 against 0.841/0.837/0.839
+# (0.1-0.2 points less), the same exits shipped. The slim_head_batch ablation measures 128 against 64.
 RESNET18_FMNIST = Setup("resnet18-fashion_mnist", ("model.arch=resnet18", "model.width=0.25", "data.image_size=28",
                                                    "data.max_train_samples=2000", *FASHION_MNIST,
                                                    "train.neuroflux.head.filters=32",
                                                    "train.neuroflux.max_batch_size=64",
                                                    "train.neuroflux.block_epochs=[3, 3]",
                                                    "train.neuroflux.slim_heads.share=0.5",
-                                                   "train.neuroflux.slim_heads.epochs=40"),
+                                                   "train.neuroflux.slim_heads.epochs=40",
+                                                   "train.neuroflux.slim_heads.batch_size=128"),
                         needs_folder=str(FASHION_MNIST_ROOT))
 # VGG's exits ship slim heads (train.neuroflux.slim_heads): after every block a copy of each head at half its
 # filters (largest BatchNorm scales) trains 10 epochs on the block's frozen, pooled outputs, and ships where it does

@@ -252,8 +252,9 @@ def _heads(neuroflux: dict[str, Any]) -> str:
     width = f"up to {head['filters']} filters" if head.get("policy") == "adaptive" else f"{head['filters']} filters"
     pool = f", maps pooled to {head['pool_to']}x{head['pool_to']}" if head.get("pool_to") else ""
     slim = neuroflux.get("slim_heads", {})  # absent in results files from before the field
-    shipped = (f"; exits ship slim heads ({slim['share']:g} of the filters, {slim['epochs']} epochs) where they do "
-               "as well" if slim.get("share") else "")
+    batch = f" at batch {slim['batch_size']}" if "batch_size" in slim else ""
+    shipped = (f"; exits ship slim heads ({slim['share']:g} of the filters, {slim['epochs']} epochs{batch}) where they "
+               "do as well" if slim.get("share") else "")
     return f"{depth} conv{'s' if depth > 1 else ''}, {width}{pool}{shipped}"
 
 

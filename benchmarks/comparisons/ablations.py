@@ -30,6 +30,8 @@ from the same repeat:
 - a head epoch after every block (`head_epochs`: the heads trained on their frozen units) vs none, where a
   setup ships slim heads: time, accuracy and the exit selection picks;
 - the setup's slim-head epochs (`slim_heads.epochs`) vs the default 10, where a setup sets them (ResNet on
+  Fashion-MNIST): time, accuracy and the exit selection picks;
+- the setup's slim-head batch (`slim_heads.batch_size`) vs the default 64, where a setup sets it (ResNet on
   Fashion-MNIST): time, accuracy and the exit selection picks.
 """
 
@@ -110,6 +112,11 @@ ABLATIONS = (
     Ablation("slim_head_epochs", "slim heads 10 epochs", "the setup's slim-head epochs",
              ("train.neuroflux.slim_heads.epochs=10",), selects_exit=True,
              only_where_setup_sets="train.neuroflux.slim_heads.epochs"),
+    # Only where the setup trains its slim heads at a larger batch than the default (ResNet on Fashion-MNIST, at 128:
+    # a slim step's cost is mostly its fixed overhead; benchmarks/config.py).
+    Ablation("slim_head_batch", "slim heads at batch 64", "the setup's slim-head batch",
+             ("train.neuroflux.slim_heads.batch_size=64",), selects_exit=True,
+             only_where_setup_sets="train.neuroflux.slim_heads.batch_size"),
 )
 
 

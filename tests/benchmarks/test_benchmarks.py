@@ -597,6 +597,19 @@ def test_the_slim_head_epochs_ablation_runs_only_where_a_setup_sets_them():
     assert setup_recipe(config, RESNET18_FMNIST, epochs.overrides).train.neuroflux.slim_heads.epochs == 10
 
 
+def test_the_slim_head_batch_ablation_runs_only_where_a_setup_sets_it():
+    from benchmarks.comparisons.ablations import ABLATIONS, _applies
+    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
+    from benchmarks.workbench import setup_recipe
+
+    (batch,) = [a for a in ABLATIONS if a.name == "slim_head_batch"]
+    config = quick_config()
+    assert batch.selects_exit
+    assert _applies(batch, RESNET18_FMNIST, config) and not _applies(batch, VGG16_FMNIST, config)
+    assert setup_recipe(config, RESNET18_FMNIST).train.neuroflux.slim_heads.batch_size == 128
+    assert setup_recipe(config, RESNET18_FMNIST, batch.overrides).train.neuroflux.slim_heads.batch_size == 64
+
+
 def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
     from benchmarks.config import RESNET18_FMNIST
     from benchmarks.workbench import plan_key, setup_recipe
