@@ -584,30 +584,20 @@ def test_the_slim_heads_and_head_epochs_ablations_run_where_a_setup_ships_slim_h
     assert setup_recipe(config, VGG16_FMNIST, heads.overrides).train.neuroflux.head_epochs == 1
 
 
-def test_the_slim_head_epochs_ablation_runs_only_where_a_setup_sets_them():
+@pytest.mark.parametrize(("name", "field", "setup_value", "variant_value"),
+                         [("slim_head_epochs", "epochs", 40, 10), ("slim_head_batch", "batch_size", 128, 64)])
+def test_the_slim_head_schedule_ablations_run_only_where_a_setup_sets_them(name, field, setup_value, variant_value):
     from benchmarks.comparisons.ablations import ABLATIONS, _applies
     from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
     from benchmarks.workbench import setup_recipe
 
-    (epochs,) = [a for a in ABLATIONS if a.name == "slim_head_epochs"]
+    (ablation,) = [a for a in ABLATIONS if a.name == name]
     config = quick_config()
-    assert epochs.selects_exit
-    assert _applies(epochs, RESNET18_FMNIST, config) and not _applies(epochs, VGG16_FMNIST, config)
-    assert setup_recipe(config, RESNET18_FMNIST).train.neuroflux.slim_heads.epochs == 40
-    assert setup_recipe(config, RESNET18_FMNIST, epochs.overrides).train.neuroflux.slim_heads.epochs == 10
-
-
-def test_the_slim_head_batch_ablation_runs_only_where_a_setup_sets_it():
-    from benchmarks.comparisons.ablations import ABLATIONS, _applies
-    from benchmarks.config import RESNET18_FMNIST, VGG16_FMNIST
-    from benchmarks.workbench import setup_recipe
-
-    (batch,) = [a for a in ABLATIONS if a.name == "slim_head_batch"]
-    config = quick_config()
-    assert batch.selects_exit
-    assert _applies(batch, RESNET18_FMNIST, config) and not _applies(batch, VGG16_FMNIST, config)
-    assert setup_recipe(config, RESNET18_FMNIST).train.neuroflux.slim_heads.batch_size == 128
-    assert setup_recipe(config, RESNET18_FMNIST, batch.overrides).train.neuroflux.slim_heads.batch_size == 64
+    assert ablation.selects_exit
+    assert _applies(ablation, RESNET18_FMNIST, config) and not _applies(ablation, VGG16_FMNIST, config)
+    assert getattr(setup_recipe(config, RESNET18_FMNIST).train.neuroflux.slim_heads, field) == setup_value
+    changed = setup_recipe(config, RESNET18_FMNIST, ablation.overrides).train.neuroflux.slim_heads
+    assert getattr(changed, field) == variant_value
 
 
 def test_contenders_that_differ_only_in_block_epochs_share_one_plan():
