@@ -7,6 +7,7 @@ figures that ours are set beside (Saikumar & Varghese, EuroSys 2024, arXiv 2402.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,9 +139,15 @@ def recipe_changes(earlier: dict[str, Any], later: dict[str, Any], *, selects_ex
     """The dotted recipe fields a comparison's figures ran otherwise than ``later`` says: fields a recipe lacks
     (its run predates them) at their default or `BEFORE_THE_FIELD`; the select section only where the figures
     depend on which exit ships."""
-    defaults = Recipe(name="defaults").model_dump(mode="json", by_alias=True)
+    defaults = _default_recipe()
     changed = recipe_differences(_filled(earlier, defaults), _filled(later, defaults))
     return [field for field in changed if selects_exits or not field.startswith("select.")]
+
+
+@functools.cache
+def _default_recipe() -> dict[str, Any]:
+    """Built once: a render compares every comparison's recipe with the latest (read, never changed)."""
+    return Recipe(name="defaults").model_dump(mode="json", by_alias=True)
 
 
 def _filled(recipe: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> dict[str, Any]:
