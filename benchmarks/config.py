@@ -215,7 +215,7 @@ class SuiteConfig(Result):
 
 
 def full_config(*, device: str = "cpu", cifar_root: Path | None = None) -> SuiteConfig:
-    """Fashion-MNIST where it is installed (one repeat, three budgets: about 100 minutes on 2 cores),
+    """Fashion-MNIST where it is installed (one repeat, three budgets: about 2 hours on 2 cores),
     else the bundled digits (three repeats, three budgets)."""
     if FASHION_MNIST_ROOT.is_dir():
         setups, skipped = _with_cifar([RESNET18_FMNIST, VGG16_FMNIST], cifar_root)

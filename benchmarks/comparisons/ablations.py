@@ -261,5 +261,5 @@ register_comparison(Comparison(
     question="Does each NeuroFlux design choice (adaptive heads, their capacity and width, per-block batch "
              "sizes and how large, the activation cache, early stop of deeper blocks, at most two units per "
              "block, warm-started heads, fewer epochs for the first blocks, slim heads, head epochs, slim-head "
-             "epochs) pay for itself?",
+             "epochs and batch) pay for itself?",
     run=run, render=render))
