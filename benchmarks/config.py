@@ -128,7 +128,7 @@ FASHION_MNIST = ("data.dataset=fashion_mnist", f"data.root={FASHION_MNIST_ROOT}"
 # overhead (ad hoc microbenchmark, ResNet's stringent plan: 323 us a sample at batch 64, 159 at 256), and the slim heads
 # were about half of a run. Picked on validation (ad hoc, interleaved, one thread, 6,000 validation images, load
 # 0.2-1.0, early stop on): at the stringent budget, seeds 0-1, 128 against 64 took the slim heads 13.7/14.5 s against
-# 25.3/24.3 s, whole runs 0.73x/0.76x, the best exit 0.840/0.833 against 0.839/0.834, the same exits shipped; 256 took
+# 25.3/24.3 s, whole runs 0.71x/0.76x, the best exit 0.840/0.833 against 0.839/0.834, the same exits shipped; 256 took
 # 9.3/10.4 s but its best exit fell to 0.832/0.831. At the moderate budget, seeds 0-2: slim heads 13.8/21.2/20.9 s
 # against 22.1/33.9/34.6 s, whole runs 0.76x/0.80x/0.77x, the best exit 0.839/0.836/0.838 against 0.841/0.837/0.839
 # (0.1-0.2 points less), the same exits shipped. The slim_head_batch ablation measures 128 against 64.

@@ -228,7 +228,7 @@ class SlimHeadsSection(Section):
         "where the activations the block's own step held at its batch would not cover it. At train.lr scaled to "
         "it and neuroflux.lr_scale, with a warm-up and train.schedule; the features are not augmented. A slim "
         "step's cost is mostly its fixed overhead: the benchmarks' ResNet-18 trains its 40 slim epochs at 128, where "
-        "the slim heads took 0.59-0.64x their time at 64 and whole runs 0.73-0.80x, the best exit at most 0.2 points "
+        "the slim heads took 0.54-0.63x their time at 64 and whole runs 0.71-0.80x, the best exit at most 0.2 points "
         "lower on validation and the same exits shipped (ad hoc, seeds 0-2, benchmarks/config.py); 256 lost 0.3-0.7 "
         "points. VGG-16's 10 epochs lost up to 0.4 points at 128 and 1.3 at 256, and keep 64.")
 
