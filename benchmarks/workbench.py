@@ -40,10 +40,11 @@ from benchmarks.measures import Curve, accuracy_curve
 
 log = get_logger("nfcompile.benchmarks")
 
-# Recipe fields the planner does not read: contenders that differ only here share one plan.
+# Recipe fields the planner does not read: contenders that differ only here share one plan. (The slim heads'
+# share and batch are planned: their phase counts in a block's peak.)
 NOT_PLANNED = {"method", "backprop", "epochs", "patience", "schedule", "batch_size", "gradient_filter"}
-NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta", "batch_policy", "block_epochs", "head_epochs",
-                         "slim_heads"}
+NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta", "batch_policy", "block_epochs", "head_epochs"}
+NOT_PLANNED_SLIM_HEADS = {"epochs"}
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,8 @@ def plan_key(recipe: Recipe) -> str:
     raw = recipe_dict(recipe)
     train = {k: v for k, v in raw["train"].items() if k not in NOT_PLANNED}
     train["neuroflux"] = {k: v for k, v in train["neuroflux"].items() if k not in NOT_PLANNED_NEUROFLUX}
+    slim = train["neuroflux"]["slim_heads"]
+    train["neuroflux"]["slim_heads"] = {k: v for k, v in slim.items() if k not in NOT_PLANNED_SLIM_HEADS}
     return fingerprint({"model": raw["model"], "data": raw["data"], "budget": raw["budget"], "train": train,
                         "device": raw["device"], "seed": raw["seed"]})
 
