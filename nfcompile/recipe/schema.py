@@ -220,9 +220,9 @@ class SlimHeadsSection(Section):
         "exit_01/exit_00/exit_02 (47.9-132.2x fewer parameters than the full model, 0.0-0.8 points below the best "
         "exit and -0.4 to +1.4 points against backprop's full model on test), and it reached the common target "
         "2.5-8.4x sooner than backprop at every budget (benchmarks comparisons 1 and 2). The price is the whole "
-        "schedule: 40 epochs made a run about 70 s instead of 31 (ad hoc, batch 64, every block trained); in that "
-        "run, with stop_stalled_blocks, backprop's whole run took 1.12x NeuroFlux's CPU time at the moderate budget "
-        "and 0.95x at the generous one.")
+        "schedule: 40 epochs made a run about 70 s instead of 31 (ad hoc, batch 64, every block trained); in the "
+        "committed run, with stop_stalled_blocks, backprop's whole run took 1.12x NeuroFlux's CPU time at the "
+        "moderate budget and 0.95x at the generous one.")
     batch_size: Annotated[int, Field(ge=2, le=4096)] = Field(
         64, description="The slim copies' batch (per process) at most: less where the training set is smaller, or "
         "where the activations the block's own step held at its batch would not cover it. At train.lr scaled to "
