@@ -28,7 +28,7 @@ from nfcompile.data import DataBundle, load_data
 from nfcompile.errors import BudgetError, BudgetExceeded
 from nfcompile.models import MultiExitNet, UnitNet, build_unit_net
 from nfcompile.recipe import Recipe, fingerprint, recipe_dict, with_overrides
-from nfcompile.recipe.load import validate_recipe
+from nfcompile.recipe.load import validate_recipe, without_fields
 from nfcompile.stages.plan import PLANNING_SHARE, plan_training
 from nfcompile.stages.score import score_exits
 from nfcompile.stages.select import select_exit
@@ -40,11 +40,12 @@ from benchmarks.measures import Curve, accuracy_curve
 
 log = get_logger("nfcompile.benchmarks")
 
-# Recipe fields the planner does not read: contenders that differ only here share one plan. (The slim heads'
+# Training fields the planner does not read: contenders that differ only here share one plan. (The slim heads'
 # share and batch are planned: their phase counts in a block's peak.)
-NOT_PLANNED = {"method", "backprop", "epochs", "patience", "schedule", "batch_size", "gradient_filter"}
-NOT_PLANNED_NEUROFLUX = {"stop_stalled_blocks", "stall_delta", "batch_policy", "block_epochs", "head_epochs"}
-NOT_PLANNED_SLIM_HEADS = {"epochs"}
+NOT_PLANNED = {"method": True, "backprop": True, "epochs": True, "patience": True, "schedule": True,
+               "batch_size": True, "gradient_filter": True,
+               "neuroflux": {"stop_stalled_blocks": True, "stall_delta": True, "batch_policy": True,
+                             "block_epochs": True, "head_epochs": True, "slim_heads": {"epochs": True}}}
 
 
 @dataclass(frozen=True)
@@ -287,10 +288,7 @@ def setup_recipe(config: SuiteConfig, setup: Setup, overrides: tuple[str, ...] =
 
 def plan_key(recipe: Recipe) -> str:
     raw = recipe_dict(recipe)
-    train = {k: v for k, v in raw["train"].items() if k not in NOT_PLANNED}
-    train["neuroflux"] = {k: v for k, v in train["neuroflux"].items() if k not in NOT_PLANNED_NEUROFLUX}
-    slim = train["neuroflux"]["slim_heads"]
-    train["neuroflux"]["slim_heads"] = {k: v for k, v in slim.items() if k not in NOT_PLANNED_SLIM_HEADS}
+    train = without_fields(raw["train"], NOT_PLANNED)
     return fingerprint({"model": raw["model"], "data": raw["data"], "budget": raw["budget"], "train": train,
                         "device": raw["device"], "seed": raw["seed"]})
 

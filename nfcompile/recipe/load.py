@@ -267,6 +267,18 @@ def fingerprint(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def without_fields(values: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a recipe or section as a dict) without the fields ``drop`` marks True; a nested dict in
+    ``drop`` drops fields of that section: what a key should not depend on."""
+    kept = {}
+    for name, value in values.items():
+        rule = drop.get(name)
+        if rule is True:
+            continue
+        kept[name] = without_fields(value, rule) if isinstance(rule, dict) and isinstance(value, dict) else value
+    return kept
+
+
 def recipe_hash(recipe: Recipe) -> str:
     return fingerprint(recipe)
 

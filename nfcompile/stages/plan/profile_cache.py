@@ -38,6 +38,7 @@ from nfcompile.core.io import write_json
 from nfcompile.core.log import get_logger
 from nfcompile.core.memory import MemoryFit
 from nfcompile.errors import NfcompileError
+from nfcompile.recipe.load import without_fields
 from nfcompile.recipe.schema import TrainSection
 
 log = get_logger(__name__)
@@ -149,7 +150,7 @@ def profile_key(kind: str, modules: list[nn.Module], *, train: TrainSection, dev
         "machine": {k: v for k, v in device_fingerprint(device).items() if k != "cuda_available"},
         "device": str(device),
         "modules": [_structure(m) for m in modules],
-        "train": _drop(train.model_dump(mode="json"), STEP_INDEPENDENT),
+        "train": without_fields(train.model_dump(mode="json"), STEP_INDEPENDENT),
         "inputs": {name: list(v) if isinstance(v, tuple) else v for name, v in sorted(inputs.items())},
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
@@ -171,16 +172,6 @@ def _code_digest() -> str:
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def _drop(values: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
-    kept = {}
-    for name, value in values.items():
-        rule = drop.get(name)
-        if rule is True:
-            continue
-        kept[name] = _drop(value, rule) if isinstance(rule, dict) and isinstance(value, dict) else value
-    return kept
 
 
 def _non_negative_int(value: Any) -> int:
